@@ -1,0 +1,342 @@
+"""Convert a folder of audio to 24 kHz mono 16-bit wav and write fairseq manifests.
+
+Manifest format (``{split}.tsv``): line 1 is the absolute root of the converted audio, then one
+``relpath<TAB>num_samples`` line per file. Files that cannot be used (unreadable, empty, too
+short, or clashing with another file's output name) are logged and listed in
+``{out_dir}/skipped.tsv`` (``path<TAB>reason``); the run goes on and fails only when nothing
+usable remains. Conversion is resumable: an existing converted file that is a readable mono
+wav at the target rate, newer than its source, is reused.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from mert_fairseq.audio import AudioError, load_mono, write_audio_atomic
+from mert_fairseq.data_prep.common import parse_list, setup_logging
+from mert_fairseq.fileio import atomic_open
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXTENSIONS = "wav,flac,ogg,mp3"
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the file (and line)."""
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    relpath: str
+    num_samples: int
+    line: int = 0  # 1-based line number in the tsv (0 when not read from a file)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    root: Path
+    rows: list[ManifestRow]
+
+    def audio_path(self, row: ManifestRow) -> Path:
+        return self.root / row.relpath
+
+    def where(self, row: ManifestRow) -> str:
+        """'file:line' of a row, for error messages."""
+        return f"{self.path}:{row.line}"
+
+    @property
+    def total_samples(self) -> int:
+        return sum(row.num_samples for row in self.rows)
+
+
+# ----------------------------------------------------------------------------- reading / writing
+
+
+def parse_manifest(path: str | os.PathLike) -> tuple[Manifest, list[str]]:
+    """Read a manifest leniently -> (manifest of the well-formed rows, ``file:line: problem`` list)."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read manifest ({exc.strerror or exc})") from exc
+    if not lines or not lines[0].strip():
+        raise ManifestError(f"{path}:1: manifest must start with the audio root directory")
+    rows, problems = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        row, problem = _parse_row(line, number)
+        if problem:
+            problems.append(f"{path}:{number}: {problem}")
+        elif row:
+            rows.append(row)
+    return Manifest(path, Path(lines[0].strip()), rows), problems
+
+
+def _parse_row(line: str, number: int) -> tuple[ManifestRow | None, str | None]:
+    if not line.strip():
+        return None, "empty line"
+    fields = line.split("\t")
+    if len(fields) != 2:
+        return None, f"expected 'relpath<TAB>num_samples', got {len(fields)} field(s)"
+    try:
+        num_samples = int(fields[1])
+    except ValueError:
+        return None, f"sample count {fields[1]!r} is not an integer"
+    if num_samples <= 0:
+        return None, f"sample count {num_samples} is not positive"
+    return ManifestRow(fields[0], num_samples, number), None
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Read a manifest; raise ManifestError listing every malformed line, or if it has no rows."""
+    manifest, problems = parse_manifest(path)
+    if problems:
+        raise ManifestError("malformed manifest:\n" + "\n".join(problems))
+    if not manifest.rows:
+        raise ManifestError(f"{manifest.path}: manifest has no audio rows")
+    return manifest
+
+
+def write_manifest(path: str | os.PathLike, root: str | os.PathLike, rows: Iterable[ManifestRow]) -> None:
+    with atomic_open(path, "w") as f:
+        f.write(f"{Path(root).resolve()}\n")
+        for row in rows:
+            f.write(f"{row.relpath}\t{row.num_samples}\n")
+
+
+def audio_problems(manifest: Manifest, row: ManifestRow, sample_rate: int) -> list[str]:
+    """Header-only checks of one row's audio: exists, readable, rate, mono, length = tsv."""
+    where, path = manifest.where(row), manifest.audio_path(row)
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # missing file or unreadable header
+        reason = "file not found" if not path.exists() else f"cannot read audio ({exc})"
+        return [f"{where}: {path}: {reason}"]
+    problems = []
+    if info.samplerate != sample_rate:
+        problems.append(f"{where}: {path}: sample rate {info.samplerate}, expected {sample_rate}")
+    if info.channels != 1:
+        problems.append(f"{where}: {path}: {info.channels} channels, expected mono")
+    if info.frames != row.num_samples:
+        problems.append(f"{where}: {path}: has {info.frames} samples, manifest says {row.num_samples}")
+    return problems
+
+
+def check_audio(manifest: Manifest, sample_rate: int) -> None:
+    """Raise ManifestError listing every row whose audio does not match the manifest."""
+    problems = [p for row in manifest.rows for p in audio_problems(manifest, row, sample_rate)]
+    if problems:
+        raise ManifestError("audio does not match the manifest:\n" + "\n".join(problems))
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+@dataclass(frozen=True)
+class ConvertJob:
+    source: Path
+    target: Path
+    relpath: str  # relative to the converted root, posix, ends in .wav
+    target_rate: int
+    min_samples: int
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    job: ConvertJob
+    num_samples: int | None = None
+    reason: str | None = None  # set when the file was skipped
+    reused: bool = False
+
+
+def find_audio_files(root: Path, extensions: Sequence[str], exclude: Path | None = None) -> list[Path]:
+    """Sorted audio files under `root` (recursive, case-insensitive extension), minus `exclude`."""
+    suffixes = {"." + ext.lower().lstrip(".") for ext in extensions}
+    files = []
+    for directory, subdirs, names in os.walk(root, followlinks=True):
+        if exclude is not None and Path(directory).resolve() == exclude:
+            subdirs[:] = []
+            continue
+        subdirs.sort()
+        files += [Path(directory) / n for n in names if Path(n).suffix.lower() in suffixes]
+    return sorted(files)
+
+
+def plan_jobs(
+    files: Sequence[Path], root: Path, out_root: Path, target_rate: int, min_samples: int
+) -> tuple[list[ConvertJob], list[tuple[Path, str]]]:
+    """One job per file; files whose output name clashes with an earlier file's are skipped."""
+    jobs, skipped, owners = [], [], {}
+    for source in files:
+        relpath = source.relative_to(root).with_suffix(".wav").as_posix()
+        if relpath in owners:
+            skipped.append((source, f"output {relpath} already produced from {owners[relpath]}"))
+            continue
+        owners[relpath] = source
+        jobs.append(ConvertJob(source, out_root / relpath, relpath, target_rate, min_samples))
+    return jobs, skipped
+
+
+def _reusable_length(job: ConvertJob) -> int | None:
+    """Length of an existing valid converted file (newer than its source), else None."""
+    try:
+        if job.target.stat().st_mtime < job.source.stat().st_mtime:
+            return None
+        info = sf.info(str(job.target))
+    except Exception:
+        return None
+    ok = info.samplerate == job.target_rate and info.channels == 1 and info.frames >= job.min_samples
+    return info.frames if ok else None
+
+
+def convert_one(job: ConvertJob) -> ConvertResult:
+    """Convert one file to mono 16-bit wav at the target rate (or reuse a valid earlier output)."""
+    existing = _reusable_length(job)
+    if existing is not None:
+        return ConvertResult(job, existing, reused=True)
+    try:
+        wav = load_mono(job.source, job.target_rate)
+    except AudioError as exc:
+        return ConvertResult(job, reason=_strip_path(str(exc), job.source))
+    if len(wav) < job.min_samples:
+        seconds = len(wav) / job.target_rate
+        return ConvertResult(job, reason=f"too short ({seconds:.3f} s < {job.min_samples / job.target_rate:g} s)")
+    write_audio_atomic(job.target, np.clip(wav, -1.0, 1.0), job.target_rate)
+    return ConvertResult(job, len(wav))
+
+
+def _strip_path(message: str, path: Path) -> str:
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def convert_all(jobs: Sequence[ConvertJob], workers: int = 1) -> list[ConvertResult]:
+    """Run the jobs (in `workers` processes when > 1) with a progress bar, in job order."""
+    bar = dict(total=len(jobs), desc="convert", unit="file")
+    if workers <= 1:
+        return [convert_one(job) for job in tqdm(jobs, **bar)]
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+        return list(tqdm(pool.map(convert_one, jobs, chunksize=4), **bar))
+
+
+# ----------------------------------------------------------------------------- split and run
+
+
+def split_rows(rows: Sequence[ManifestRow], valid_percent: float, seed: int) -> tuple[list, list]:
+    """Deterministic split: sort by path, draw round(n * valid_percent) valid rows (at least one
+    when valid_percent > 0 and n > 1) with `random.Random(seed)`; both parts stay sorted."""
+    if not 0.0 <= valid_percent < 1.0:
+        raise ValueError(f"--valid-percent must be in [0, 1), got {valid_percent}")
+    rows = sorted(rows, key=lambda r: r.relpath)
+    n_valid = round(len(rows) * valid_percent)
+    if valid_percent > 0 and n_valid == 0 and len(rows) > 1:
+        n_valid = 1
+    chosen = set(random.Random(seed).sample(range(len(rows)), n_valid))
+    train = [r for i, r in enumerate(rows) if i not in chosen]
+    valid = [r for i, r in enumerate(rows) if i in chosen]
+    return train, valid
+
+
+def write_skipped(path: Path, skipped: Sequence[tuple[Path, str]]) -> None:
+    with atomic_open(path, "w") as f:
+        for source, reason in skipped:
+            f.write(f"{source}\t{reason}\n")
+
+
+@dataclass(frozen=True)
+class ManifestSummary:
+    train: list[ManifestRow]
+    valid: list[ManifestRow]
+    skipped: list[tuple[Path, str]]
+    converted: int
+    reused: int
+
+
+def prepare_manifest(
+    root_dir: str | os.PathLike,
+    converted_root_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    target_rate: int = 24_000,
+    extensions: Sequence[str] = tuple(DEFAULT_EXTENSIONS.split(",")),
+    valid_percent: float = 0.01,
+    seed: int = 42,
+    min_seconds: float = 1.0,
+    workers: int = 1,
+) -> ManifestSummary:
+    """Convert every audio file under `root_dir` and write train/valid manifests and skipped.tsv.
+
+    Raises ManifestError when no usable file remains (after writing skipped.tsv).
+    """
+    root, out_root, out_dir = Path(root_dir).resolve(), Path(converted_root_dir).resolve(), Path(out_dir)
+    if not root.is_dir():
+        raise ManifestError(f"{root}: --root-dir is not a directory")
+    files = find_audio_files(root, extensions, exclude=out_root)
+    jobs, skipped = plan_jobs(files, root, out_root, target_rate, int(np.ceil(min_seconds * target_rate)))
+    results = convert_all(jobs, workers)
+    skipped += [(r.job.source, r.reason) for r in results if r.reason]
+    for source, reason in skipped:
+        log.warning("skipped %s: %s", source, reason)
+    write_skipped(out_dir / "skipped.tsv", skipped)
+    good = [ManifestRow(r.job.relpath, r.num_samples) for r in results if not r.reason]
+    if not good:
+        raise ManifestError(
+            f"{root}: no usable audio ({len(files)} file(s) with extensions {','.join(extensions)}; "
+            f"{len(skipped)} skipped, see {out_dir / 'skipped.tsv'})"
+        )
+    train, valid = split_rows(good, valid_percent, seed)
+    write_manifest(out_dir / "train.tsv", out_root, train)
+    write_manifest(out_dir / "valid.tsv", out_root, valid)
+    reused = sum(r.reused for r in results)
+    return ManifestSummary(train, valid, skipped, len(good) - reused, reused)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root-dir", required=True, help="folder searched recursively for audio")
+    p.add_argument("--converted-root-dir", required=True, help="where the 24 kHz mono wavs are written")
+    p.add_argument("--out-dir", required=True, help="where train.tsv, valid.tsv and skipped.tsv go")
+    p.add_argument("--target-rate", type=int, default=24_000)
+    p.add_argument("--extension", default=DEFAULT_EXTENSIONS, help="comma-separated extensions")
+    p.add_argument("--valid-percent", type=float, default=0.01, help="fraction of files for valid.tsv")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--min-seconds", type=float, default=1.0, help="skip files shorter than this")
+    p.add_argument("--workers", type=int, default=1, help="conversion processes")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        summary = prepare_manifest(
+            args.root_dir, args.converted_root_dir, args.out_dir, args.target_rate,
+            parse_list(args.extension), args.valid_percent, args.seed, args.min_seconds, args.workers,
+        )
+    except ManifestError as exc:
+        log.error("%s", exc)
+        return 1
+    rows = summary.train + summary.valid
+    hours = sum(r.num_samples for r in rows) / args.target_rate / 3600
+    log.info(
+        "wrote %s/train.tsv (%d) and valid.tsv (%d): %.3f h; %d converted, %d reused, %d skipped",
+        args.out_dir, len(summary.train), len(summary.valid), hours,
+        summary.converted, summary.reused, len(summary.skipped),
+    )
+    return 0
