@@ -1,0 +1,191 @@
+"""The `mert_pretraining` task: loads manifests, label dictionaries and `MERTDataset`s.
+
+Config fields are those of the original task, so original YAMLs and checkpoint configs load.
+Sharded data (`sharding_data` = n > 1: `{split}_{i}_{n}.tsv` + labels) and `dynamic_crops` rotate
+every epoch under stock fairseq: `has_sharded_data` asks the trainer to reload the train split each
+epoch, and the shard for an epoch is a pure function of (seed, epoch), so a resumed run continues
+with the same shard sequence.
+"""
+from __future__ import annotations
+
+import ast
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+from fairseq.data.dictionary import Dictionary
+from fairseq.dataclass.configs import FairseqDataclass
+from fairseq.tasks import register_task
+from fairseq.tasks.fairseq_task import FairseqTask
+from omegaconf import II, MISSING
+
+from mert_fairseq.data.mert_dataset import DataError, MERTDataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MERTPretrainingConfig(FairseqDataclass):
+    data: str = field(default=MISSING, metadata={"help": "directory with {split}.tsv manifests"})
+    label_dir: Optional[str] = field(default=None, metadata={"help": "directory with label files (default: data)"})
+    labels: List[str] = field(
+        default_factory=lambda: ["ltr"],
+        metadata={"help": "label streams: files {label_dir}/{split}.{label} and dict.{label}.txt"},
+    )
+    label_rate: float = field(default=-1.0, metadata={"help": "label frames per second (75 for EnCodec at 24 kHz)"})
+    sample_rate: int = field(default=16_000, metadata={"help": "audio sample rate; files must already have it"})
+    normalize: bool = field(default=False, metadata={"help": "normalise each clip to zero mean, unit variance"})
+    enable_padding: bool = field(default=False, metadata={"help": "legacy HuBERT field (use pad_audio)"})
+    max_keep_size: Optional[int] = field(default=None, metadata={"help": "drop clips longer than this (samples)"})
+    max_sample_size: Optional[int] = field(default=None, metadata={"help": "crop clips to at most this (samples)"})
+    min_sample_size: Optional[int] = field(default=None, metadata={"help": "drop clips shorter than this (samples)"})
+    single_target: Optional[bool] = field(default=False, metadata={"help": "batch keys 'target' instead of lists"})
+    random_crop: Optional[bool] = field(default=True, metadata={"help": "random crop start (else from 0)"})
+    pad_audio: Optional[bool] = field(default=False, metadata={"help": "pad to the longest clip instead of cropping"})
+    fine_tuning: bool = field(default=False, metadata={"help": "one target dictionary (fine-tuning)"})
+    store_labels: Optional[bool] = field(default=False, metadata={"help": "keep all label lines in memory"})
+    numpy_memmap_label: Optional[bool] = field(
+        default=False, metadata={"help": "labels in {split}.{label}.npy (rows padded with -1), memory-mapped"}
+    )
+    augmentation_effects: Optional[str] = field(
+        default="[]", metadata={"help": "list of random_mute, random_Gaussian, reverse_polarity"}
+    )
+    augmentation_probs: Optional[str] = field(default="[]", metadata={"help": "probability of each effect"})
+    inbatch_noise_augment_len_range: Optional[str] = field(
+        default="[8000, 24000]", metadata={"help": "informational copy; the model's field is used"}
+    )
+    inbatch_noise_augment_number_range: Optional[str] = field(
+        default="[1, 3]", metadata={"help": "informational copy; the model's field is used"}
+    )
+    inbatch_noise_augment_volume: float = field(
+        default=1.0, metadata={"help": "informational copy; the model's field is used"}
+    )
+    dynamic_crops: Optional[str] = field(
+        default="[]", metadata={"help": "max clip seconds per stage, e.g. [5, 10]"}
+    )
+    dynamic_crops_epoches: Optional[str] = field(
+        default="[]", metadata={"help": "first epoch of each dynamic_crops stage, starting at 1"}
+    )
+    cqt_loss_bin_dataloader: Optional[int] = field(
+        default=-1, metadata={"help": "no effect: CQT targets are computed by the model (fp32)"}
+    )
+    sharding_data: int = field(
+        default=-1, metadata={"help": "n > 1: train on {split}_{i}_{n}.tsv shards, one shard per epoch"}
+    )
+    load_random_data_shard: bool = field(
+        default=True, metadata={"help": "seeded random shard per epoch (else shards in order)"}
+    )
+    skip_bad_audio: bool = field(
+        default=False, metadata={"help": "skip unreadable clips with a logged count instead of failing"}
+    )
+    seed: int = II("common.seed")
+
+
+def _literal_list(text: Optional[str], name: str) -> list:
+    try:
+        return list(ast.literal_eval(text or "[]"))
+    except (ValueError, SyntaxError) as exc:
+        raise ValueError(f"task.{name}={text!r} is not a python list literal") from exc
+
+
+@register_task("mert_pretraining", dataclass=MERTPretrainingConfig)
+class MERTPretrainingTask(FairseqTask):
+    cfg: MERTPretrainingConfig
+
+    def __init__(self, cfg: MERTPretrainingConfig) -> None:
+        super().__init__(cfg)
+        self.cfg = cfg
+        self.state.add_factory("target_dictionary" if cfg.fine_tuning else "dictionaries", self.load_dictionaries)
+        self.augmentation_effects = _literal_list(cfg.augmentation_effects, "augmentation_effects")
+        self.augmentation_probs = _literal_list(cfg.augmentation_probs, "augmentation_probs")
+        self.dynamic_crops = _literal_list(cfg.dynamic_crops, "dynamic_crops")
+        self.dynamic_crops_epoches = _literal_list(cfg.dynamic_crops_epoches, "dynamic_crops_epoches")
+        if len(self.dynamic_crops) != len(self.dynamic_crops_epoches):
+            raise ValueError("task.dynamic_crops and task.dynamic_crops_epoches need the same length")
+        if self.dynamic_crops and self.dynamic_crops_epoches[0] != 1:
+            raise ValueError("task.dynamic_crops_epoches must start at epoch 1")
+        if (cfg.cqt_loss_bin_dataloader or -1) > 0:
+            logger.warning("task.cqt_loss_bin_dataloader has no effect: the model computes CQT targets in fp32")
+
+    @classmethod
+    def setup_task(cls, cfg: MERTPretrainingConfig, **kwargs) -> "MERTPretrainingTask":
+        return cls(cfg)
+
+    @property
+    def source_dictionary(self) -> Optional[Dictionary]:
+        return None
+
+    @property
+    def target_dictionary(self) -> Optional[Dictionary]:
+        return self.state.target_dictionary
+
+    @property
+    def dictionaries(self) -> List[Dictionary]:
+        return self.state.dictionaries
+
+    def get_label_dir(self) -> str:
+        return self.cfg.label_dir if self.cfg.label_dir is not None else self.cfg.data
+
+    def load_dictionaries(self):
+        dictionaries = []
+        for label in self.cfg.labels:
+            path = os.path.join(self.get_label_dir(), f"dict.{label}.txt")
+            if not os.path.isfile(path):
+                raise DataError(f"{path}: dictionary for label stream {label!r} not found")
+            dictionaries.append(Dictionary.load(path))
+        return dictionaries[0] if self.cfg.fine_tuning else dictionaries
+
+    # ------------------------------------------------------------------ per-epoch data
+    def has_sharded_data(self, split: str) -> bool:
+        """True makes stock fairseq reload the train split every epoch (shards, dynamic crops)."""
+        return "train" in split and (self.cfg.sharding_data > 1 or bool(self.dynamic_crops))
+
+    def shard_for_epoch(self, epoch: int) -> int:
+        n = self.cfg.sharding_data
+        if self.cfg.load_random_data_shard:
+            return int(np.random.default_rng([self.cfg.seed, epoch]).integers(n))
+        return (epoch - 1) % n
+
+    def max_sample_size_for_epoch(self, epoch: int) -> Optional[int]:
+        if not self.dynamic_crops:
+            return self.cfg.max_sample_size
+        stage = sum(epoch >= e for e in self.dynamic_crops_epoches) - 1
+        return int(self.dynamic_crops[stage] * self.cfg.sample_rate)
+
+    def load_dataset(self, split: str, epoch: int = 1, **kwargs) -> None:
+        name, max_sample_size = split, self.cfg.max_sample_size
+        if "train" in split:
+            max_sample_size = self.max_sample_size_for_epoch(epoch)
+            if self.cfg.sharding_data > 1:
+                name = f"{split}_{self.shard_for_epoch(epoch)}_{self.cfg.sharding_data}"
+                logger.info("epoch %d: training on shard %s", epoch, name)
+        dicts = [self.target_dictionary] if self.cfg.fine_tuning else self.dictionaries
+        self.datasets[split] = MERTDataset(
+            os.path.join(self.cfg.data, f"{name}.tsv"),
+            sample_rate=self.cfg.sample_rate,
+            label_paths=[os.path.join(self.get_label_dir(), f"{name}.{label}") for label in self.cfg.labels],
+            label_rate=self.cfg.label_rate,
+            dictionaries=dicts,
+            max_keep_sample_size=self.cfg.max_keep_size,
+            min_keep_sample_size=self.cfg.min_sample_size,
+            max_sample_size=max_sample_size,
+            pad_audio=self.cfg.pad_audio,
+            normalize=self.cfg.normalize,
+            store_labels=self.cfg.store_labels,
+            numpy_memmap_label=self.cfg.numpy_memmap_label,
+            random_crop=self.cfg.random_crop,
+            single_target=self.cfg.single_target,
+            augmentation_effects=self.augmentation_effects,
+            augmentation_probs=self.augmentation_probs,
+            skip_bad_audio=self.cfg.skip_bad_audio,
+            seed=self.cfg.seed,
+        )
+
+    def max_positions(self):
+        return (sys.maxsize, sys.maxsize)
+
+    def filter_indices_by_size(self, indices: np.ndarray, *args, **kwargs) -> np.ndarray:
+        return indices  # lengths are handled by the dataset's keep sizes and cropping
