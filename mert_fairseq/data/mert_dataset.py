@@ -294,6 +294,33 @@ class MERTDataset(FairseqDataset):
     def size(self, index: int) -> int:
         return int(self.sizes[index]) if self.pad_audio else int(min(self.sizes[index], self.max_sample_size))
 
+    def batch_by_size(self, indices: np.ndarray, max_tokens: Optional[int] = None,
+                      max_sentences: Optional[int] = None, required_batch_size_multiple: int = 1) -> List[np.ndarray]:
+        """Greedy batches of `indices` with (batch size x longest clip) <= max_tokens.
+
+        Replaces fairseq-fixed 0.12.3.1's compiled version, which silently drops the last clips of
+        an epoch when fewer than `required_batch_size_multiple` remain (a 4-clip valid set gives no batch).
+        """
+        mult = max(required_batch_size_multiple, 1)
+        batches: List[np.ndarray] = []
+        batch: List[int] = []
+        lengths: List[int] = []
+        for idx in indices:
+            n = self.num_tokens(int(idx))
+            if max_tokens is not None and n > max_tokens:
+                raise ValueError(f"{self.manifest_path}: clip {self.names[idx]} has {n} samples > max_tokens={max_tokens}")
+            full = (max_tokens is not None and (len(batch) + 1) * max(lengths + [n]) > max_tokens) or (
+                max_sentences is not None and len(batch) + 1 > max_sentences)
+            if batch and full:
+                keep = max(mult * (len(batch) // mult), len(batch) % mult)
+                batches.append(np.array(batch[:keep], dtype=np.int64))
+                batch, lengths = batch[keep:], lengths[keep:]
+            batch.append(int(idx))
+            lengths.append(n)
+        if batch:
+            batches.append(np.array(batch, dtype=np.int64))
+        return batches
+
     def ordered_indices(self) -> np.ndarray:
         """Longest first, ties broken by a seeded shuffle (changes every epoch)."""
         tiebreak = np.random.default_rng([self.seed, self.epoch]).permutation(len(self))

@@ -1,7 +1,6 @@
 """`MERTConfig`: every field of the original MERT model config, so original YAMLs and the configs
 stored in published checkpoints load unchanged. Fields that have no effect here are listed in
 `NO_EFFECT_FIELDS` and warn once when set away from their default."""
-from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Tuple

@@ -41,6 +41,28 @@ def stage_value(steps: List[int], values: list, num_updates: int):
     return values[sum(num_updates >= s for s in steps)]
 
 
+def parse_conv_layers(spec: str) -> List[Tuple[int, int, int]]:
+    """Evaluate a conv spec like "[(512,10,5)] + [(512,3,2)] * 4" safely (lists, tuples, ints, + and *)."""
+
+    def ev(node):
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [ev(e) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            a, b = ev(node.left), ev(node.right)
+            return a + b if isinstance(node.op, ast.Add) else a * b
+        raise ValueError(f"model.conv_feature_layers: unsupported expression {ast.dump(node)} in {spec!r}")
+
+    layers = ev(ast.parse(spec, mode="eval"))
+    if not layers or not all(isinstance(l, tuple) and len(l) == 3 for l in layers):
+        raise ValueError(f"model.conv_feature_layers={spec!r}: expected a list of (dim, kernel, stride)")
+    return layers
+
+
 def _parse_list(text: str, name: str) -> list:
     try:
         value = ast.literal_eval(text)
@@ -56,7 +78,7 @@ class MERTModel(BaseFairseqModel):
         self.cfg = cfg
         self._warn_no_effect_fields(cfg)
         sample_rate = int(task_cfg.sample_rate)
-        conv_layers = ast.literal_eval(cfg.conv_feature_layers)
+        conv_layers = parse_conv_layers(cfg.conv_feature_layers)
         self.feature_extractor = ConvFeatureExtractionModel(
             conv_layers=conv_layers, dropout=0.0, mode=cfg.extractor_mode, conv_bias=cfg.conv_bias
         )

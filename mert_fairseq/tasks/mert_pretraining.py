@@ -6,7 +6,6 @@ every epoch under stock fairseq: `has_sharded_data` asks the trainer to reload t
 epoch, and the shard for an epoch is a pure function of (seed, epoch), so a resumed run continues
 with the same shard sequence.
 """
-from __future__ import annotations
 
 import ast
 import logging
