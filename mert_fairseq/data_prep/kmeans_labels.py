@@ -1,0 +1,268 @@
+"""HuBERT-recipe k-means labels: frame features -> MiniBatchKMeans -> one label line per audio.
+
+Features, one vector per label frame (75 Hz at 24 kHz; a file of n samples has ``ceil(n / 320)``
+frames, frame j centred on sample 320 j):
+
+- ``mfcc`` (first iteration): ``n_mfcc`` MFCCs of log-mel energies (window 600 samples = 25 ms,
+  hop 320, centred frames) with deltas and delta-deltas (3 x 13 = 39 dims by default). Centred
+  STFT frames number ``n // 320 + 1``; the last is dropped when 320 divides n.
+- ``mert`` (later iterations): hidden states of layer N of a trained MERT checkpoint
+  (``mert_fairseq.checkpoint.load_mert_model``). Long files are cut in chunks of whole frames;
+  the conv front end yields ``floor((n - 400) / 320) + 1`` frames, one fewer than the rule, so the
+  last frame is repeated (or extra frames cut) to give ``ceil(n / 320)``.
+
+``fit`` samples at most ``--max-fit-frames`` frames uniformly at random from a split (memory:
+frames x dims x 4 bytes), fits k-means and saves it with its feature settings (joblib, written
+atomically). ``apply`` labels splits with a saved model: ``{label_dir}/{split}.{name}`` and
+``dict.{name}.txt`` (every cluster id with its count in that split). ``all`` does both.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+import torch
+from sklearn.cluster import MiniBatchKMeans
+from tqdm import tqdm
+
+from mert_fairseq.audio import AudioError, load_mono
+from mert_fairseq.data_prep.common import (
+    LABEL_HOP, SAMPLE_RATE, format_label_line, num_label_frames, parse_list, setup_logging, write_dictionary,
+)
+from mert_fairseq.data_prep.manifest import Manifest, ManifestError, ManifestRow, check_audio, read_manifest
+from mert_fairseq.fileio import atomic_open
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "mert-fairseq-kmeans/1"
+Extractor = Callable[[np.ndarray], np.ndarray]  # mono 24 kHz [n] -> [ceil(n / 320), dims]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which features to cluster; saved with the k-means model and reused when applying it."""
+
+    kind: str = "mfcc"  # "mfcc" or "mert"
+    n_mfcc: int = 13
+    n_mels: int = 40
+    checkpoint: str | None = None
+    layer: int | None = None
+    max_chunk_seconds: float = 30.0
+
+
+def fit_to_frames(features: np.ndarray, num_samples: int) -> np.ndarray:
+    """Cut or pad (repeating the last frame) [T, D] features to ``ceil(num_samples / 320)`` frames."""
+    target = num_label_frames(num_samples)
+    if len(features) >= target:
+        return features[:target]
+    return np.concatenate([features, np.repeat(features[-1:], target - len(features), axis=0)])
+
+
+class MfccFeatures:
+    """MFCC + deltas + delta-deltas at 75 Hz."""
+
+    def __init__(self, spec: FeatureSpec):
+        import torchaudio
+
+        self.transform = torchaudio.transforms.MFCC(
+            sample_rate=SAMPLE_RATE, n_mfcc=spec.n_mfcc, log_mels=True,
+            melkwargs=dict(n_fft=1024, win_length=600, hop_length=LABEL_HOP, n_mels=spec.n_mels, center=True),
+        )
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        import torchaudio.functional as AF
+
+        x = torch.from_numpy(np.pad(wav, (0, max(0, 1024 - len(wav)))))  # reflect padding needs > n_fft/2
+        with torch.inference_mode():
+            mfcc = self.transform(x)  # [n_mfcc, T]
+            delta = AF.compute_deltas(mfcc)
+            feats = torch.cat([mfcc, delta, AF.compute_deltas(delta)]).T
+        return fit_to_frames(feats.numpy().astype(np.float32), len(wav))
+
+
+class MertFeatures:
+    """Hidden states of one layer of a MERT model (``model.extract_hidden_states``)."""
+
+    def __init__(self, spec: FeatureSpec, device: str = "cpu", model=None, normalize: bool | None = None):
+        if model is None:
+            from mert_fairseq.checkpoint import load_mert_model  # heavy (fairseq); only on this path
+
+            model, task_cfg = load_mert_model(spec.checkpoint, device=device)
+            normalize = bool(getattr(task_cfg, "normalize", False)) if normalize is None else normalize
+        self.model, self.layer, self.device = model, spec.layer, device
+        self.normalize = bool(normalize)
+        self.chunk = max(1, int(spec.max_chunk_seconds * SAMPLE_RATE) // LABEL_HOP) * LABEL_HOP
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(wav).float()
+        if self.normalize:  # as the training task does with task.normalize
+            x = torch.nn.functional.layer_norm(x, x.shape)
+        # Each chunk also gets the 80 samples that complete its last 400-sample conv window, so
+        # chunk c yields exactly the frames starting at c * chunk / 320 ... (whole frames only).
+        parts = [self._layer(x[s : s + self.chunk + 80]) for s in range(0, len(x), self.chunk)]
+        return fit_to_frames(np.concatenate([p for p in parts if len(p)]), len(wav))
+
+    def _layer(self, x: torch.Tensor) -> np.ndarray:
+        if len(x) < 400:  # shorter than one conv window: zero-pad to one frame
+            x = torch.nn.functional.pad(x, (0, 400 - len(x)))
+        with torch.inference_mode():
+            hidden, _ = self.model.extract_hidden_states(x[None].to(self.device))
+        return hidden[self.layer][0].float().cpu().numpy()
+
+
+def make_extractor(spec: FeatureSpec, device: str = "cpu") -> Extractor:
+    if spec.kind == "mfcc":
+        return MfccFeatures(spec)
+    if spec.kind == "mert":
+        if not spec.checkpoint or spec.layer is None:
+            raise ValueError("--feature mert needs --checkpoint and --layer")
+        return MertFeatures(spec, device)
+    raise ValueError(f"unknown feature kind {spec.kind!r} (mfcc or mert)")
+
+
+# ----------------------------------------------------------------------------- fit and apply
+
+
+def iter_features(manifest: Manifest, extractor: Extractor, rows: Sequence[ManifestRow], desc: str) -> Iterator[np.ndarray]:
+    """Features [ceil(n / 320), D] of each row, in order, with a progress bar."""
+    for row in tqdm(rows, desc=desc, unit="file"):
+        yield extractor(load_mono(manifest.audio_path(row)))
+
+
+def sample_fit_frames(manifest: Manifest, extractor: Extractor, max_frames: int, seed: int) -> np.ndarray:
+    """A uniform random sample of at most `max_frames` frames of the split -> [N, D] float32."""
+    counts = np.array([num_label_frames(r.num_samples) for r in manifest.rows])
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    chosen = np.sort(np.random.default_rng(seed).choice(offsets[-1], min(max_frames, offsets[-1]), replace=False))
+    bounds = np.searchsorted(chosen, offsets)  # chosen[bounds[i]:bounds[i+1]] fall in row i
+    rows = [i for i in range(len(counts)) if bounds[i + 1] > bounds[i]]
+    feats = iter_features(manifest, extractor, [manifest.rows[i] for i in rows], "features (fit)")
+    picked = [f[chosen[bounds[i] : bounds[i + 1]] - offsets[i]] for i, f in zip(rows, feats)]
+    return np.concatenate(picked).astype(np.float32)
+
+
+def fit_kmeans(frames: np.ndarray, n_clusters: int, seed: int = 0, batch_size: int = 10_000, n_init: int = 3) -> MiniBatchKMeans:
+    if len(frames) < n_clusters:
+        raise ValueError(f"only {len(frames)} frames to fit {n_clusters} clusters; lower --n-clusters")
+    km = MiniBatchKMeans(
+        n_clusters=n_clusters, init="k-means++", batch_size=batch_size, n_init=n_init, max_iter=100,
+        max_no_improvement=100, reassignment_ratio=0.0, random_state=seed,
+    )
+    return km.fit(frames)
+
+
+def save_model(path: str | Path, km: MiniBatchKMeans, spec: FeatureSpec, fitted_on: str) -> None:
+    with atomic_open(path, "wb") as f:
+        joblib.dump({"format": MODEL_FORMAT, "kmeans": km, "feature": asdict(spec), "fitted_on": fitted_on}, f)
+
+
+def load_model(path: str | Path) -> tuple[MiniBatchKMeans, FeatureSpec]:
+    try:
+        saved = joblib.load(path)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot load k-means model ({exc})") from exc
+    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: not a k-means model written by prepare_kmeans_labels.py")
+    return saved["kmeans"], FeatureSpec(**saved["feature"])
+
+
+def apply_kmeans(manifest: Manifest, extractor: Extractor, km: MiniBatchKMeans, label_dir: str | Path, name: str, split: str) -> None:
+    """Write ``{label_dir}/{split}.{name}`` and ``dict.{name}.txt``."""
+    label_dir = Path(label_dir)
+    counts = np.zeros(km.n_clusters, np.int64)
+    with atomic_open(label_dir / f"{split}.{name}", "w") as f:
+        for feats in iter_features(manifest, extractor, manifest.rows, f"k-means labels {split}"):
+            labels = km.predict(feats.astype(km.cluster_centers_.dtype))
+            counts += np.bincount(labels, minlength=km.n_clusters)
+            f.write(format_label_line(labels.tolist()))
+    write_dictionary(label_dir / f"dict.{name}.txt", counts)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def load_split(manifest_dir: str | Path, split: str) -> Manifest:
+    manifest = read_manifest(Path(manifest_dir) / f"{split}.tsv")
+    check_audio(manifest, SAMPLE_RATE)
+    return manifest
+
+
+def run_fit(args: argparse.Namespace) -> None:
+    spec = FeatureSpec(args.feature, args.n_mfcc, args.n_mels, args.checkpoint, args.layer, args.max_chunk_seconds)
+    manifest = load_split(args.manifest_dir, args.split)
+    start = time.perf_counter()
+    frames = sample_fit_frames(manifest, make_extractor(spec, args.device), args.max_fit_frames, args.seed)
+    log.info("fitting %d clusters on %d frames x %d dims", args.n_clusters, *frames.shape)
+    km = fit_kmeans(frames, args.n_clusters, args.seed)
+    save_model(args.kmeans_model, km, spec, str(manifest.path.resolve()))
+    log.info("saved %s (inertia %.4g, %.1f s)", args.kmeans_model, km.inertia_, time.perf_counter() - start)
+
+
+def run_apply(args: argparse.Namespace) -> None:
+    km, spec = load_model(args.kmeans_model)
+    if args.checkpoint and spec.kind == "mert":
+        spec = FeatureSpec(**{**asdict(spec), "checkpoint": args.checkpoint})
+    extractor = make_extractor(spec, args.device)
+    for split in parse_list(args.splits):
+        apply_kmeans(load_split(args.manifest_dir, split), extractor, km, args.label_dir, args.name, split)
+        log.info("wrote %s/%s.%s", args.label_dir, split, args.name)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest-dir", required=True, help="folder holding {split}.tsv")
+    p.add_argument("--kmeans-model", required=True, help="fitted model file (joblib)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--checkpoint", help="MERT checkpoint for --feature mert (apply: overrides the saved path)")
+
+
+def _fit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default="train", help="split to fit on")
+    p.add_argument("--feature", choices=("mfcc", "mert"), default="mfcc")
+    p.add_argument("--layer", type=int, help="MERT layer for --feature mert (0 = CNN/input projection)")
+    p.add_argument("--n-mfcc", type=int, default=13)
+    p.add_argument("--n-mels", type=int, default=40)
+    p.add_argument("--max-chunk-seconds", type=float, default=30.0, help="MERT input chunk length")
+    p.add_argument("--n-clusters", type=int, default=500)
+    p.add_argument("--max-fit-frames", type=int, default=500_000, help="frames sampled for fitting")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _apply_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--splits", default="train,valid", help="splits to label")
+    p.add_argument("--label-dir", required=True)
+    p.add_argument("--name", default="kmeans", help="label name: files {split}.{name}, dict.{name}.txt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for command, adders, text in (
+        ("fit", (_fit_args,), "fit k-means on a split and save it"),
+        ("apply", (_apply_args,), "label splits with a saved model"),
+        ("all", (_fit_args, _apply_args), "fit, then label"),
+    ):
+        sp = sub.add_parser(command, help=text)
+        _common(sp)
+        for add in adders:
+            add(sp)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        if args.command in ("fit", "all"):
+            run_fit(args)
+        if args.command in ("apply", "all"):
+            run_apply(args)
+    except (ManifestError, AudioError, ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
