@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# MERT pretraining launcher.
+#
+# No arguments: the demo, end to end on 2 CPU cores (about 5-10 minutes the first time):
+#   demo corpus -> manifest -> K-means labels -> MERT_demo_cpu training -> checkpoint.
+#   Steps already done are skipped; training resumes from checkpoint_last.pt.
+#     bash scripts/run_training.sh
+#
+# GPU runs (the original call form):
+#   bash scripts/run_training.sh WORKER_RANK PLATFORM CONFIG_NAME [SETTING MASTER_ADDR PORT] [hydra overrides...]
+#     WORKER_RANK  index of this node (0 on the first node); global rank = WORKER_RANK * NPROCS_PER_NODE
+#     PLATFORM     local  : fairseq spawns NPROCS_PER_NODE workers on this node (single or multi node)
+#                  slurm  : run under `srun` (one task per node); fairseq reads ranks from SLURM_* variables
+#                  torchrun: launched by `torchrun --nproc_per_node ...` (see README); ranks from its env
+#     CONFIG_NAME  a yaml in configs/pretrain, e.g. MERT_RVQ-VAE_CQT_95M, MERT_RVQ-VAE_CQT_330M, MERT_KMeans_CQT_95M
+#     SETTING      a run name (default: CONFIG_NAME); checkpoints go to $SAVE_DIR/ckpt_$SETTING/$CONFIG_NAME
+#     MASTER_ADDR PORT  rendezvous of node 0 (default 127.0.0.1 39683)
+#   Paths and sizes come from the environment:
+#     DATA_DIR (manifests), LABEL_DIR (labels + dicts), SAVE_DIR (default ./runs),
+#     NPROCS_PER_NODE (default: GPUs on this node), WORLD_SIZE (default: NPROCS_PER_NODE, i.e. one node),
+#     MAX_TOKENS, NUM_WORKERS, LABELS (hydra list, default the 8 EnCodec codebooks), LABEL_RATE (75)
+#   Anything after the positional arguments is passed to fairseq-hydra-train as hydra overrides, e.g.
+#     DATA_DIR=/data/tsv LABEL_DIR=/data/labels bash scripts/run_training.sh 0 local MERT_RVQ-VAE_CQT_95M \
+#       run1 127.0.0.1 39683 optimization.max_update=1000 common.bf16=true common.fp16=false
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ -x "$ROOT/.venv/bin/python" ]]; then BIN="$ROOT/.venv/bin"; else BIN="$(dirname "$(command -v python3)")"; fi
+PY="$BIN/python"
+TRAIN="$BIN/fairseq-hydra-train"
+CONFIG_DIR="$ROOT/configs/pretrain"
+USER_DIR="$ROOT/mert_fairseq"
+say() { printf '\n[run_training] %s\n' "$*"; }
+
+run_demo() {
+  local demo="${DEMO_DIR:-$ROOT/data/demo}"
+  local corpus="$demo/corpus" audio="$demo/audio24k" manifest="$demo/manifest" labels="$demo/labels"
+  local save="${SAVE_DIR:-$ROOT/runs/demo}"
+  say "1/4 demo corpus -> $corpus"
+  "$PY" "$ROOT/scripts/make_demo_corpus.py" --out-dir "$corpus" --num-clips "${DEMO_CLIPS:-200}" --seconds 6
+  if [[ -s "$manifest/train.tsv" && -s "$manifest/valid.tsv" ]]; then
+    say "2/4 manifest: already in $manifest"
+  else
+    say "2/4 manifest -> $manifest"
+    "$PY" "$ROOT/scripts/prepare_manifest.py" --root-dir "$corpus" --converted-root-dir "$audio" \
+      --out-dir "$manifest" --target-rate 24000 --valid-percent 0.1 --seed 1
+  fi
+  if [[ -s "$labels/train.kmeans" && -s "$labels/valid.kmeans" && -s "$labels/dict.kmeans.txt" ]]; then
+    say "3/4 K-means labels: already in $labels"
+  else
+    say "3/4 K-means labels (MFCC, 100 clusters) -> $labels"
+    "$PY" "$ROOT/scripts/prepare_kmeans_labels.py" --manifest-dir "$manifest" --label-dir "$labels" \
+      --name kmeans --n-clusters 100 --fit-split train --splits train,valid
+  fi
+  say "4/4 training MERT_demo_cpu -> $save (resumes from checkpoint_last.pt when present)"
+  local log="$save/train.log"
+  mkdir -p "$save"
+  "$TRAIN" --config-dir "$CONFIG_DIR" --config-name MERT_demo_cpu \
+    common.user_dir="$USER_DIR" task.data="$manifest" task.label_dir="$labels" \
+    checkpoint.save_dir="$save/checkpoints" hydra.run.dir="$save" "$@" 2>&1 | tee -a "$log" \
+    | grep --line-buffered -E "\]\[(train_inner|train|valid)\]|Loaded checkpoint|done training|Error|error" || true
+  [[ "${PIPESTATUS[0]}" == 0 ]] || { echo "training failed; see $log" >&2; exit 1; }
+  local acc
+  acc=$(grep -E "\]\[valid\]" "$log" | tail -1 | grep -oE "correct_m_0 [0-9.]+" | awk '{print $2}')
+  say "done."
+  echo "  corpus:      $corpus"
+  echo "  manifests:   $manifest"
+  echo "  labels:      $labels"
+  echo "  checkpoints: $save/checkpoints (checkpoint_last.pt)"
+  echo "  log:         $log"
+  echo "  final validation masked accuracy (K-means targets, chance ~1%): ${acc:-n/a}"
+}
+
+if [[ $# -eq 0 ]]; then
+  run_demo
+  exit 0
+fi
+
+WORKER_RANK=$1
+PLATFORM=${2:-local}
+CONFIG_NAME=${3:-MERT_RVQ-VAE_CQT_95M}
+SETTING=${4:-$CONFIG_NAME}
+MASTER_ADDR=${5:-127.0.0.1}
+PORT=${6:-39683}
+shift $(( $# < 6 ? $# : 6 ))
+[[ -f "$CONFIG_DIR/$CONFIG_NAME.yaml" ]] || { echo "error: unknown config $CONFIG_NAME (no $CONFIG_DIR/$CONFIG_NAME.yaml)" >&2; exit 2; }
+: "${DATA_DIR:?set DATA_DIR to the directory with train.tsv/valid.tsv}"
+: "${LABEL_DIR:?set LABEL_DIR to the directory with the label files and dict.*.txt}"
+if [[ "$CONFIG_NAME" == *KMeans* ]]; then DEFAULT_LABELS='[kmeans]'; else
+  DEFAULT_LABELS='[encodec_0,encodec_1,encodec_2,encodec_3,encodec_4,encodec_5,encodec_6,encodec_7]'; fi
+LABELS=${LABELS:-$DEFAULT_LABELS}
+GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+NPROCS_PER_NODE=${NPROCS_PER_NODE:-$(( GPUS > 0 ? GPUS : 1 ))}
+WORLD_SIZE=${WORLD_SIZE:-$NPROCS_PER_NODE}
+SAVE_DIR=${SAVE_DIR:-$ROOT/runs}
+CKPT_DIR="$SAVE_DIR/ckpt_$SETTING/$CONFIG_NAME"
+mkdir -p "$CKPT_DIR"
+
+args=(--config-dir "$CONFIG_DIR" --config-name "$CONFIG_NAME"
+  common.user_dir="$USER_DIR" task.data="$DATA_DIR" task.label_dir="$LABEL_DIR" "task.labels=$LABELS"
+  model.label_rate="${LABEL_RATE:-75}" checkpoint.save_dir="$CKPT_DIR" hydra.run.dir="$CKPT_DIR"
+  distributed_training.distributed_world_size="$WORLD_SIZE")
+[[ -n "${MAX_TOKENS:-}" ]] && args+=(dataset.max_tokens="$MAX_TOKENS")
+[[ -n "${NUM_WORKERS:-}" ]] && args+=(dataset.num_workers="$NUM_WORKERS")
+case "$PLATFORM" in
+  local)
+    args+=(distributed_training.nprocs_per_node="$NPROCS_PER_NODE"
+      distributed_training.distributed_rank=$(( WORKER_RANK * NPROCS_PER_NODE )))
+    (( WORLD_SIZE > 1 )) && args+=(distributed_training.distributed_init_method="tcp://$MASTER_ADDR:$PORT")
+    ;;
+  slurm)     # fairseq derives init method and ranks from SLURM_* (one srun task per node)
+    args+=(distributed_training.nprocs_per_node="$NPROCS_PER_NODE" distributed_training.distributed_port="$PORT") ;;
+  torchrun)  # fairseq reads RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR set by torchrun
+    args+=(distributed_training.nprocs_per_node=1) ;;
+  *) echo "error: PLATFORM must be local, slurm or torchrun (got $PLATFORM)" >&2; exit 2 ;;
+esac
+echo "[run_training] $CONFIG_NAME on $PLATFORM: node $WORKER_RANK, $NPROCS_PER_NODE procs/node, world $WORLD_SIZE, master $MASTER_ADDR:$PORT"
+echo "[run_training] checkpoints: $CKPT_DIR"
+exec "$TRAIN" "${args[@]}" "$@"
