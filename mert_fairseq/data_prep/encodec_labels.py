@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 CODEBOOK_SIZE = 1024
 KBPS_PER_CODEBOOK = 0.75  # 10 bits x 75 Hz
+SUPPORTED_CODEBOOKS = (2, 4, 8, 16, 32)  # the 24 kHz model's bandwidths 1.5, 3, 6, 12, 24 kbps
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ def load_encodec(
 
     if random_init and checkpoint:
         raise ValueError("give either --checkpoint or --random-init, not both")
+    if n_codebook not in SUPPORTED_CODEBOOKS:
+        raise ValueError(f"--n_codebook {n_codebook} is not supported; choose one of {SUPPORTED_CODEBOOKS}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's weight_norm deprecation notice
         if random_init:
@@ -104,11 +107,7 @@ def load_encodec(
             model = EncodecModel.encodec_model_24khz()  # downloads the weights (internet)
     if model.sample_rate != SAMPLE_RATE or model.channels != 1:
         raise ValueError(f"expected a 24 kHz mono EnCodec model, got {model.sample_rate} Hz, {model.channels} ch")
-    bandwidth = bandwidth_for(n_codebook)
-    if bandwidth not in model.target_bandwidths:
-        valid = ", ".join(str(int(b / KBPS_PER_CODEBOOK)) for b in model.target_bandwidths)
-        raise ValueError(f"--n_codebook {n_codebook} is not supported; choose one of {valid}")
-    model.set_target_bandwidth(bandwidth)
+    model.set_target_bandwidth(bandwidth_for(n_codebook))
     return model.eval().to(device)
 
 
@@ -167,7 +166,8 @@ class Piece:
 
 def chunk_pieces(row: int, num_samples: int, chunk: int, context: int) -> list[Piece]:
     """Cut one file into chunks of `chunk` samples, each preceded by up to `context` samples."""
-    assert chunk % LABEL_HOP == 0 and context % LABEL_HOP == 0, "chunk and context must be multiples of 320"
+    if chunk <= 0 or chunk % LABEL_HOP or context < 0 or context % LABEL_HOP:
+        raise ValueError(f"chunk ({chunk}) and context ({context}) must be multiples of {LABEL_HOP} samples")
     pieces = []
     for begin in range(0, num_samples, chunk):
         start = max(0, begin - context)

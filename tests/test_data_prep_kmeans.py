@@ -1,0 +1,127 @@
+"""k-means labels: MFCC frame rule, fit/apply, saved-model reuse, MERT-layer features."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from data_prep_helpers import TINY_LENGTHS, make_prepared_dataset, read_label_lines, run_script, tone
+from mert_fairseq.data_prep.kmeans_labels import (
+    FeatureSpec, MertFeatures, MfccFeatures, apply_kmeans, fit_kmeans, load_model, sample_fit_frames,
+)
+from mert_fairseq.data_prep.manifest import read_manifest
+
+SR = 24000
+
+
+@pytest.fixture(scope="module")
+def manifest_dir(tmp_path_factory):
+    return make_prepared_dataset(tmp_path_factory.mktemp("kmeans_data"))
+
+
+def test_mfcc_frames_follow_the_label_rule():
+    extract = MfccFeatures(FeatureSpec(n_mfcc=13))
+    for n in (300, 3200, 3201, SR + 17, 2 * SR):
+        feats = extract(tone(n))
+        assert feats.shape == (math.ceil(n / 320), 39) and np.isfinite(feats).all()
+
+
+def test_fit_sample_is_bounded_and_seeded(manifest_dir):
+    manifest = read_manifest(manifest_dir / "train.tsv")
+    extract = MfccFeatures(FeatureSpec())
+    a = sample_fit_frames(manifest, extract, max_frames=300, seed=1)
+    assert a.shape == (300, 39)
+    assert np.array_equal(a, sample_fit_frames(manifest, extract, max_frames=300, seed=1))
+    assert not np.array_equal(a, sample_fit_frames(manifest, extract, max_frames=300, seed=2))
+    total = sum(math.ceil(r.num_samples / 320) for r in manifest.rows)
+    assert len(sample_fit_frames(manifest, extract, max_frames=10**9, seed=0)) == total
+
+
+def test_cli_fit_apply_and_reuse_of_saved_model(manifest_dir, tmp_path):
+    labels, model_path = tmp_path / "labels", tmp_path / "km.joblib"
+    result = run_script("prepare_kmeans_labels", "all", "--manifest-dir", manifest_dir, "--kmeans-model", model_path,
+                        "--label-dir", labels, "--n-clusters", 8, "--max-fit-frames", 2000, "--name", "km8")
+    assert result.returncode == 0, result.stderr
+    for split in ("train", "valid"):
+        rows = read_manifest(manifest_dir / f"{split}.tsv").rows
+        lines = read_label_lines(labels / f"{split}.km8")
+        assert [len(line) for line in lines] == [math.ceil(r.num_samples / 320) for r in rows]
+        assert all(0 <= c < 8 for line in lines for c in line)
+    used = {c for line in read_label_lines(labels / "train.km8") for c in line}
+    assert len(used) >= 4
+    entries = [line.split() for line in (labels / "dict.km8.txt").read_text().splitlines()]
+    assert [int(c) for c, _ in entries] == list(range(8))
+    assert sum(int(n) for _, n in entries) == sum(math.ceil(n / 320) for n in TINY_LENGTHS[:2])  # valid ran last
+
+    km, spec = load_model(model_path)
+    assert spec == FeatureSpec() and km.n_clusters == 8
+    again = tmp_path / "again"
+    apply_kmeans(read_manifest(manifest_dir / "train.tsv"), MfccFeatures(spec), km, again, "km8", "train")
+    assert (again / "train.km8").read_bytes() == (labels / "train.km8").read_bytes()
+
+
+def test_fit_is_deterministic_and_rejects_too_few_frames(manifest_dir):
+    frames = sample_fit_frames(read_manifest(manifest_dir / "train.tsv"), MfccFeatures(FeatureSpec()), 1000, 0)
+    a, b = fit_kmeans(frames, 8, seed=0), fit_kmeans(frames, 8, seed=0)
+    assert np.array_equal(a.cluster_centers_, b.cluster_centers_)
+    with pytest.raises(ValueError, match=f"only {len(frames)} frames"):
+        fit_kmeans(frames, 2000)
+
+
+def test_apply_rejects_a_file_that_is_not_a_model(tmp_path, manifest_dir, capsys):
+    from mert_fairseq.data_prep.kmeans_labels import main
+
+    (tmp_path / "x.joblib").write_bytes(b"nonsense")
+    argv = ["apply", "--manifest-dir", str(manifest_dir), "--kmeans-model", str(tmp_path / "x.joblib"),
+            "--label-dir", str(tmp_path)]
+    assert main(argv) == 1
+    assert "x.joblib: cannot load k-means model" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- MERT-layer features
+
+
+def _tiny_mert(**overrides):
+    tiny_models = pytest.importorskip("tiny_models", reason="tests/tiny_models.py (tiny MERT configs) not present")
+    if not hasattr(tiny_models, "tiny_model"):
+        pytest.skip("tests/tiny_models.py has no tiny_model()")
+    torch.manual_seed(0)
+    return tiny_models.tiny_model("kmeans", **overrides).eval()
+
+
+def test_mert_features_are_frame_aligned_across_chunks():
+    # layer-norm CNN: the layer-0 features are local, so chunking may only change frames near seams
+    model = _tiny_mert(extractor_mode="layer_norm")
+    wav = tone(3 * SR - 319)
+    whole = MertFeatures(FeatureSpec("mert", layer=0, max_chunk_seconds=60), model=model, normalize=False)(wav)
+    chunked = MertFeatures(FeatureSpec("mert", layer=0, max_chunk_seconds=0.5), model=model, normalize=False)(wav)
+    assert whole.shape == chunked.shape == (math.ceil(len(wav) / 320), 32)
+    step = int(0.5 * SR) // 320  # frames per chunk
+    interior = [f for f in range(len(whole) - 2) if 8 <= f % step < step - 8]
+    assert np.allclose(whole[interior], chunked[interior], atol=1e-4)
+    assert not np.allclose(whole[interior][1:], chunked[interior][:-1], atol=1e-4)  # a shift would show
+
+
+def test_mert_checkpoint_path_end_to_end(tmp_path, manifest_dir):
+    checkpoint = pytest.importorskip("mert_fairseq.checkpoint")
+    if not hasattr(checkpoint, "load_mert_model"):
+        pytest.skip("mert_fairseq.checkpoint.load_mert_model not available yet")
+    from omegaconf import OmegaConf
+
+    model = _tiny_mert()
+    cfg = {"model": {**OmegaConf.to_container(model.cfg, resolve=True, enum_to_str=True), "_name": "mert"},
+           "task": {"_name": "mert_pretraining", "sample_rate": SR, "label_rate": 75, "labels": ["kmeans"],
+                    "normalize": False}}
+    torch.save({"cfg": cfg, "model": model.state_dict()}, tmp_path / "tiny.pt")
+    labels = tmp_path / "labels"
+    result = run_script("prepare_kmeans_labels", "all", "--manifest-dir", manifest_dir, "--kmeans-model",
+                        tmp_path / "mert.joblib", "--label-dir", labels, "--feature", "mert", "--checkpoint",
+                        tmp_path / "tiny.pt", "--layer", 2, "--n-clusters", 4, "--name", "mert_l2", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    rows = read_manifest(manifest_dir / "train.tsv").rows
+    lines = read_label_lines(labels / "train.mert_l2")
+    assert [len(line) for line in lines] == [math.ceil(r.num_samples / 320) for r in rows]
+    assert all(0 <= c < 4 for line in lines for c in line)
+    assert load_model(tmp_path / "mert.joblib")[1].layer == 2
