@@ -48,8 +48,8 @@ def test_rerun_of_complete_corpus_writes_nothing(tmp_path):
 
 
 def test_cli(tmp_path):
-    result = run_script("make_demo_corpus", "--out-dir", tmp_path / "demo", "--num-clips", 3, "--seconds", 1, "--seed", 0,
-                        cwd=tmp_path)  # works from outside the repository
+    args = ["--out-dir", tmp_path / "demo", "--num-clips", 3, "--seconds", 1, "--seed", 0]
+    result = run_script("make_demo_corpus", *args, cwd=tmp_path)  # works from outside the repository
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "demo" / "wav").glob("*.wav"))) == 3
     assert len((tmp_path / "demo" / "metadata.csv").read_text().splitlines()) == 4

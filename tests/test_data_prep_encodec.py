@@ -46,7 +46,7 @@ def test_random_model_is_seeded_and_spreads_codes(model, music):
 
 def test_chunk_pieces_cover_every_frame_once():
     pieces = chunk_pieces(0, 5 * SR + 100, chunk=2 * SR, context=37 * 320)
-    frames = [f for p in pieces for f in range(p.first_frame, p.first_frame + math.ceil((p.end - p.start) / 320) - p.skip)]
+    frames = [p.first_frame + i for p in pieces for i in range(math.ceil((p.end - p.start) / 320) - p.skip)]
     assert frames == list(range(math.ceil((5 * SR + 100) / 320)))
     assert [(p.start, p.skip) for p in pieces] == [(0, 0), (2 * SR - 37 * 320, 37), (4 * SR - 37 * 320, 37)]
 
@@ -65,7 +65,8 @@ def test_chunked_codes_match_whole_file_with_context(model, music):
         near_seams[s : s + 5] = True
 
     def mismatch(context):
-        chunked = encode_waveform(model, music, EncodecSettings(chunk_samples=SR, context_samples=context), batch_size=4)
+        settings = EncodecSettings(chunk_samples=SR, context_samples=context)
+        chunked = encode_waveform(model, music, settings, batch_size=4)
         assert chunked.shape == whole.shape
         return (chunked != whole).any(axis=0)
 

@@ -27,7 +27,8 @@ def data(tmp_path):
 
 def test_clean_data_passes(data):
     manifest_dir, labels = data
-    result = run_script("validate_data", "--manifest-dir", manifest_dir, "--label-dir", labels, "--splits", "train,valid")
+    args = ["--manifest-dir", manifest_dir, "--label-dir", labels, "--splits", "train,valid"]
+    result = run_script("validate_data", *args)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("OK: train (4 files") and "enc_0, enc_1" in result.stdout
     assert len(result.stdout.splitlines()) == 1
@@ -68,7 +69,8 @@ def test_wrong_rate_stereo_length_and_missing_audio(data, tmp_path):
     assert result.stdout.splitlines() == [
         f"{tsv}:2: {manifest.audio_path(rows[0])}: sample rate 16000, expected 24000",
         f"{tsv}:3: {manifest.audio_path(rows[1])}: 2 channels, expected mono",
-        f"{tsv}:4: {manifest.audio_path(rows[2])}: has {rows[2].num_samples + 5} samples, manifest says {rows[2].num_samples}",
+        f"{tsv}:4: {manifest.audio_path(rows[2])}: has {rows[2].num_samples + 5} samples, "
+        f"manifest says {rows[2].num_samples}",
         f"{tsv}:5: {manifest.audio_path(rows[3])}: file not found",
     ]
     assert "FAILED: 4 problem(s)" in result.stderr

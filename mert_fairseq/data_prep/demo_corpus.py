@@ -13,7 +13,7 @@ import csv
 import io
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -173,7 +173,10 @@ def render_clip(spec: ClipSpec) -> np.ndarray:
     return (mix * (rng.uniform(0.5, 0.9) / peak)).astype(np.float32)
 
 
-def _melody(mix: np.ndarray, spec: ClipSpec, rng: np.random.Generator, start: float, beat: float, root: int, pitch) -> None:
+def _melody(
+    mix: np.ndarray, spec: ClipSpec, rng: np.random.Generator, start: float, beat: float, root: int,
+    pitch: Callable[[int, int], float],
+) -> None:
     """One bar of a random-walk melody that lands on chord tones at beat starts."""
     position, degree = 0.0, root + 7
     while position < 4 * beat - 1e-9:
@@ -182,7 +185,8 @@ def _melody(mix: np.ndarray, spec: ClipSpec, rng: np.random.Generator, start: fl
         degree = root + 7 + int(rng.choice([0, 2, 4])) if on_beat else degree + int(rng.choice([-2, -1, 1, 2]))
         degree = int(np.clip(degree, root + 3, root + 13))
         if rng.random() > 0.1:  # some rests
-            _add(mix, start + position, note(spec.timbre, pitch(degree, 1), length * 0.95, spec.sample_rate, rng), 0.3, spec.sample_rate)
+            sound = note(spec.timbre, pitch(degree, 1), length * 0.95, spec.sample_rate, rng)
+            _add(mix, start + position, sound, 0.3, spec.sample_rate)
         position += length
 
 

@@ -32,7 +32,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import shutil
 import time
 import warnings
@@ -241,7 +240,9 @@ def encode_rows(
     return outs
 
 
-def encode_waveform(model, wav: np.ndarray, settings: EncodecSettings, batch_size: int = 8, device: str = "cpu") -> np.ndarray:
+def encode_waveform(
+    model, wav: np.ndarray, settings: EncodecSettings, batch_size: int = 8, device: str = "cpu"
+) -> np.ndarray:
     """Chunked codes [n_codebook, ceil(len / 320)] of one in-memory 24 kHz mono waveform."""
     out = np.zeros((settings.n_codebook, num_label_frames(len(wav))), np.int16)
     pieces = chunk_pieces(0, len(wav), settings.chunk_samples, settings.context_samples)
@@ -300,7 +301,9 @@ def _identity(manifest: Manifest, settings: EncodecSettings) -> dict:
     return {"manifest": str(manifest.path.resolve()), "manifest_sha256": digest, **asdict(settings)}
 
 
-def assemble(work: PartialWork, shards: Sequence[range], manifest: Manifest, out_root: Path, split: str, n_codebook: int) -> None:
+def assemble(
+    work: PartialWork, shards: Sequence[range], manifest: Manifest, out_root: Path, split: str, n_codebook: int
+) -> None:
     """Write ``{split}.encodec_{i}`` and ``dict.encodec_{i}.txt`` atomically from the shards."""
     counts = np.zeros((n_codebook, CODEBOOK_SIZE), np.int64)
     with contextlib.ExitStack() as stack:
@@ -308,7 +311,8 @@ def assemble(work: PartialWork, shards: Sequence[range], manifest: Manifest, out
         for k, shard in enumerate(shards):
             for row, codes in zip((manifest.rows[j] for j in shard), work.load(k)):
                 if codes.shape != (n_codebook, num_label_frames(row.num_samples)):
-                    raise RuntimeError(f"{work.path(k)}: codes {codes.shape} for {manifest.where(row)}; delete {work.directory}")
+                    raise RuntimeError(f"{work.path(k)}: codes {codes.shape} for {manifest.where(row)}; "
+                                       f"delete {work.directory} and run again")
                 for i, f in enumerate(files):
                     f.write(format_label_line(codes[i].tolist()))
                     counts[i] += np.bincount(codes[i], minlength=CODEBOOK_SIZE)

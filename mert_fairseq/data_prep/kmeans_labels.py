@@ -129,7 +129,9 @@ def make_extractor(spec: FeatureSpec, device: str = "cpu") -> Extractor:
 # ----------------------------------------------------------------------------- fit and apply
 
 
-def iter_features(manifest: Manifest, extractor: Extractor, rows: Sequence[ManifestRow], desc: str) -> Iterator[np.ndarray]:
+def iter_features(
+    manifest: Manifest, extractor: Extractor, rows: Sequence[ManifestRow], desc: str
+) -> Iterator[np.ndarray]:
     """Features [ceil(n / 320), D] of each row, in order, with a progress bar."""
     for row in tqdm(rows, desc=desc, unit="file"):
         yield extractor(load_mono(manifest.audio_path(row)))
@@ -147,7 +149,9 @@ def sample_fit_frames(manifest: Manifest, extractor: Extractor, max_frames: int,
     return np.concatenate(picked).astype(np.float32)
 
 
-def fit_kmeans(frames: np.ndarray, n_clusters: int, seed: int = 0, batch_size: int = 10_000, n_init: int = 3) -> MiniBatchKMeans:
+def fit_kmeans(
+    frames: np.ndarray, n_clusters: int, seed: int = 0, batch_size: int = 10_000, n_init: int = 3
+) -> MiniBatchKMeans:
     if len(frames) < n_clusters:
         raise ValueError(f"only {len(frames)} frames to fit {n_clusters} clusters; lower --n-clusters")
     km = MiniBatchKMeans(
@@ -172,7 +176,9 @@ def load_model(path: str | Path) -> tuple[MiniBatchKMeans, FeatureSpec]:
     return saved["kmeans"], FeatureSpec(**saved["feature"])
 
 
-def apply_kmeans(manifest: Manifest, extractor: Extractor, km: MiniBatchKMeans, label_dir: str | Path, name: str, split: str) -> None:
+def apply_kmeans(
+    manifest: Manifest, extractor: Extractor, km: MiniBatchKMeans, label_dir: str | Path, name: str, split: str
+) -> None:
     """Write ``{label_dir}/{split}.{name}`` and ``dict.{name}.txt``."""
     label_dir = Path(label_dir)
     counts = np.zeros(km.n_clusters, np.int64)

@@ -59,7 +59,8 @@ def label_problems(
     n_rows = len(manifest.path.read_text().splitlines()) - 1  # data lines, malformed ones included
     problems = []
     if len(lines) < n_rows:
-        problems.append(f"{path}:{len(lines) + 1}: missing line(s): {len(lines)} lines, {manifest.path} has {n_rows} rows")
+        problems.append(f"{path}:{len(lines) + 1}: missing line(s): {len(lines)} lines, "
+                        f"{manifest.path} has {n_rows} rows")
     elif len(lines) > n_rows:
         problems.append(f"{path}:{n_rows + 1}: extra line(s): {len(lines)} lines, {manifest.path} has {n_rows} rows")
     for row in manifest.rows:
@@ -71,7 +72,8 @@ def label_problems(
 
 
 def _line_problems(
-    where: str, codes: list[str], num_samples: int, dictionary: Path, symbols: set[str], sample_rate: int, label_rate: float
+    where: str, codes: list[str], num_samples: int, dictionary: Path, symbols: set[str],
+    sample_rate: int, label_rate: float,
 ) -> list[str]:
     problems = []
     expected = num_samples * label_rate / sample_rate
