@@ -194,3 +194,20 @@ def test_unsupported_values_fail_clearly():
         tiny_model("kmeans", layer_type="conformer")
     with pytest.raises(ValueError, match="conv_feature_layers"):
         tiny_model("kmeans", conv_feature_layers="[(32, 10)]")
+
+
+def test_training_draws_follow_fairseq_update_seed():
+    """Same fairseq seed + update -> same masks and mixture (exact resume); another update -> new draws."""
+    from fairseq.criterions.hubert_criterion import HubertCriterion
+
+    model = tiny_model("kmeans", mixture_prob=0.5, inbatch_noise_augment_len_range="[2400, 4800]").train()
+    source, targets = batch(model)
+    criterion = HubertCriterion(None, 1.0, 0.0, [10, 1])
+    losses = []
+    for seed, update in ((5, 3), (5, 3), (6, 4)):
+        torch.manual_seed(seed)  # what fairseq's trainer does before every update
+        model.set_num_updates(update)
+        sample = {"net_input": {"source": source.clone(), "padding_mask": None}, "target_list": targets,
+                  "id": torch.arange(len(source))}
+        losses.append(criterion(model, sample)[0].item())
+    assert losses[0] == losses[1] and losses[2] != losses[0], losses

@@ -322,7 +322,12 @@ class MERTDataset(FairseqDataset):
         return batches
 
     def ordered_indices(self) -> np.ndarray:
-        """Longest first, ties broken by a seeded shuffle (changes every epoch)."""
-        tiebreak = np.random.default_rng([self.seed, self.epoch]).permutation(len(self))
+        """Longest first, ties broken by a shuffle seeded by `seed` alone.
+
+        Not by epoch: fairseq builds batches once and reuses them (shuffling their order per epoch), so
+        an epoch-dependent order would give a run resumed in epoch k different batches than a run
+        that never stopped.
+        """
+        tiebreak = np.random.default_rng(self.seed).permutation(len(self))
         return np.lexsort([tiebreak, -self.sizes])
 

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fairseq.data.data_utils import compute_mask_indices
+from fairseq.data.data_utils import compute_mask_indices, numpy_seed
 from fairseq.data.dictionary import Dictionary
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
@@ -138,6 +138,7 @@ class MERTModel(BaseFairseqModel):
                 raise ValueError(f"mask_dynamic_{name} needs len(mask_dynamic_{name}_step) + 1 values")
         self.noise_length_range = _parse_list(cfg.inbatch_noise_augment_len_range, "inbatch_noise_augment_len_range")
         self.noise_count_range = _parse_list(cfg.inbatch_noise_augment_number_range, "inbatch_noise_augment_number_range")
+        self._generator = torch.Generator()  # CPU generator for the training-time random draws
         self.set_num_updates(0)
         if cfg.pretrained_weights:
             self._load_pretrained_cnn(cfg.pretrained_weights)
@@ -179,6 +180,7 @@ class MERTModel(BaseFairseqModel):
     def set_num_updates(self, num_updates: int) -> None:
         super().set_num_updates(num_updates)
         self.num_updates = num_updates
+        self._calls_this_update = 0
         for (steps, values), attr in ((self._prob_schedule, "mask_prob"), (self._len_schedule, "mask_length")):
             if steps:
                 setattr(self, attr, stage_value(steps, values, num_updates))
@@ -238,7 +240,7 @@ class MERTModel(BaseFairseqModel):
             mask_np = compute_mask_indices(
                 (B, T), padding_mask, self.mask_prob, self.mask_length, self.cfg.mask_selection,
                 self.cfg.mask_other, min_masks=2, no_overlap=self.cfg.no_mask_overlap,
-                min_space=self.cfg.mask_min_space,
+                min_space=self.cfg.mask_min_space, **self._mask_seed(B),
             )
             mask = torch.from_numpy(mask_np).to(x.device)
             x = self._fill_masked(x, mask, padding_mask)
@@ -247,9 +249,15 @@ class MERTModel(BaseFairseqModel):
                 (B, D), None, self.cfg.mask_channel_prob, self.cfg.mask_channel_length,
                 self.cfg.mask_channel_selection, self.cfg.mask_channel_other,
                 no_overlap=self.cfg.no_mask_channel_overlap, min_space=self.cfg.mask_channel_min_space,
+                **self._mask_seed(B, salt=1),
             )
             x = x.masked_fill(torch.from_numpy(ch).to(x.device).unsqueeze(1), 0.0)
         return x, mask
+
+    def _mask_seed(self, batch_size: int, salt: int = 0) -> dict:
+        """fairseq's compute_mask_indices draws from fresh OS entropy unless given (seed, epoch, indices)."""
+        seed = int(torch.randint(2**31 - 1, (1,), generator=self._generator))
+        return {"seed": seed, "epoch": salt, "indices": torch.arange(batch_size)}
 
     def _fill_masked(self, x: torch.Tensor, mask: torch.Tensor, padding_mask: Optional[torch.Tensor]):
         """Masked frames get `mask_emb`; BERT-style, a fraction `mask_origin` keeps its own features and a
@@ -257,7 +265,7 @@ class MERTModel(BaseFairseqModel):
         keep_or_replace = self.cfg.mask_origin + self.cfg.mask_replace
         if keep_or_replace <= 0:
             return torch.where(mask.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
-        u = torch.rand(mask.shape, device=x.device)
+        u = torch.rand(mask.shape, generator=self._generator).to(x.device)
         replace = mask & (u >= self.cfg.mask_origin) & (u < keep_or_replace)
         to_emb = mask & (u >= keep_or_replace)
         out = torch.where(to_emb.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
@@ -266,10 +274,10 @@ class MERTModel(BaseFairseqModel):
         for b, t in replace.nonzero().tolist():
             if self.cfg.mask_replace_type == "in_sample":
                 src = valid[b].nonzero().flatten()
-                out[b, t] = x[b, src[torch.randint(len(src), (1,))].item()]
+                out[b, t] = x[b, src[torch.randint(len(src), (1,), generator=self._generator)].item()]
             else:
                 src = valid.flatten().nonzero().flatten()
-                flat = src[torch.randint(len(src), (1,))].item()
+                flat = src[torch.randint(len(src), (1,), generator=self._generator)].item()
                 out[b, t] = x[flat // T, flat % T]
         return out
 
@@ -313,11 +321,28 @@ class MERTModel(BaseFairseqModel):
         return_hidden_states: bool = False,
     ) -> Dict[str, torch.Tensor]:
         """source: B x L waveform; target_list: per stream B x T_label dictionary indices.
-        `output_layer` is 1-based (fairseq convention)."""
+        `output_layer` is 1-based (fairseq convention).
+
+        Mask spans, layerdrop, random codebooks and the noise mixture draw from a seed derived from
+        fairseq's per-update seed (`torch.initial_seed()` = common.seed + num_updates), the update
+        count and the call index within the update, so a resumed run repeats the same draws. (The
+        global torch RNG is not used for them: fairseq's prefetch thread consumes it at varying times.)
+        """
+        self._calls_this_update += 1
+        seed = int(np.random.SeedSequence(
+            [torch.initial_seed() % 2**63, self.num_updates, self._calls_this_update]).generate_state(1)[0])
+        self._generator.manual_seed(seed)
+        with numpy_seed(seed):
+            return self._forward(source, target_list, padding_mask, cqt_labels, mel_labels, mask,
+                                 features_only, output_layer, return_hidden_states)
+
+    def _forward(self, source, target_list, padding_mask, cqt_labels, mel_labels, mask, features_only,
+                 output_layer, return_hidden_states) -> Dict[str, torch.Tensor]:
         clean = source
         if self.training and self.cfg.mixture_prob > 0:
             source = mix_in_batch_noise(source, self.cfg.mixture_prob, self.noise_length_range,
-                                        self.noise_count_range, self.cfg.inbatch_noise_augment_volume)
+                                        self.noise_count_range, self.cfg.inbatch_noise_augment_volume,
+                                        generator=self._generator)
 
         features = self.forward_features(source)  # B x C x T
         if target_list is not None:
@@ -357,12 +382,17 @@ class MERTModel(BaseFairseqModel):
             "padding_mask": padding_mask,
             "features_pen": features_pen,
         }
-        if self.cfg.audio_cqt_loss_m:
-            target = cqt_labels[:, :T] if cqt_labels is not None else self.encoder_cqt_model.targets(clean, T)
-            result["cqt_pred_m"] = self.encoder_cqt_model.loss(x[masked], target[masked])
-        if self.cfg.audio_mel_loss_m:
-            target = mel_labels[:, :T] if mel_labels is not None else self.encoder_mel_model.targets(clean, T)
-            result["mel_pred_m"] = self.encoder_mel_model.loss(x[masked], target[masked])
+        teachers = (("cqt_pred_m", "encoder_cqt_model", cqt_labels, self.cfg.audio_cqt_loss_m),
+                    ("mel_pred_m", "encoder_mel_model", mel_labels, self.cfg.audio_mel_loss_m))
+        for name, attr, labels, enabled in teachers:
+            if not enabled:
+                continue
+            if not masked.any():  # nothing to reconstruct (e.g. mask_prob=0)
+                result[name] = x.new_zeros((), dtype=torch.float32)
+                continue
+            teacher = getattr(self, attr)
+            target = labels[:, :T] if labels is not None else teacher.targets(clean, T)
+            result[name] = teacher.loss(x[masked], target[masked])
         return result
 
     # ------------------------------------------------------------------ downstream use
