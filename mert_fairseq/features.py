@@ -125,6 +125,9 @@ class MERTFeatureExtractor:
 
     def extract_file(self, path: str | os.PathLike, **kwargs) -> np.ndarray:
         """Any audio file (any rate, any channel count) -> features; errors name the file."""
+        self.check_layers(kwargs.get("layers"))  # usage errors are not the file's fault
+        if kwargs.get("reduce", "frame") not in ("frame", "mean"):
+            raise ValueError(f"reduce={kwargs['reduce']!r}: expected 'frame' or 'mean'")
         try:
             return self.extract(load_mono(path, self.sample_rate), **kwargs)
         except Exception as exc:

@@ -68,6 +68,9 @@ class MERTConstantQTransform(nn.Module):
     with zero padding and librosa-style sqrt(length) scaling.
 
     waveform B x L -> B x (L // hop + 1) x n_bins, fp32; frame j is centred on sample hop * j.
+    All kernels share one width (a power of two) but a bin's window is shorter the higher its frequency,
+    so each octave is convolved with its kernels cropped to their common non-zero span (same sums, ~6x
+    fewer multiplications).
     """
 
     FMIN = 32.7
@@ -76,17 +79,19 @@ class MERTConstantQTransform(nn.Module):
     def __init__(self, sample_rate: int, hop_length: int, n_bins: int):
         super().__init__()
         self.sample_rate, self.hop_length, self.n_bins = sample_rate, hop_length, n_bins
-        self._kernels = None  # (real, imag, sqrt(lengths)), built on first use (kept out of the weights file)
+        self.bins_per_octave = n_bins // self.OCTAVES
+        self._kernels = None  # built on first use (kept out of the weights file), see _build_kernels
 
     def _build_kernels(self):
-        bins_per_octave = self.n_bins // self.OCTAVES
-        q = 1.0 / (2 ** (1 / bins_per_octave) - 1)
-        freqs = self.FMIN * 2.0 ** (np.arange(self.n_bins) / np.double(bins_per_octave))
+        """-> (kernel width, [(first column, real n x 1 x w, imag n x 1 x w, sqrt(lengths) n x 1) per octave])."""
+        q = 1.0 / (2 ** (1 / self.bins_per_octave) - 1)
+        freqs = self.FMIN * 2.0 ** (np.arange(self.n_bins) / np.double(self.bins_per_octave))
         if freqs.max() > self.sample_rate / 2:
             raise ValueError(f"CQT top bin {freqs.max():.1f} Hz is above the Nyquist frequency")
         lengths = np.ceil(q * self.sample_rate / freqs)  # window length of every bin (samples)
         width = int(2 ** np.ceil(np.log2(lengths.max())))  # common kernel width: next power of two
         kernels = np.zeros((self.n_bins, width), dtype=np.complex64)
+        spans = []
         for k, (freq, length) in enumerate(zip(freqs, lengths)):
             n = int(length)
             start = int(np.ceil(width / 2.0 - length / 2.0)) - (1 if n % 2 == 1 else 0)
@@ -94,22 +99,31 @@ class MERTConstantQTransform(nn.Module):
             t = np.arange(-length // 2, length // 2)  # n sample offsets around the centre
             sig = window * np.exp(t * 1j * 2 * np.pi * freq / self.sample_rate) / length
             kernels[k, start:start + n] = sig / np.abs(sig).sum()  # L1 normalisation
-        real = torch.tensor(kernels.real).unsqueeze(1)  # n_bins x 1 x width
-        imag = torch.tensor(kernels.imag).unsqueeze(1)
-        scale = torch.tensor(lengths, dtype=torch.float32).sqrt().view(-1, 1)  # n_bins x 1
-        return real, imag, scale
+            spans.append((start, start + n))
+        groups = []
+        for lo in range(0, self.n_bins, self.bins_per_octave):
+            hi = min(lo + self.bins_per_octave, self.n_bins)
+            first, last = min(s[0] for s in spans[lo:hi]), max(s[1] for s in spans[lo:hi])
+            crop = kernels[lo:hi, first:last]
+            groups.append((first, torch.tensor(crop.real).unsqueeze(1), torch.tensor(crop.imag).unsqueeze(1),
+                           torch.tensor(lengths[lo:hi], dtype=torch.float32).sqrt().view(-1, 1)))
+        return width, groups
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         if self._kernels is None:
             self._kernels = self._build_kernels()
-        if self._kernels[0].device != waveform.device:
-            self._kernels = tuple(t.to(waveform.device) for t in self._kernels)
-        real_k, imag_k, scale = self._kernels
-        width = real_k.shape[-1]
+        width, groups = self._kernels
+        if groups[0][1].device != waveform.device:
+            groups = [(first, *(t.to(waveform.device) for t in rest)) for first, *rest in groups]
+            self._kernels = (width, groups)
         x = F.pad(waveform.float().unsqueeze(1), (width // 2, width // 2))  # B x 1 x (L + width)
-        real = F.conv1d(x, real_k, stride=self.hop_length) * scale  # B x n_bins x frames
-        imag = -F.conv1d(x, imag_k, stride=self.hop_length) * scale
-        return torch.sqrt(real.pow(2) + imag.pow(2)).transpose(1, 2)  # B x frames x n_bins
+        frames = (x.shape[-1] - width) // self.hop_length + 1
+        out = []
+        for first, real_k, imag_k, scale in groups:  # one octave: n bins, kernels cropped to their span
+            real = F.conv1d(x[..., first:], real_k, stride=self.hop_length)[..., :frames] * scale  # B x n x frames
+            imag = -F.conv1d(x[..., first:], imag_k, stride=self.hop_length)[..., :frames] * scale
+            out.append(torch.sqrt(real.pow(2) + imag.pow(2)))
+        return torch.cat(out, dim=1).transpose(1, 2)  # B x frames x n_bins
 
 
 # ----------------------------------------------------------------------------------------------------
