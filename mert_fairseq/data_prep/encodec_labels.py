@@ -370,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-seconds", type=float, default=30.0, help="rounded to a multiple of 320 samples")
     p.add_argument("--context-seconds", type=float, default=1.0, help="left context per chunk, dropped")
     p.add_argument("--shard-seconds", type=float, default=600.0, help="audio per resumable shard")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
     return p
 
 
@@ -377,6 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     batch_size = args.batch_size or (1 if args.device == "cpu" else 16)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.codebook_size != CODEBOOK_SIZE:
         log.error("--codebook_size must be %d: EnCodec 24 kHz codebooks have %d codes", CODEBOOK_SIZE, CODEBOOK_SIZE)
         return 2
