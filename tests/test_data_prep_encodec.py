@@ -120,6 +120,9 @@ def test_resume_after_kill_gives_the_uninterrupted_result(tmp_path, model):
     for name in [f"train.encodec_{i}" for i in range(8)] + [f"dict.encodec_{i}.txt" for i in range(8)]:
         assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
     assert not partial.exists()
+    stamp = (tmp_path / "resumed" / "train.encodec_0").stat().st_mtime_ns
+    assert encode_manifest(model, manifest, tmp_path / "resumed", settings, on_shard_done=encoded.append) is None
+    assert (tmp_path / "resumed" / "train.encodec_0").stat().st_mtime_ns == stamp  # complete: nothing redone
 
 
 def test_partial_work_from_other_settings_is_discarded(tmp_path, model):

@@ -23,7 +23,8 @@ line per manifest row, same order, space-separated codes) and ``{out_root}/dict.
   the same whole file in a batch of two, or with another thread count, flips them.
 - Resumable: each shard of consecutive rows (about ``shard_seconds`` of audio) is saved to
   ``{out_root}/.{split}.encodec.partial/`` when done; a re-run with the same manifest and
-  settings skips finished shards; the final files are assembled atomically at the end.
+  settings skips finished shards; the final files are assembled atomically at the end. A
+  finished split leaves ``.{split}.encodec.done.json``; a re-run with the same settings is a no-op.
 """
 from __future__ import annotations
 
@@ -320,15 +321,26 @@ def assemble(
         write_dictionary(out_root / f"dict.encodec_{i}.txt", counts[i])
 
 
+def _finished(marker: Path, identity: dict, out_root: Path, split: str, n_codebook: int) -> bool:
+    outputs = [out_root / f"{split}.encodec_{i}" for i in range(n_codebook)]
+    outputs += [out_root / f"dict.encodec_{i}.txt" for i in range(n_codebook)]
+    return marker.is_file() and json.loads(marker.read_text()) == identity and all(p.is_file() for p in outputs)
+
+
 def encode_manifest(
     model, manifest: Manifest, out_root: str | Path, settings: EncodecSettings, batch_size: int = 8,
     device: str = "cpu", on_shard_done: Callable[[int], None] | None = None,
-) -> float:
-    """Encode every row of `manifest` (resuming finished shards); returns audio-hours per hour."""
+) -> float | None:
+    """Encode every row of `manifest` (resuming finished shards); returns audio-hours per hour,
+    or None when the labels were already complete for these settings."""
     out_root, split = Path(out_root), split_name(manifest.path)
+    identity, marker = _identity(manifest, settings), out_root / f".{split}.encodec.done.json"
+    if _finished(marker, identity, out_root, split, settings.n_codebook):
+        log.info("%s: EnCodec labels in %s are complete for these settings; nothing to do", split, out_root)
+        return None
     check_audio(manifest, SAMPLE_RATE)
     shards = plan_shards(manifest.rows, settings.shard_samples)
-    work = PartialWork(out_root / f".{split}.encodec.partial", _identity(manifest, settings))
+    work = PartialWork(out_root / f".{split}.encodec.partial", identity)
     seconds = [sum(manifest.rows[j].num_samples for j in s) / SAMPLE_RATE for s in shards]
     done = [k for k in range(len(shards)) if work.done(k)]
     bar = tqdm(total=sum(seconds), initial=sum(seconds[k] for k in done), unit="audio-s", desc=f"encodec {split}")
@@ -346,6 +358,7 @@ def encode_manifest(
     log.info("%s: encoded %.3f h of audio at %.0f audio-hours/hour (%d of %d shards resumed)",
              split, encoded / 3600, rate, len(done), len(shards))
     assemble(work, shards, manifest, out_root, split, settings.n_codebook)
+    atomic_write_text(marker, json.dumps(identity, indent=1, sort_keys=True))
     shutil.rmtree(work.directory)
     return rate
 
