@@ -1,7 +1,9 @@
 """End-to-end training with `fairseq-hydra-train` on CPU: learning, stop/resume, data parallel."""
 import re
+import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -74,9 +76,18 @@ def test_two_process_data_parallel_matches_one_process(tmp_path):
            "criterion.pred_nomask_weight=1.0", "criterion.pred_masked_weight=0.0", "model.mixture_prob=-1", "optimization.max_update=1",
            "dataset.disable_validation=true", "common.log_interval=1"]
     one = train(data, tmp_path / "one", *det, "dataset.max_tokens=384000")
-    two = train(data, tmp_path / "two", *det, "dataset.max_tokens=192000",
-                "distributed_training.distributed_world_size=2", "distributed_training.nprocs_per_node=2",
-                "distributed_training.distributed_backend=gloo", "distributed_training.ddp_backend=c10d")
+    # Two CPU processes, one per rank (fairseq's own spawn and torchrun paths assume CUDA devices).
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ddp = [*det, "dataset.max_tokens=192000", "distributed_training.distributed_world_size=2",
+           "distributed_training.distributed_backend=gloo", "distributed_training.ddp_backend=no_c10d",  # as the 95M config
+           f"distributed_training.distributed_init_method=tcp://127.0.0.1:{port}",
+           "distributed_training.distributed_no_spawn=true"]
+    with ThreadPoolExecutor(2) as pool:
+        logs = list(pool.map(lambda r: train(data, tmp_path / "two", *ddp, f"distributed_training.distributed_rank={r}",
+                                             f"hydra.run.dir={tmp_path / f'two_rank{r}'}"), (0, 1)))
+    two = logs[0]
     loss_one, loss_two = metric(one, "train", "loss"), metric(two, "train", "loss")
     assert loss_one and loss_two and loss_one[0] == pytest.approx(loss_two[0], abs=2e-3), (loss_one, loss_two)
     a, b = load_params(tmp_path / "one")["model"], load_params(tmp_path / "two")["model"]

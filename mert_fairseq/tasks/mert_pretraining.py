@@ -183,6 +183,13 @@ class MERTPretrainingTask(FairseqTask):
             seed=self.cfg.seed,
         )
 
+    @staticmethod
+    def logging_outputs_can_be_summed(criterion) -> bool:
+        """The hubert criterion's logging values (losses, correct/count, sizes) are all sums, so workers
+        can all-reduce them (works on CPU/gloo; fairseq's default pickled all-gather needs CUDA).
+        fairseq calls this on the class with the criterion as the only argument."""
+        return not getattr(criterion, "log_keys", None)
+
     def max_positions(self):
         return (sys.maxsize, sys.maxsize)
 
