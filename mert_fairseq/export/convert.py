@@ -183,7 +183,8 @@ def _check_against_hf_model(state: Dict[str, torch.Tensor], config: dict) -> Non
     from mert_fairseq.export.configuration_mert import MERTConfig
     from mert_fairseq.export.modeling_mert import MERTModel as HFMERTModel
 
-    expected = {k: v.shape for k, v in HFMERTModel(MERTConfig(**config)).state_dict().items()}
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        expected = {k: v.shape for k, v in HFMERTModel(MERTConfig(**config)).state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(s)}" for k, s in expected.items()
