@@ -4,8 +4,13 @@ Importing the package registers the `mert_pretraining` task and the `mert` model
 allow-lists fairseq checkpoint classes for torch >= 2.6 `torch.load`. Use it as
 `common.user_dir=/path/to/mert_fairseq`.
 """
-from mert_fairseq.checkpoint import allow_fairseq_checkpoints
-from mert_fairseq.models import mert_model  # noqa: F401  (registers model "mert")
-from mert_fairseq.tasks import mert_pretraining  # noqa: F401  (registers task "mert_pretraining")
+import warnings
+
+# fairseq imports fairscale, whose torch.cuda.amp decorators warn on every import with torch >= 2.4.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"fairscale\..*")
+
+from mert_fairseq.checkpoint import allow_fairseq_checkpoints  # noqa: E402
+from mert_fairseq.models import mert_model  # noqa: F401,E402  (registers model "mert")
+from mert_fairseq.tasks import mert_pretraining  # noqa: F401,E402  (registers task "mert_pretraining")
 
 allow_fairseq_checkpoints()

@@ -5,6 +5,7 @@
 #   demo corpus -> manifest -> K-means labels -> MERT_demo_cpu training -> checkpoint.
 #   Steps already done are skipped; training resumes from checkpoint_last.pt.
 #     bash scripts/run_training.sh
+#     bash scripts/run_training.sh optimization.max_update=2000   # demo with hydra overrides
 #
 # GPU runs (the original call form):
 #   bash scripts/run_training.sh WORKER_RANK PLATFORM CONFIG_NAME [SETTING MASTER_ADDR PORT] [hydra overrides...]
@@ -49,8 +50,8 @@ run_demo() {
     say "3/4 K-means labels: already in $labels"
   else
     say "3/4 K-means labels (MFCC, 100 clusters) -> $labels"
-    "$PY" "$ROOT/scripts/prepare_kmeans_labels.py" --manifest-dir "$manifest" --label-dir "$labels" \
-      --name kmeans --n-clusters 100 --fit-split train --splits train,valid
+    "$PY" "$ROOT/scripts/prepare_kmeans_labels.py" all --manifest-dir "$manifest" --label-dir "$labels" \
+      --kmeans-model "$labels/kmeans.joblib" --name kmeans --n-clusters 100
   fi
   say "4/4 training MERT_demo_cpu -> $save (resumes from checkpoint_last.pt when present)"
   local log="$save/train.log"
@@ -71,8 +72,8 @@ run_demo() {
   echo "  final validation masked accuracy (K-means targets, chance ~1%): ${acc:-n/a}"
 }
 
-if [[ $# -eq 0 ]]; then
-  run_demo
+if [[ $# -eq 0 || "$1" == *=* ]]; then  # the demo; key=value arguments are hydra overrides for it
+  run_demo "$@"
   exit 0
 fi
 
