@@ -19,6 +19,7 @@ from fairseq.data import FairseqDataset
 from fairseq.data.dictionary import Dictionary
 
 from mert_fairseq.audio import AudioError, read_audio, to_mono
+from mert_fairseq.data_prep.manifest import read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -28,34 +29,27 @@ class DataError(ValueError):
 
 
 def load_manifest(path: str, min_keep: Optional[int], max_keep: Optional[int]):
-    """-> (root, relpaths, sizes, kept manifest row indices, total rows) after dropping too short/long clips."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: manifest not found")
-    with open(path) as f:
-        lines = f.read().splitlines()
-    if not lines:
-        raise DataError(f"{path}: manifest is empty (expected a root directory line, then rows)")
-    root, names, sizes, kept = lines[0].strip(), [], [], []
+    """-> (root, relpaths, sizes, kept manifest row indices, total rows) after dropping too short/long clips.
+
+    Malformed or empty manifests raise `ManifestError` naming the file and line."""
+    manifest = read_manifest(path)
+    names, sizes, kept = [], [], []
     n_short = n_long = 0
-    for row, line in enumerate(lines[1:]):
-        parts = line.split("\t")
-        if len(parts) != 2 or not parts[1].strip().isdigit():
-            raise DataError(f"{path}:{row + 2}: expected 'relpath<TAB>num_samples', got {line!r}")
-        size = int(parts[1])
-        if min_keep is not None and size < min_keep:
+    for index, row in enumerate(manifest.rows):
+        if min_keep is not None and row.num_samples < min_keep:
             n_short += 1
-        elif max_keep is not None and size > max_keep:
+        elif max_keep is not None and row.num_samples > max_keep:
             n_long += 1
         else:
-            names.append(parts[0])
-            sizes.append(size)
-            kept.append(row)
+            names.append(row.relpath)
+            sizes.append(row.num_samples)
+            kept.append(index)
+    total = len(manifest.rows)
     if not names:
-        raise DataError(f"{path}: no usable rows ({len(lines) - 1} rows, {n_short} shorter than "
+        raise DataError(f"{path}: no usable rows ({total} rows, {n_short} shorter than "
                         f"min_sample_size={min_keep}, {n_long} longer than max_keep_size={max_keep})")
-    logger.info("%s: kept %d of %d clips (%d too short, %d too long)", path, len(names), len(lines) - 1,
-                n_short, n_long)
-    return root, names, np.array(sizes, dtype=np.int64), kept, len(lines) - 1
+    logger.info("%s: kept %d of %d clips (%d too short, %d too long)", path, len(names), total, n_short, n_long)
+    return str(manifest.root), names, np.array(sizes, dtype=np.int64), kept, total
 
 
 class LabelStream:
