@@ -95,6 +95,7 @@ def load_mert_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     model_cfg = OmegaConf.merge(OmegaConf.structured(MERTConfig), {k: v for k, v in cfg.model.items() if k != "_name"})
     with open_dict(model_cfg):
         model_cfg.label_rate = cfg.task.label_rate
+        model_cfg.pretrained_weights = ""  # all weights come from this checkpoint (the path may not exist here)
         for k, v in (model_overrides or {}).items():
             model_cfg[k] = v
     weights = state["model"]

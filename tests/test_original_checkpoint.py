@@ -44,7 +44,7 @@ def original_model_cfg() -> dict:
         "feature_extractor_cqt": False, "feature_extractor_cqt_bins": 336, "mixture_prob": 0.5,
         "inbatch_noise_augment_len_range": "[12000, 24000]", "inbatch_noise_augment_number_range": "[1, 3]",
         "inbatch_noise_augment_volume": 1.0, "learnable_temp": False, "learnable_temp_init": 0.1,
-        "learnable_temp_max": 100.0, "chunk_nce_cal": -1, "pretrained_weights": "", "random_codebook": -1,
+        "learnable_temp_max": 100.0, "chunk_nce_cal": -1, "pretrained_weights": "/home/someone/MERT/ckpt/cnn_init.pt", "random_codebook": -1,
         "deepnorm": False, "subln": False, "attention_relax": -1.0, "emb_grad_mult": 1.0,
         "do_cnn_feat_stable_layernorm": False, "wav_normalize": False, "pos_conv_depth": 1,
         "mask_replace": 0.0, "mask_replace_type": "in_sample", "mask_origin": 0.0,
