@@ -41,6 +41,7 @@ def load_params(run_dir: Path) -> dict:
 
 def test_loss_falls_and_masked_accuracy_rises_above_chance(tone_data, tmp_path):
     log = train(tone_data, tmp_path / "run", "optimization.max_update=60", "dataset.validate_interval_updates=20",
+                "lr_scheduler.warmup_updates=20",
                 "checkpoint.save_interval_updates=1000")
     loss = metric(log, "valid", "loss")
     acc = metric(log, "valid", "correct_m_0")
