@@ -211,3 +211,14 @@ def test_training_draws_follow_fairseq_update_seed():
                   "id": torch.arange(len(source))}
         losses.append(criterion(model, sample)[0].item())
     assert losses[0] == losses[1] and losses[2] != losses[0], losses
+
+
+def test_fields_without_effect_warn(caplog):
+    with caplog.at_level("WARNING"):
+        tiny_model("kmeans", dropout_features=0.1, chunk_nce_cal=1000)
+    text = caplog.text
+    assert "model.dropout_features=0.1 has no effect" in text and "model.chunk_nce_cal=1000 has no effect" in text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        tiny_model("kmeans")
+    assert "has no effect" not in caplog.text
