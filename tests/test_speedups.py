@@ -1,0 +1,257 @@
+"""The training speed-ups compute the same numbers as the straightforward formulation:
+SDPA attention == fairseq MultiheadAttention, spectral CQT == nnAudio CQT1992v2 (within a stated
+tolerance), normalised-matmul logits == materialised cosine logits, .npy labels == text labels;
+and a training step runs under bf16 autocast on CPU."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from fairseq.criterions.hubert_criterion import HubertCriterion
+from fairseq.data.dictionary import Dictionary
+from tiny_models import tiny_model
+
+from mert_fairseq.benchmark import music_like, reference_formulation
+from mert_fairseq.labels_npy import labels_to_npy
+from mert_fairseq.models.cqt_teacher import CQTTeacher, SpectralCQT, build_cqt, build_nnaudio_cqt
+from mert_fairseq.models.masked_prediction import cosine_logits, direct_cosine_logits
+from mert_fairseq.models.transformer_encoder import SelfAttention
+
+SR = 24000
+
+
+# ------------------------------------------------------------------------------------------ attention
+@pytest.mark.parametrize("with_padding", [False, True])
+def test_sdpa_attention_equals_fairseq_multihead_attention(with_padding):
+    from fairseq.modules import MultiheadAttention
+
+    torch.manual_seed(0)
+    B, T, D, H = 3, 23, 64, 4
+    ours = SelfAttention(D, H, dropout=0.0).eval()
+    ref = MultiheadAttention(D, H, dropout=0.0, self_attention=True).eval()
+    ref.load_state_dict(ours.state_dict())  # same parameter names
+    x = torch.randn(B, T, D, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    mask = None
+    if with_padding:
+        mask = torch.zeros(B, T, dtype=torch.bool)
+        mask[1, 15:] = True
+        mask[2, 5:] = True
+    out = ours(x, mask)
+    out_ref, _ = ref(x_ref.transpose(0, 1), x_ref.transpose(0, 1), x_ref.transpose(0, 1), key_padding_mask=mask,
+                     need_weights=False)
+    out_ref = out_ref.transpose(0, 1)
+    assert (out - out_ref).abs().max() < 1e-5
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    (out_ref * g).sum().backward()
+    assert (x.grad - x_ref.grad).abs().max() < 1e-5
+
+
+# ------------------------------------------------------------------------------------------ CQT
+def _signals(L: int) -> torch.Tensor:
+    rng = np.random.default_rng(0)
+    clicks = np.zeros(L, np.float32)
+    clicks[:: SR // 4] = 1.0
+    return torch.from_numpy(np.stack([
+        music_like(L, SR, rng),
+        0.1 * rng.standard_normal(L).astype(np.float32),
+        clicks + 0.1 * music_like(L, SR, rng),
+    ]))
+
+
+# Stated tolerance: max |ours - nnAudio| <= 2e-5 x the largest magnitude of the batch. nnAudio's own
+# fp32 conv is ~1e-5 off an fp64 evaluation of its kernels; ours is ~1e-6 off it (checked below).
+CQT_REL_TOL = 2e-5
+
+
+@pytest.mark.parametrize("n_bins, L", [(336, SR), (84, 2 * SR + 123)])
+def test_spectral_cqt_equals_nnaudio_cqt1992v2(n_bins, L):
+    x = _signals(L)
+    ours = build_cqt(SR, 320, n_bins)
+    ref = build_nnaudio_cqt(SR, 320, n_bins)
+    with torch.no_grad():
+        expected = ref(x)
+    got = ours(x)
+    assert got.shape == expected.shape == (3, n_bins, L // 320 + 1)
+    assert got.dtype == torch.float32
+    err = (got - expected).abs().amax(dim=(1, 2)) / expected.abs().amax(dim=(1, 2))
+    assert err.max() < CQT_REL_TOL, err
+
+
+def test_spectral_cqt_close_to_fp64_reference_and_cached_per_grid():
+    x = _signals(SR // 2 + 77)
+    ref = build_nnaudio_cqt(SR, 320, 84).double()
+    with torch.no_grad():
+        expected = ref(x.double())
+    ours = build_cqt(SR, 320, 84)
+    got = ours(x).double()
+    assert ((got - expected).abs().max() / expected.abs().max()) < 5e-6
+    ours(x[:, :-400])  # another length: a second grid
+    ours(x[:1, 10:])  # same grid as the first call (lengths round up to the same FFT size)
+    assert len(ours._cache) == 2
+    assert isinstance(ours, SpectralCQT) and not list(ours.state_dict())  # nothing in checkpoints
+
+
+def test_cqt_teacher_targets_under_autocast_are_fp32():
+    teacher = CQTTeacher(16, 84, SR, 75, align_to_cnn=True)
+    wav = _signals(SR)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        t = teacher.targets(wav, 74)
+    assert t.dtype == torch.float32 and t.shape == (3, 74, 84)
+    assert set(teacher.state_dict()) == {"fc.weight", "fc.bias"}
+
+
+# ------------------------------------------------------------------------------------------ logits
+def test_cosine_logits_equal_direct_formulation():
+    torch.manual_seed(0)
+    S, C, F_ = 57, 40, 16
+    proj = torch.randn(S, F_, requires_grad=True)
+    embs = torch.rand(C, F_, requires_grad=True)
+    targets = torch.randint(0, C, (S,))
+    fast = cosine_logits(proj, embs, targets, 10.0)
+    proj2, embs2 = proj.detach().clone().requires_grad_(True), embs.detach().clone().requires_grad_(True)
+    slow = direct_cosine_logits(proj2, embs2, targets, 10.0)
+    assert fast.shape == slow.shape == (S, 1 + C)
+    assert torch.equal(torch.isinf(fast), torch.isinf(slow))
+    finite = torch.isfinite(slow)
+    assert (fast[finite] - slow[finite]).abs().max() < 1e-5
+    y = torch.zeros(S, dtype=torch.long)
+    torch.nn.functional.cross_entropy(fast, y).backward()
+    torch.nn.functional.cross_entropy(slow, y).backward()
+    assert (proj.grad - proj2.grad).abs().max() < 1e-5
+    assert (embs.grad - embs2.grad).abs().max() < 1e-5
+
+
+# ------------------------------------------------------------------------------------------ labels
+def _label_corpus(root):
+    """7 clips of varied length (one too short, dropped), 2 label streams, text labels."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(1)
+    lengths = [12000, 30000, 2000, 24000, 17777, 40000, 25600]
+    rows = []
+    streams = {"a": [], "b": []}
+    for i, n in enumerate(lengths):
+        sf.write(root / f"c{i}.wav", music_like(n, SR, rng), SR, subtype="FLOAT")
+        rows.append(f"c{i}.wav\t{n}")
+        frames = math.ceil(n / 320)
+        streams["a"].append(" ".join(map(str, rng.integers(0, 50, frames))))
+        streams["b"].append(" ".join(map(str, rng.integers(0, 1024, frames))))
+    (root / "train.tsv").write_text(f"{root}\n" + "\n".join(rows) + "\n")
+    for name, lines in streams.items():
+        (root / f"train.{name}").write_text("\n".join(lines) + "\n")
+        (root / f"dict.{name}.txt").write_text("".join(f"{c} 1\n" for c in range(1024 if name == "b" else 50)))
+    return list(streams)
+
+
+def test_npy_labels_give_identical_batches(tmp_path):
+    from mert_fairseq.data.mert_dataset import MERTDataset
+
+    streams = _label_corpus(tmp_path)
+    for s in streams:
+        out = labels_to_npy(tmp_path / f"train.{s}")
+        assert out == tmp_path / f"train.{s}.npy"
+        arr = np.load(out)
+        assert arr.dtype == np.int16 and arr.shape == (7, 125) and (arr[2, 7:] == -1).all()
+    assert not list(tmp_path.glob(".*tmp*"))  # written atomically, nothing left behind
+    dicts = [Dictionary.load(str(tmp_path / f"dict.{s}.txt")) for s in streams]
+
+    def dataset(memmap):
+        return MERTDataset(str(tmp_path / "train.tsv"), SR, [str(tmp_path / f"train.{s}") for s in streams], 75, dicts,
+                           min_keep_sample_size=4000, max_sample_size=20000, store_labels=False,
+                           numpy_memmap_label=memmap, random_crop=True)
+
+    text, npy = dataset(False), dataset(True)
+    assert len(text) == len(npy) == 6
+    for ids in ([0, 1], [2, 3, 4], [5, 0, 3], list(range(6))):
+        a, b = text.collater([text[i] for i in ids]), npy.collater([npy[i] for i in ids])
+        assert torch.equal(a["net_input"]["source"], b["net_input"]["source"])
+        assert a["ntokens_list"] == b["ntokens_list"]
+        for ta, tb in zip(a["target_list"] + a["target_lengths_list"], b["target_list"] + b["target_lengths_list"]):
+            assert torch.equal(ta, tb)
+
+
+def test_labels_to_npy_int32_and_cli(tmp_path):
+    from mert_fairseq.labels_npy import main
+
+    (tmp_path / "x.lab").write_text("1 2 3\n40000\n\n5 6\n")
+    assert main([str(tmp_path / "x.lab")]) == 0
+    arr = np.load(tmp_path / "x.lab.npy")
+    assert arr.dtype == np.int32
+    assert arr.tolist() == [[1, 2, 3], [40000, -1, -1], [-1, -1, -1], [5, 6, -1]]
+    (tmp_path / "bad.lab").write_text("1 -2\n")
+    with pytest.raises(ValueError, match="negative"):
+        labels_to_npy(tmp_path / "bad.lab")
+
+
+# ------------------------------------------------------------------------------------------ bf16 / reference
+def _sample(model, B=2, L=SR, seed=0):
+    rng = np.random.default_rng(seed)
+    source = torch.from_numpy(np.stack([music_like(L, SR, rng) for _ in range(B)]))
+    targets = [torch.randint(4, n, (B, math.ceil(L / 320)), generator=torch.Generator().manual_seed(k))
+               for k, n in enumerate(model.num_classes)]
+    return {"id": torch.arange(B), "net_input": {"source": source, "padding_mask": None}, "target_list": targets}
+
+
+def _criterion():
+    return HubertCriterion(None, pred_masked_weight=1.0, pred_nomask_weight=0.0, loss_weights=[10.0, 1.0])
+
+
+def test_training_step_under_bf16_autocast_on_cpu():
+    torch.manual_seed(0)
+    model = tiny_model("rvq_95m").train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, sample_size, log = _criterion()(model, _sample(model))
+    assert torch.isfinite(loss) and sample_size > 0 and math.isfinite(log["loss_cqt_pred_m"])
+    (loss / sample_size).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    opt.step()
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_reference_formulation_same_loss_and_restores_model():
+    import mert_fairseq.models.mert_model as mm
+    from mert_fairseq.models.cqt_teacher import SpectralCQT
+
+    model = tiny_model("rvq_95m").train()
+    sample = _sample(model)
+    crit = _criterion()
+    torch.manual_seed(3)
+    model.set_num_updates(0)  # same random draws (masks, noise mixture) for both formulations
+    ours, n_ours, _ = crit(model, sample)
+    with reference_formulation(model):
+        assert mm.cosine_logits is direct_cosine_logits
+        assert type(model.encoder.layers[0].self_attn).__name__ == "_FairseqAttention"
+        torch.manual_seed(3)
+        model.set_num_updates(0)
+        ref, n_ref, _ = crit(model, sample)
+    assert n_ours == n_ref
+    assert abs(float(ours) - float(ref)) <= 1e-4 * abs(float(ours))
+    assert mm.cosine_logits is cosine_logits
+    assert isinstance(model.encoder.layers[0].self_attn, SelfAttention)
+    assert isinstance(model.encoder_cqt_model.spec_layer, SpectralCQT)
+    assert set(model.state_dict()) == set(tiny_model("rvq_95m").state_dict())
+
+
+def test_benchmark_smoke(tmp_path):
+    from mert_fairseq.benchmark import build_parser, format_table, run
+
+    args = build_parser().parse_args([
+        "--config", "MERT_demo_cpu", "--device", "cpu", "--batch-size", "2", "--seconds", "1", "--warmup", "0",
+        "--steps", "1", "--split-steps", "1", "--skip-data-prep", "--skip-cqt",
+        "-o", "model.encoder_layers=1", "-o", "model.audio_cqt_bins=84",
+    ])
+    res = run(args)
+    assert set(res["results"]) == {"ours", "reference"}
+    for mode in ("ours", "reference"):
+        r = res["results"][mode]
+        assert r["step_s"] > 0 and r["audio_seconds_per_s"] > 0 and r["peak_memory_mb"] > 0
+        assert set(r["split_s"]) >= {"cqt_teacher", "cnn", "encoder", "heads_loss", "backward", "optimizer"}
+    assert res["speedup_ours_vs_reference"]["median_of_step_ratios"] > 0
+    assert "ours vs reference" in format_table(res)
