@@ -94,3 +94,12 @@ def test_two_process_data_parallel_matches_one_process(tmp_path):
     a, b = load_params(tmp_path / "one")["model"], load_params(tmp_path / "two")["model"]
     for k, v in a.items():
         assert torch.allclose(v, b[k], atol=1e-5), k
+
+
+def test_bf16_autocast_switch_trains(tone_data, tmp_path):
+    log = train(tone_data, tmp_path / "run", "task.bf16_autocast=true", "optimization.max_update=4",
+                "dataset.disable_validation=true", "common.log_interval=1")
+    losses = metric(log, "train_inner", "loss")
+    assert len(losses) == 4 and all(0 < l < 100 for l in losses), losses
+    state = load_params(tmp_path / "run")
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import numpy as np
+import torch
 from fairseq.data.dictionary import Dictionary
 from fairseq.dataclass.configs import FairseqDataclass
 from fairseq.tasks import register_task
@@ -79,6 +80,11 @@ class MERTPretrainingConfig(FairseqDataclass):
     )
     skip_bad_audio: bool = field(
         default=False, metadata={"help": "skip unreadable clips with a logged count instead of failing"}
+    )
+    bf16_autocast: bool = field(
+        default=False,
+        metadata={"help": "run forward and loss under torch.autocast(bfloat16) with fp32 weights and optimizer "
+                          "(CPU or GPU; unlike common.bf16 nothing is cast to bf16 permanently)"},
     )
     seed: int = II("common.seed")
 
@@ -182,6 +188,30 @@ class MERTPretrainingTask(FairseqTask):
             skip_bad_audio=self.cfg.skip_bad_audio,
             seed=self.cfg.seed,
         )
+
+    # ------------------------------------------------------------------ steps
+    def _bf16_autocast(self, model):
+        return torch.autocast(device_type=next(model.parameters()).device.type, dtype=torch.bfloat16)
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        """fairseq's step; with `bf16_autocast` the forward and loss run under bf16 autocast."""
+        if not self.cfg.bf16_autocast:
+            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        model.train()
+        model.set_num_updates(update_num)
+        with self._bf16_autocast(model):
+            loss, sample_size, logging_output = criterion(model, sample)
+        if ignore_grad:
+            loss *= 0
+        optimizer.backward(loss)
+        return loss, sample_size, logging_output
+
+    def valid_step(self, sample, model, criterion):
+        if not self.cfg.bf16_autocast:
+            return super().valid_step(sample, model, criterion)
+        model.eval()
+        with torch.no_grad(), self._bf16_autocast(model):
+            return criterion(model, sample)
 
     @staticmethod
     def logging_outputs_can_be_summed(criterion) -> bool:
