@@ -232,7 +232,7 @@ def test_reference_formulation_same_loss_and_restores_model():
         model.set_num_updates(0)
         ref, n_ref, _ = crit(model, sample)
     assert n_ours == n_ref
-    assert abs(float(ours) - float(ref)) <= 1e-4 * abs(float(ours))
+    assert abs(ours.item() - ref.item()) <= 1e-4 * abs(ours.item())
     assert mm.cosine_logits is cosine_logits
     assert isinstance(model.encoder.layers[0].self_attn, SelfAttention)
     assert isinstance(model.encoder_cqt_model.spec_layer, SpectralCQT)
