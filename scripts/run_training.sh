@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # MERT pretraining launcher.
 #
-# No arguments: the demo, end to end on 2 CPU cores (about 5-10 minutes the first time):
+# No arguments: the demo, end to end on 2 CPU cores (about 2-3 minutes):
 #   demo corpus -> manifest -> K-means labels -> MERT_demo_cpu training -> checkpoint.
 #   Steps already done are skipped; training resumes from checkpoint_last.pt.
 #     bash scripts/run_training.sh
