@@ -149,7 +149,7 @@ def load_feature_extractor(checkpoint: Optional[str] = None, hf_model: Optional[
         raise ValueError("give exactly one of checkpoint / hf_model")
     if checkpoint is not None:
         from mert_fairseq.checkpoint import load_mert_model
-        from mert_fairseq.models.mert_model import parse_conv_layers
+        from mert_fairseq.config_values import parse_conv_layers
 
         model, task_cfg = load_mert_model(checkpoint)
         conv = parse_conv_layers(model.cfg.conv_feature_layers)

@@ -139,13 +139,17 @@ def test_weights_are_fp32_even_from_fp16_checkpoint(exports):
                        state["encoder.layers.0.fc1.weight"].float())
 
 
+def copy_files(src: Path, dst: Path) -> None:
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.is_file():
+            (dst / f.name).write_bytes(f.read_bytes())
+
+
 def test_tampered_export_fails_verification(exports, tmp_path):
     ckpt, folder, _ = exports["95m"]
     bad = tmp_path / "bad_hf"
-    bad.mkdir()
-    for f in folder.iterdir():
-        if f.is_file():
-            (bad / f.name).write_bytes(f.read_bytes())
+    copy_files(folder, bad)
     weights = load_file(str(bad / "model.safetensors"))
     # (a constant shift would vanish in the following LayerNorm: perturb channels differently)
     weights["encoder.layers.1.feed_forward.output_dense.bias"] += 0.05 * torch.randn(
@@ -166,10 +170,7 @@ def test_tampered_export_fails_verification(exports, tmp_path):
 def test_missing_weight_fails_loading_check(exports, tmp_path):
     ckpt, folder, _ = exports["330m_fp16"]
     bad = tmp_path / "missing_hf"
-    bad.mkdir()
-    for f in folder.iterdir():
-        if f.is_file():
-            (bad / f.name).write_bytes(f.read_bytes())
+    copy_files(folder, bad)
     weights = load_file(str(bad / "model.safetensors"))
     del weights["encoder.layers.0.attention.q_proj.weight"]
     save_file(weights, str(bad / "model.safetensors"), metadata={"format": "pt"})

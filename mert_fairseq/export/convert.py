@@ -73,7 +73,7 @@ class VerificationError(RuntimeError):
 # ------------------------------------------------------------------------------------------------ config
 def hf_config_dict(model, task_cfg) -> dict:
     """MERTConfig fields (HuBERT names) describing the fairseq `mert` model `model`."""
-    from mert_fairseq.models.mert_model import parse_conv_layers
+    from mert_fairseq.config_values import parse_conv_layers
 
     cfg = model.cfg
     if cfg.activation_fn not in _ACTIVATION_NAMES:

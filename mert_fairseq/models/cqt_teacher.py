@@ -195,9 +195,15 @@ def build_nnaudio_cqt(sample_rate: int, hop_length: int, n_bins: int) -> nn.Modu
         bins_per_octave=n_bins // CQT_OCTAVES, filter_scale=1, norm=1, window="hann", center=True,
         pad_mode="constant", trainable=False, output_format="Magnitude", verbose=False,
     )
-    for name, _ in cqt.named_buffers(recurse=False):
-        cqt._non_persistent_buffers_set.add(name)
+    exclude_buffers_from_state_dict(cqt)
     return cqt
+
+
+def exclude_buffers_from_state_dict(module: nn.Module) -> None:
+    """Mark every buffer of `module` and its children non-persistent: rebuilt at construction, never saved."""
+    for sub in module.modules():
+        for name, _ in sub.named_buffers(recurse=False):
+            sub._non_persistent_buffers_set.add(name)
 
 
 @torch.no_grad()

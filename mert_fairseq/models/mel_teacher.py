@@ -6,6 +6,8 @@ import torch
 import torchaudio
 from torch import nn
 
+from mert_fairseq.models.cqt_teacher import exclude_buffers_from_state_dict
+
 
 class MelTeacher(nn.Module):
     """Module names (`fc`, `spec_layer`) match the original's `encoder_mel_model`."""
@@ -17,9 +19,7 @@ class MelTeacher(nn.Module):
             n_mels=n_bins, window_fn=torch.hann_window, center=True, pad_mode="constant",
             mel_scale="htk", normalized=True,
         )
-        for module in self.spec_layer.modules():
-            for name, _ in module.named_buffers(recurse=False):
-                module._non_persistent_buffers_set.add(name)
+        exclude_buffers_from_state_dict(self.spec_layer)
         self.fc = nn.Linear(input_dim, n_bins)
 
     @torch.no_grad()

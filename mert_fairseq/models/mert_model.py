@@ -9,7 +9,6 @@ State-dict keys are those of the original MERT (see tests/test_checkpoint_compat
 """
 from __future__ import annotations
 
-import ast
 import logging
 from typing import Dict, List, Optional, Tuple
 
@@ -23,6 +22,7 @@ from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 from fairseq.modules import GradMultiply
 from torch import nn
 
+from mert_fairseq.config_values import parse_conv_layers, parse_list_literal
 from mert_fairseq.models.cqt_teacher import CQTTeacher, build_cqt, cqt_frames
 from mert_fairseq.models.masked_prediction import cosine_logits
 from mert_fairseq.models.mel_teacher import MelTeacher
@@ -39,36 +39,6 @@ _RECOMPUTED_BUFFER_SUFFIXES = ("cqt_kernels_real", "cqt_kernels_imag", "lenghts"
 def stage_value(steps: List[int], values: list, num_updates: int):
     """Piecewise-constant schedule: values[i] holds from steps[i-1] (inclusive) to steps[i]."""
     return values[sum(num_updates >= s for s in steps)]
-
-
-def parse_conv_layers(spec: str) -> List[Tuple[int, int, int]]:
-    """Evaluate a conv spec like "[(512,10,5)] + [(512,3,2)] * 4" safely (lists, tuples, ints, + and *)."""
-
-    def ev(node):
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return node.value
-        if isinstance(node, (ast.List, ast.Tuple)):
-            items = [ev(e) for e in node.elts]
-            return items if isinstance(node, ast.List) else tuple(items)
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
-            a, b = ev(node.left), ev(node.right)
-            return a + b if isinstance(node.op, ast.Add) else a * b
-        raise ValueError(f"model.conv_feature_layers: unsupported expression {ast.dump(node)} in {spec!r}")
-
-    layers = ev(ast.parse(spec, mode="eval"))
-    if not layers or not all(isinstance(l, tuple) and len(l) == 3 for l in layers):
-        raise ValueError(f"model.conv_feature_layers={spec!r}: expected a list of (dim, kernel, stride)")
-    return layers
-
-
-def _parse_list(text: str, name: str) -> list:
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError) as exc:
-        raise ValueError(f"model.{name}={text!r} is not a python list literal") from exc
-    return list(value)
 
 
 @register_model("mert", dataclass=MERTConfig)
@@ -129,15 +99,17 @@ class MERTModel(BaseFairseqModel):
             self.encoder_mel_model = MelTeacher(D, cfg.audio_mel_bins, sample_rate, cfg.label_rate)
 
         self.mask_prob, self.mask_length = cfg.mask_prob, cfg.mask_length
-        self._prob_schedule = (_parse_list(cfg.mask_dynamic_prob_step, "mask_dynamic_prob_step"),
-                               _parse_list(cfg.mask_dynamic_prob, "mask_dynamic_prob"))
-        self._len_schedule = (_parse_list(cfg.mask_dynamic_len_step, "mask_dynamic_len_step"),
-                              _parse_list(cfg.mask_dynamic_len, "mask_dynamic_len"))
+        self._prob_schedule = tuple(parse_list_literal(getattr(cfg, f), f"model.{f}")
+                                    for f in ("mask_dynamic_prob_step", "mask_dynamic_prob"))
+        self._len_schedule = tuple(parse_list_literal(getattr(cfg, f), f"model.{f}")
+                                   for f in ("mask_dynamic_len_step", "mask_dynamic_len"))
         for (steps, values), name in ((self._prob_schedule, "prob"), (self._len_schedule, "len")):
             if steps and len(values) != len(steps) + 1:
                 raise ValueError(f"mask_dynamic_{name} needs len(mask_dynamic_{name}_step) + 1 values")
-        self.noise_length_range = _parse_list(cfg.inbatch_noise_augment_len_range, "inbatch_noise_augment_len_range")
-        self.noise_count_range = _parse_list(cfg.inbatch_noise_augment_number_range, "inbatch_noise_augment_number_range")
+        self.noise_length_range = parse_list_literal(cfg.inbatch_noise_augment_len_range,
+                                                     "model.inbatch_noise_augment_len_range")
+        self.noise_count_range = parse_list_literal(cfg.inbatch_noise_augment_number_range,
+                                                    "model.inbatch_noise_augment_number_range")
         self._generator = torch.Generator()  # CPU generator for the training-time random draws
         self.set_num_updates(0)
         if cfg.pretrained_weights:

@@ -7,7 +7,6 @@ epoch, and the shard for an epoch is a pure function of (seed, epoch), so a resu
 with the same shard sequence.
 """
 
-import ast
 import logging
 import os
 import sys
@@ -22,6 +21,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.fairseq_task import FairseqTask
 from omegaconf import II, MISSING
 
+from mert_fairseq.config_values import parse_list_literal
 from mert_fairseq.data.mert_dataset import DataError, MERTDataset
 
 logger = logging.getLogger(__name__)
@@ -89,13 +89,6 @@ class MERTPretrainingConfig(FairseqDataclass):
     seed: int = II("common.seed")
 
 
-def _literal_list(text: Optional[str], name: str) -> list:
-    try:
-        return list(ast.literal_eval(text or "[]"))
-    except (ValueError, SyntaxError) as exc:
-        raise ValueError(f"task.{name}={text!r} is not a python list literal") from exc
-
-
 @register_task("mert_pretraining", dataclass=MERTPretrainingConfig)
 class MERTPretrainingTask(FairseqTask):
     cfg: MERTPretrainingConfig
@@ -104,10 +97,10 @@ class MERTPretrainingTask(FairseqTask):
         super().__init__(cfg)
         self.cfg = cfg
         self.state.add_factory("target_dictionary" if cfg.fine_tuning else "dictionaries", self.load_dictionaries)
-        self.augmentation_effects = _literal_list(cfg.augmentation_effects, "augmentation_effects")
-        self.augmentation_probs = _literal_list(cfg.augmentation_probs, "augmentation_probs")
-        self.dynamic_crops = _literal_list(cfg.dynamic_crops, "dynamic_crops")
-        self.dynamic_crops_epoches = _literal_list(cfg.dynamic_crops_epoches, "dynamic_crops_epoches")
+        self.augmentation_effects = parse_list_literal(cfg.augmentation_effects, "task.augmentation_effects")
+        self.augmentation_probs = parse_list_literal(cfg.augmentation_probs, "task.augmentation_probs")
+        self.dynamic_crops = parse_list_literal(cfg.dynamic_crops, "task.dynamic_crops")
+        self.dynamic_crops_epoches = parse_list_literal(cfg.dynamic_crops_epoches, "task.dynamic_crops_epoches")
         if len(self.dynamic_crops) != len(self.dynamic_crops_epoches):
             raise ValueError("task.dynamic_crops and task.dynamic_crops_epoches need the same length")
         if self.dynamic_crops and self.dynamic_crops_epoches[0] != 1:
