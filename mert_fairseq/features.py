@@ -3,9 +3,12 @@
     extractor = load_feature_extractor(checkpoint="ckpt.pt")          # or hf_model="exported_folder"
     feats = extractor.extract_file("song.flac", layers=[0, 6, 12])    # (3, frames, D) float32
 
-Audio of any sampling rate and channel count is read with `mert_fairseq.audio.load_mono` (channel mean,
-band-limited resampling to the model's rate). When the model was trained with `task.normalize`, the
-whole file is normalised to zero mean / unit variance exactly as the training dataset does.
+Audio of any sampling rate and channel count is read with soundfile (channel mean, band-limited
+resampling to the model's rate); packed manifest rows (`shard.zip:offset:length`) are read in place.
+When the model was trained with `task.normalize`, every waveform given to the model (each window, or
+the whole file with window_seconds <= 0) is normalised to zero mean / unit variance, as training
+normalises each crop the model sees and as the exported HF preprocessor (`do_normalize`) normalises
+each input it is given.
 
 Long files are processed in windows of `window_seconds` and the frames concatenated. Window i covers
 samples [i*W, (i+1)*W + (receptive field - stride)) with W a multiple of the CNN stride, so window i yields
@@ -27,7 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mert_fairseq.audio import load_mono
+from mert_fairseq.audio import resample
+from mert_fairseq.data.audio_reader import parse_packed, read_window
+from mert_fairseq.data.pack import member_names
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +99,7 @@ class MERTFeatureExtractor:
 
     # ------------------------------------------------------------------ public API
     def prepare(self, wav: np.ndarray) -> np.ndarray:
-        """Apply the training-time waveform normalisation (whole clip) when the model used it."""
+        """Apply the training-time waveform normalisation (over this waveform) when the model used it."""
         wav = np.asarray(wav, dtype=np.float32)
         if self.normalize:
             wav = F.layer_norm(torch.from_numpy(wav), wav.shape).numpy()
@@ -106,7 +111,7 @@ class MERTFeatureExtractor:
         layers = self.check_layers(layers)
         if reduce not in ("frame", "mean"):
             raise ValueError(f"reduce={reduce!r}: expected 'frame' or 'mean'")
-        wav = self.prepare(wav)
+        wav = np.asarray(wav, dtype=np.float32)
         if wav.ndim != 1:
             raise ValueError(f"expected a mono waveform [samples], got shape {wav.shape}")
         if len(wav) < self.receptive_field:
@@ -114,7 +119,7 @@ class MERTFeatureExtractor:
                              f"({self.receptive_field} samples at {self.sample_rate} Hz)")
         chunks = []
         for start, end in self.windows(len(wav), window_seconds):
-            chunks.append(self.hidden_states(wav[start:end])[layers])
+            chunks.append(self.hidden_states(self.prepare(wav[start:end]))[layers])
         feats = torch.cat(chunks, dim=1)  # len(layers) x T x D
         expected = self.num_frames(len(wav))
         if feats.shape[1] != expected:  # the window arithmetic guarantees this; keep it checked
@@ -129,7 +134,8 @@ class MERTFeatureExtractor:
         if kwargs.get("reduce", "frame") not in ("frame", "mean"):
             raise ValueError(f"reduce={kwargs['reduce']!r}: expected 'frame' or 'mean'")
         try:
-            return self.extract(load_mono(path, self.sample_rate), **kwargs)
+            wav, sr = read_window(path)
+            return self.extract(resample(wav, sr, self.sample_rate), **kwargs)
         except Exception as exc:
             raise FeatureExtractionError(f"{path}: {exc}") from exc
 
@@ -194,14 +200,14 @@ def collect_inputs(inputs: Iterable[str | os.PathLike],
             lines = inp.read_text().splitlines()
             if not lines or not lines[0].strip():
                 raise FeatureExtractionError(f"{inp}: empty manifest (line 1 must be the audio root folder)")
-            root = Path(lines[0].strip())
+            root, shards = Path(lines[0].strip()), {}
             for n, line in enumerate(lines[1:], start=2):
                 if not line.strip():
                     continue
                 rel = Path(line.split("\t")[0])
                 if rel.is_absolute() or ".." in rel.parts:
                     raise FeatureExtractionError(f"{inp}:{n}: path {rel} must be relative to the root, inside it")
-                items.append((root / rel, rel.with_suffix(".npy")))
+                items.append((root / rel, _output_name(root, rel, f"{inp}:{n}", shards)))
         elif inp.is_file():
             items.append((inp, Path(inp.name).with_suffix(".npy")))
         else:
@@ -212,6 +218,23 @@ def collect_inputs(inputs: Iterable[str | os.PathLike],
             raise FeatureExtractionError(f"{audio} and {seen[out]} would both be written to {out}")
         seen[out] = audio
     return items
+
+
+def _output_name(root: Path, rel: Path, where: str, shards: dict) -> Path:
+    """Output .npy name of a manifest row: its relpath, or for a packed row the member's name in its shard
+    (the original relpath), so packed and unpacked manifests write the same files."""
+    member = parse_packed(rel)
+    if member is None:
+        return rel.with_suffix(".npy")
+    if member.shard not in shards:
+        try:
+            shards[member.shard] = member_names(root / member.shard)
+        except Exception as exc:
+            raise FeatureExtractionError(f"{where}: {root / member.shard}: cannot read shard ({exc})") from exc
+    name = shards[member.shard].get((member.offset, member.length))
+    if name is None:
+        raise FeatureExtractionError(f"{where}: {rel}: no member of {member.shard} at that byte range")
+    return Path(name).with_suffix(".npy")
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:

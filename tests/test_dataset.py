@@ -77,10 +77,13 @@ def test_unknown_code_names_file_and_line(tones):
     lines = path.read_text().splitlines()
     lines[1] = lines[1].replace("0", "99", 1) if "0" in lines[1] else "99 " + lines[1]
     path.write_text("\n".join(lines) + "\n")
-    task = task_for(tones)
+    task = task_for(tones, max_sample_size=None)  # whole clips: the whole line is read
     task.load_dataset("train")
     with pytest.raises(DataError, match=r"train\.tone:2: code '99' is not in the dictionary"):
         task.datasets["train"][1]
+    # windowed reads check the codes they read (scripts/validate_data.py checks every line)
+    with pytest.raises(DataError, match=r"train\.tone:2: code '99' is not in the dictionary"):
+        task.datasets["train"].labels[0].read(1, 0, 200)
 
 
 def test_bad_audio_is_an_error_or_a_counted_skip(tones):
@@ -130,7 +133,12 @@ def test_filtered_clips_keep_their_own_labels_text_and_npy(tones):
         ds = task.datasets["train"]
         assert len(ds) == 5
         for i in range(5):
-            assert ds[i]["label_list"][0].tolist() == [c + 4 for c in codes[i + 1]], (npy, i)
+            full = [c + 4 for c in codes[i + 1]]
+            assert ds.labels[0].read(i).tolist() == full, (npy, i)
+            item = ds[i]  # 1.5 s clips, 1 s crops: only the window's labels are read
+            window = item["label_list"][0].tolist()
+            assert window == full[item["label_offset"]: item["label_offset"] + len(window)], (npy, i)
+            assert len(window) >= 75
 
 
 def test_shards_rotate_every_epoch_under_stock_fairseq(tmp_path):

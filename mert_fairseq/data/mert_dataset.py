@@ -1,10 +1,23 @@
 """`MERTDataset`: 24 kHz audio clips from a fairseq manifest + one or more frame-level label streams.
 
-Manifest `{split}.tsv`: first line the root directory, then `relpath<TAB>num_samples`.
+Manifest `{split}.tsv`: first line the root directory, then `relpath<TAB>num_samples`; a relpath may be
+a packed member `shard.zip:BYTE_OFFSET:BYTE_LENGTH` (`scripts/pack_audio.py`).
 Labels `{label_dir}/{split}.{label}`: one line of space-separated integer codes per manifest row,
 or `{split}.{label}.npy` (int array [rows, max_len], padded with -1) with `numpy_memmap_label`.
 Batches crop every clip to the shortest clip (at most `max_sample_size`) or, with `pad_audio`,
 zero-pad to the longest and set `padding_mask`; labels are cropped consistently.
+
+Windowed reads: a clip longer than `max_sample_size` is not read whole. `__getitem__` draws the crop
+start from the generator seeded by (seed, epoch, index), exactly the draw the collater made when it
+cropped whole clips, and reads only that window of audio (soundfile seek) and of labels. The batch
+therefore equals the whole-file batch, except when a shorter clip in the batch makes the collater
+crop further: then the window is cropped again (start drawn from (seed, epoch, index, 1)).
+`normalize` layer-normalises exactly the samples the model sees (each cropped clip, padding excluded);
+feature extraction and the exported HF preprocessor normalise each waveform given to the model alike.
+Augmentations apply to the window read.
+
+Opening a split builds no Python object per row (`manifest_index`, `labels`), so splits of millions of
+rows cost tens of MB, shared by forked data-loader workers.
 """
 from __future__ import annotations
 
@@ -18,106 +31,30 @@ import torch.nn.functional as F
 from fairseq.data import FairseqDataset
 from fairseq.data.dictionary import Dictionary
 
-from mert_fairseq.audio import AudioError, read_audio, to_mono
-from mert_fairseq.data_prep.manifest import read_manifest
+from mert_fairseq.audio import AudioError
+from mert_fairseq.data.audio_reader import read_window
+from mert_fairseq.data.labels import DataError, LabelStream
+from mert_fairseq.data.manifest_index import ManifestIndex, read_manifest_index
 
 logger = logging.getLogger(__name__)
 
-
-class DataError(ValueError):
-    """Bad manifest or label data; the message names the file (and line)."""
+__all__ = ["AUGMENTATIONS", "DataError", "MERTDataset", "load_manifest"]
 
 
-def load_manifest(path: str, min_keep: Optional[int], max_keep: Optional[int]):
-    """-> (root, relpaths, sizes, kept manifest row indices, total rows) after dropping too short/long clips.
-
-    Malformed or empty manifests raise `ManifestError` naming the file and line."""
-    manifest = read_manifest(path)
-    names, sizes, kept = [], [], []
-    n_short = n_long = 0
-    for index, row in enumerate(manifest.rows):
-        if min_keep is not None and row.num_samples < min_keep:
-            n_short += 1
-        elif max_keep is not None and row.num_samples > max_keep:
-            n_long += 1
-        else:
-            names.append(row.relpath)
-            sizes.append(row.num_samples)
-            kept.append(index)
-    total = len(manifest.rows)
-    if not names:
-        raise DataError(f"{path}: no usable rows ({total} rows, {n_short} shorter than "
-                        f"min_sample_size={min_keep}, {n_long} longer than max_keep_size={max_keep})")
-    logger.info("%s: kept %d of %d clips (%d too short, %d too long)", path, len(names), total, n_short, n_long)
-    return str(manifest.root), names, np.array(sizes, dtype=np.int64), kept, total
-
-
-class LabelStream:
-    """One label stream, read as text lines (in memory or by byte offset) or from a .npy memmap."""
-
-    def __init__(self, path: str, dictionary: Dictionary, kept_rows: List[int], num_rows: int,
-                 store_in_memory: bool, numpy_memmap: bool) -> None:
-        self.path, self.dictionary = path, dictionary
-        if numpy_memmap:
-            self.path = path if path.endswith(".npy") else f"{path}.npy"
-            self._check_exists(self.path)
-            array = np.load(self.path, mmap_mode="r")
-            self._check_rows(array.shape[0], num_rows)
-            self.array = array
-            self.rows = kept_rows
-            self.lengths = (array[kept_rows] >= 0).sum(axis=1)
-            self.lut = self._code_lookup(dictionary)
-            return
-        self.array = None
-        self._check_exists(path)
-        with open(path, "rb") as f:
-            data = f.read()
-        lines = data.split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        self._check_rows(len(lines), num_rows)
-        offsets = np.cumsum([0] + [len(line) + 1 for line in lines])
-        self.lengths = np.array([len(lines[r].split()) for r in kept_rows], dtype=np.int64)
-        self.rows = kept_rows
-        self.offsets = offsets
-        self.lines = [lines[r].decode() for r in kept_rows] if store_in_memory else None
-
-    def _check_exists(self, path: str) -> None:
-        if not os.path.isfile(path):
-            raise DataError(f"{path}: label file not found")
-
-    def _check_rows(self, found: int, expected: int) -> None:
-        if found != expected:
-            raise DataError(f"{self.path}: {found} label lines but the manifest has {expected} rows "
-                            "(one line per manifest row, same order)")
-
-    @staticmethod
-    def _code_lookup(dictionary: Dictionary) -> np.ndarray:
-        codes = [int(s) for s in dictionary.symbols[dictionary.nspecial:]]
-        lut = np.full(max(codes) + 1, dictionary.unk(), dtype=np.int64)
-        lut[codes] = np.arange(dictionary.nspecial, dictionary.nspecial + len(codes))
-        return lut
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        """Dictionary indices of kept item i (int64 tensor)."""
-        if self.array is not None:
-            codes = np.asarray(self.array[self.rows[i]])
-            codes = codes[codes >= 0]
-            if codes.size and codes.max() >= len(self.lut):
-                raise DataError(f"{self.path}: row {self.rows[i]}: code {codes.max()} is not in the dictionary")
-            return torch.from_numpy(self.lut[codes])
-        if self.lines is not None:
-            line = self.lines[i]
-        else:
-            row = self.rows[i]
-            with open(self.path, "rb") as f:
-                f.seek(self.offsets[row])
-                line = f.read(self.offsets[row + 1] - self.offsets[row]).decode()
-        ids = self.dictionary.encode_line(line, append_eos=False, add_if_not_exist=False).long()
-        if (ids == self.dictionary.unk()).any():
-            bad = next(tok for tok in line.split() if self.dictionary.index(tok) == self.dictionary.unk())
-            raise DataError(f"{self.path}:{self.rows[i] + 1}: code {bad!r} is not in the dictionary")
-        return ids
+def load_manifest(path: str, min_keep: Optional[int], max_keep: Optional[int]) -> tuple[ManifestIndex, np.ndarray, int]:
+    """-> (index of the kept rows, their manifest row numbers (int64), total rows), dropping clips shorter
+    than `min_keep` or longer than `max_keep` samples. Malformed or empty manifests raise `ManifestError`
+    naming the file and line."""
+    full = read_manifest_index(path)
+    short = full.sizes < min_keep if min_keep is not None else np.zeros(len(full), bool)
+    long = full.sizes > max_keep if max_keep is not None else np.zeros(len(full), bool)
+    kept = np.flatnonzero(~(short | long)).astype(np.int64)
+    if not len(kept):
+        raise DataError(f"{path}: no usable rows ({len(full)} rows, {int(short.sum())} shorter than "
+                        f"min_sample_size={min_keep}, {int(long.sum())} longer than max_keep_size={max_keep})")
+    logger.info("%s: kept %d of %d clips (%d too short, %d too long)", path, len(kept), len(full),
+                int(short.sum()), int(long.sum()))
+    return (full if len(kept) == len(full) else full.select(kept)), kept, len(full)
 
 
 AUGMENTATIONS: Dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
@@ -159,17 +96,21 @@ class MERTDataset(FairseqDataset):
         augmentation_probs: Sequence[float] = (),
         skip_bad_audio: bool = False,
         seed: int = 1,
+        windowed_reads: bool = True,
     ) -> None:
+        """`store_labels` has no effect any more (labels are read by byte offset or from a memmap);
+        `windowed_reads=False` reads every clip whole (the original behaviour; for comparisons)."""
         self.manifest_path = manifest_path
-        self.root, self.names, self.sizes, kept, num_rows = load_manifest(
-            manifest_path, min_keep_sample_size, max_keep_sample_size)
+        self.manifest, self.kept_rows, num_rows = load_manifest(manifest_path, min_keep_sample_size,
+                                                                max_keep_sample_size)
+        self.root, self.sizes = self.manifest.root, self.manifest.sizes
         self.sample_rate, self.label_rate = sample_rate, label_rate
         self.dictionaries = list(dictionaries)
-        self.labels = [LabelStream(p, d, kept, num_rows, store_labels, numpy_memmap_label)
+        self.labels = [LabelStream(p, d, self.kept_rows, num_rows, numpy_memmap_label)
                        for p, d in zip(label_paths, dictionaries)]
         self.max_sample_size = max_sample_size if max_sample_size is not None else int(1e12)
         self.pad_audio, self.normalize, self.random_crop = pad_audio, normalize, random_crop
-        self.single_target = single_target
+        self.single_target, self.windowed_reads = single_target, windowed_reads
         unknown = set(augmentation_effects) - set(AUGMENTATIONS)
         if unknown:
             raise ValueError(f"unknown augmentation_effects {sorted(unknown)}; known: {sorted(AUGMENTATIONS)}")
@@ -189,7 +130,7 @@ class MERTDataset(FairseqDataset):
             if len(short):
                 i = short[0]
                 raise DataError(
-                    f"{stream.path}:{stream.rows[i] + 1}: {stream.lengths[i]} labels for {self.names[i]} "
+                    f"{stream.where(i)}: {stream.lengths[i]} labels for {self.name(i)} "
                     f"({self.sizes[i]} samples needs about {need[i] + 1:.0f}); {len(short)} rows are short")
 
     def set_epoch(self, epoch: int) -> None:
@@ -198,35 +139,64 @@ class MERTDataset(FairseqDataset):
     def __len__(self) -> int:
         return len(self.sizes)
 
-    def _rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, index])
+    def name(self, index: int) -> str:
+        """The manifest relpath of item `index`."""
+        return self.manifest.name(index)
 
-    def load_audio(self, index: int) -> np.ndarray:
-        path = os.path.join(self.root, self.names[index])
-        wav, sr = read_audio(path)
+    def where(self, index: int) -> str:
+        """'manifest:line' of item `index`, for error messages."""
+        return f"{self.manifest_path}:{int(self.kept_rows[index]) + 2}"
+
+    def _rng(self, index: int, *stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index, *stream])
+
+    def window(self, index: int) -> tuple[int, int]:
+        """(start, frames) of the audio to read for item `index`: the whole clip (frames -1) when it fits
+        max_sample_size, else the crop the collater would have drawn from the whole clip."""
+        size = int(self.sizes[index])
+        if not self.windowed_reads or size <= self.max_sample_size:
+            return 0, -1
+        start = int(self._rng(index).integers(0, size - self.max_sample_size + 1)) if self.random_crop else 0
+        return start, self.max_sample_size
+
+    def load_audio(self, index: int, start: int = 0, frames: int = -1) -> np.ndarray:
+        path = os.path.join(self.root, self.name(index))
+        try:
+            wav, sr = read_window(path, start, frames)
+        except AudioError as exc:
+            raise AudioError(f"{self.where(index)}: {exc}") from exc
         if sr != self.sample_rate:
-            raise AudioError(f"{path}: sample rate {sr} Hz, the task expects {self.sample_rate} Hz "
-                             "(convert with scripts/prepare_manifest.py)")
-        return to_mono(wav)
+            raise AudioError(f"{self.where(index)}: {path}: sample rate {sr} Hz, the task expects "
+                             f"{self.sample_rate} Hz (convert with scripts/prepare_manifest.py)")
+        return wav
 
     def __getitem__(self, index: int) -> Optional[dict]:
+        start, frames = self.window(index)
         try:
-            wav = self.load_audio(index)
+            wav = self.load_audio(index, start, frames)
         except AudioError:
             if not self.skip_bad_audio:
                 raise
             self.num_skipped += 1
             logger.warning("skipping unreadable audio %s (%d skipped so far in this process)",
-                           self.names[index], self.num_skipped, exc_info=True)
+                           self.name(index), self.num_skipped, exc_info=True)
             return None
         rng = self._rng(index)
         for name, prob in self.augmentations:
             if rng.random() < prob:
                 wav = AUGMENTATIONS[name](wav, rng)
-        source = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
-        if self.normalize:
-            source = F.layer_norm(source, source.shape)
-        return {"id": index, "source": source, "label_list": [s[index] for s in self.labels]}
+        s2f = self.label_rate / self.sample_rate
+        label_start = int(round(start * s2f))
+        label_count = None if frames < 0 else int(np.ceil(frames * s2f)) + 2
+        return {
+            "id": index,
+            "source": torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)),
+            "offset": start,  # first sample of `source` in the clip
+            "windowed": frames >= 0,
+            "label_offset": label_start,  # first frame of each label_list tensor in the full label row
+            "label_lengths": [int(s.lengths[index]) for s in self.labels],
+            "label_list": [s.read(index, label_start, label_count) for s in self.labels],
+        }
 
     # ------------------------------------------------------------------ batching
     def collater(self, samples: List[Optional[dict]]) -> dict:
@@ -235,7 +205,7 @@ class MERTDataset(FairseqDataset):
             return {}
         sizes = [len(s["source"]) for s in samples]
         audio_size = min(max(sizes) if self.pad_audio else min(sizes), self.max_sample_size)
-        audios, padding_mask, starts = self._collate_audio([s["source"] for s in samples], audio_size, samples)
+        audios, padding_mask, starts = self._collate_audio(samples, audio_size)
         targets, lengths, ntokens = self._collate_labels(samples, audio_size, starts)
         batch = {
             "id": torch.LongTensor([s["id"] for s in samples]),
@@ -247,32 +217,44 @@ class MERTDataset(FairseqDataset):
             batch.update(target_lengths_list=lengths, ntokens_list=ntokens, target_list=targets)
         return batch
 
-    def _collate_audio(self, audios: List[torch.Tensor], size: int, samples: List[dict]):
-        out = audios[0].new_zeros(len(audios), size)
-        padding_mask = torch.zeros(len(audios), size, dtype=torch.bool)
+    def _crop_start(self, sample: dict, diff: int) -> int:
+        """Start of the batch crop inside `source` (diff = len(source) - crop size > 0)."""
+        if not self.random_crop:
+            return 0
+        rng = self._rng(sample["id"], 1) if sample.get("windowed") else self._rng(sample["id"])
+        return int(rng.integers(0, diff + 1))
+
+    def _collate_audio(self, samples: List[dict], size: int):
+        """-> (audio B x size, padding mask B x size, crop start of each row in its full clip)."""
+        out = samples[0]["source"].new_zeros(len(samples), size)
+        padding_mask = torch.zeros(len(samples), size, dtype=torch.bool)
         starts = []
-        for i, (wav, s) in enumerate(zip(audios, samples)):
+        for i, s in enumerate(samples):
+            wav = s["source"]
             diff = len(wav) - size
-            if diff <= 0:
-                out[i, : len(wav)] = wav
-                padding_mask[i, len(wav):] = True
-                starts.append(0)
-            else:
-                start = int(self._rng(s["id"]).integers(0, diff + 1)) if self.random_crop else 0
-                out[i] = wav[start : start + size]
-                starts.append(start)
+            start = self._crop_start(s, diff) if diff > 0 else 0
+            crop = wav[start: start + size]
+            if self.normalize:
+                crop = F.layer_norm(crop, crop.shape)
+            out[i, : len(crop)] = crop
+            padding_mask[i, len(crop):] = True
+            starts.append(s.get("offset", 0) + start)
         return out, padding_mask, starts
 
     def _collate_labels(self, samples: List[dict], audio_size: int, audio_starts: List[int]):
         s2f = self.label_rate / self.sample_rate
-        frame_starts = [int(round(s * s2f)) for s in audio_starts]
+        frame_starts = [int(round(s * s2f)) for s in audio_starts]  # in the full label rows
         targets, lengths, ntokens = [], [], []
         for k, dictionary in enumerate(self.dictionaries):
-            labels = [s["label_list"][k] for s in samples]
+            full_lengths = [s["label_lengths"][k] if "label_lengths" in s else len(s["label_list"][k])
+                            for s in samples]
             frame_size = int(round(audio_size * s2f))
             if not self.pad_audio:
-                frame_size = min([frame_size] + [len(t) - f for t, f in zip(labels, frame_starts)])
-            cropped = [t[f : f + frame_size] for t, f in zip(labels, frame_starts)]
+                frame_size = min([frame_size] + [n - f for n, f in zip(full_lengths, frame_starts)])
+            cropped = []
+            for s, f in zip(samples, frame_starts):
+                local = f - s.get("label_offset", 0)
+                cropped.append(s["label_list"][k][local: local + frame_size])
             length = torch.LongTensor([len(t) for t in cropped])
             padded = torch.full((len(cropped), int(length.max())), dictionary.pad(), dtype=torch.long)
             for i, t in enumerate(cropped):
@@ -302,7 +284,7 @@ class MERTDataset(FairseqDataset):
         for idx in indices:
             n = self.num_tokens(int(idx))
             if max_tokens is not None and n > max_tokens:
-                raise ValueError(f"{self.manifest_path}: clip {self.names[idx]} has {n} samples > max_tokens={max_tokens}")
+                raise ValueError(f"{self.manifest_path}: clip {self.name(int(idx))} has {n} samples > max_tokens={max_tokens}")
             full = (max_tokens is not None and (len(batch) + 1) * max(lengths + [n]) > max_tokens) or (
                 max_sentences is not None and len(batch) + 1 > max_sentences)
             if batch and full:

@@ -4,7 +4,8 @@ For every split: the manifest parses; every audio file exists, has the expected 
 mono and has the number of samples the manifest says. For every label: ``dict.{label}.txt`` is a
 well-formed fairseq dictionary, ``{split}.{label}`` has one line per manifest row, each line's
 length is within 1 of ``num_samples * label_rate / sample_rate``, and every code is in the
-dictionary. Every problem is reported as ``file:line: problem``; any problem -> exit status 1.
+dictionary. Packed rows (``shard.zip:offset:length``, scripts/pack_audio.py) are checked the same
+way through the member's header, and a shard too short for a row is reported. Every problem is reported as ``file:line: problem``; any problem -> exit status 1.
 """
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mert_fairseq.audio import AudioError
+from mert_fairseq.data.audio_reader import audio_info, parse_packed
 from mert_fairseq.data_prep.common import LABEL_RATE, SAMPLE_RATE, parse_list
-from mert_fairseq.data_prep.manifest import Manifest, ManifestError, audio_problems, parse_manifest
+from mert_fairseq.data_prep.manifest import Manifest, ManifestError, ManifestRow, audio_problems, parse_manifest
 
 
 @dataclass
@@ -86,6 +89,25 @@ def _line_problems(
     return problems
 
 
+def row_audio_problems(manifest: Manifest, row: ManifestRow, sample_rate: int) -> list[str]:
+    """`audio_problems` for plain rows; the same header checks for packed rows, through the shard."""
+    if parse_packed(row.relpath) is None:
+        return audio_problems(manifest, row, sample_rate)
+    where = manifest.where(row)
+    try:
+        frames, sr, channels = audio_info(manifest.audio_path(row))
+    except AudioError as exc:
+        return [f"{where}: {exc}"]
+    problems = []
+    if sr != sample_rate:
+        problems.append(f"{where}: {row.relpath}: sample rate {sr}, expected {sample_rate}")
+    if channels != 1:
+        problems.append(f"{where}: {row.relpath}: {channels} channels, expected mono")
+    if frames != row.num_samples:
+        problems.append(f"{where}: {row.relpath}: has {frames} samples, manifest says {row.num_samples}")
+    return problems
+
+
 def infer_labels(label_dir: Path) -> list[str]:
     """Label names from the ``dict.{label}.txt`` files in `label_dir`, sorted naturally."""
     names = [p.name[len("dict."): -len(".txt")] for p in label_dir.glob("dict.*.txt")]
@@ -115,7 +137,7 @@ def validate(
         report.problems += problems + _root_problems(manifest)
         report.rows[split], report.seconds[split] = len(manifest.rows), manifest.total_samples / sample_rate
         if manifest.root.is_dir():
-            report.problems += [p for row in manifest.rows for p in audio_problems(manifest, row, sample_rate)]
+            report.problems += [p for row in manifest.rows for p in row_audio_problems(manifest, row, sample_rate)]
         for label in report.labels:
             path, dictionary = label_dir / f"{split}.{label}", label_dir / f"dict.{label}.txt"
             report.problems += label_problems(path, manifest, dictionary, dictionaries[label], sample_rate, label_rate)

@@ -46,7 +46,9 @@ class MERTPretrainingConfig(FairseqDataclass):
     random_crop: Optional[bool] = field(default=True, metadata={"help": "random crop start (else from 0)"})
     pad_audio: Optional[bool] = field(default=False, metadata={"help": "pad to the longest clip instead of cropping"})
     fine_tuning: bool = field(default=False, metadata={"help": "one target dictionary (fine-tuning)"})
-    store_labels: Optional[bool] = field(default=False, metadata={"help": "keep all label lines in memory"})
+    store_labels: Optional[bool] = field(
+        default=False, metadata={"help": "no effect: labels are read by byte offset (text) or memory-mapped (.npy)"}
+    )
     numpy_memmap_label: Optional[bool] = field(
         default=False, metadata={"help": "labels in {split}.{label}.npy (rows padded with -1), memory-mapped"}
     )
@@ -85,6 +87,11 @@ class MERTPretrainingConfig(FairseqDataclass):
         default=False,
         metadata={"help": "run forward and loss under torch.autocast(bfloat16) with fp32 weights and optimizer "
                           "(CPU or GPU; unlike common.bf16 nothing is cast to bf16 permanently)"},
+    )
+    windowed_reads: bool = field(
+        default=True,
+        metadata={"help": "read only the crop window of clips longer than max_sample_size (same batches as "
+                          "whole-file reads); false reads every clip whole"},
     )
     seed: int = II("common.seed")
 
@@ -180,6 +187,7 @@ class MERTPretrainingTask(FairseqTask):
             augmentation_probs=self.augmentation_probs,
             skip_bad_audio=self.cfg.skip_bad_audio,
             seed=self.cfg.seed,
+            windowed_reads=self.cfg.windowed_reads,
         )
 
     # ------------------------------------------------------------------ steps

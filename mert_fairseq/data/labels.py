@@ -1,0 +1,204 @@
+"""Frame-label streams for `MERTDataset`, read one window of frames at a time.
+
+Two storage formats, one interface (`lengths`, `read(i, start, count)`):
+
+- text `{split}.{label}`: one line of space-separated integer codes per manifest row. An offset index
+  (`offsets` int64 [rows + 1], `counts` int64 [rows]) is built by one vectorised pass over the file and
+  cached beside it as `{split}.{label}.index.npz` (rebuilt when the label file's size or mtime changes;
+  kept in memory only when the folder is read-only). A read seeks to the row, finds token boundaries
+  with numpy and converts only the tokens of the window.
+- `.npy` (`task.numpy_memmap_label`, made by `scripts/labels_to_npy.py`): int array [rows, longest],
+  left-aligned, padded with -1, memory-mapped; a read is a slice of one row. Row lengths are cached
+  the same way (`{split}.{label}.npy.index.npz`).
+
+Nothing per row is a Python object, so a million-row split costs a few int64 arrays per stream.
+Codes map to dictionary indices through a lookup table when every dictionary symbol is an integer
+(MERT's EnCodec and k-means labels); other dictionaries fall back to `Dictionary.encode_line`.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+from fairseq.data.dictionary import Dictionary
+
+from mert_fairseq.data.manifest_index import parse_uints
+from mert_fairseq.fileio import atomic_open
+
+logger = logging.getLogger(__name__)
+
+INDEX_VERSION = 1
+_CHUNK = 1 << 22  # bytes per step when scanning a text label file
+
+
+class DataError(ValueError):
+    """Bad manifest or label data; the message names the file (and line)."""
+
+
+# ----------------------------------------------------------------------------- offset index
+def scan_text_labels(path: str) -> dict:
+    """One pass over a text label file -> {"offsets": int64 [rows + 1], "counts": int64 [rows]}.
+
+    Line r is blob[offsets[r] : offsets[r + 1] - 1] (the newline excluded); counts[r] is its number of
+    whitespace-separated tokens. A last line without a newline counts as a line (like str.splitlines)."""
+    newlines, counts = [], []
+    carry, prev_tok, base, size = 0, False, 0, os.path.getsize(path)
+    with open(path, "rb") as f:
+        while True:
+            chunk = np.frombuffer(f.read(_CHUNK), dtype=np.uint8)
+            if not len(chunk):
+                break
+            tok = chunk > 32  # anything but space, tab, newline, CR, ...
+            starts = tok & ~np.concatenate([[prev_tok], tok[:-1]])
+            nl = np.flatnonzero(chunk == 10)
+            seg = np.concatenate([[0], nl + 1])
+            seg = seg[seg < len(chunk)]
+            sums = np.add.reduceat(starts, seg, dtype=np.int64) if len(seg) else np.zeros(0, np.int64)
+            if len(nl):
+                done = sums[: len(nl)].copy()
+                done[0] += carry
+                counts.append(done)
+                carry = int(sums[len(nl)]) if len(sums) > len(nl) else 0
+            else:
+                carry += int(sums[0])
+            newlines.append(nl + base)
+            prev_tok, base = bool(tok[-1]), base + len(chunk)
+    newlines = np.concatenate(newlines) if newlines else np.zeros(0, np.int64)
+    counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+    offsets = np.concatenate([[0], newlines + 1]).astype(np.int64)
+    if size and (not len(newlines) or newlines[-1] != size - 1):  # unterminated last line
+        offsets = np.append(offsets, size + 1)
+        counts = np.append(counts, carry)
+    return {"offsets": offsets, "counts": counts.astype(np.int64)}
+
+
+def npy_row_lengths(array: np.ndarray, rows_per_step: int = 4096) -> np.ndarray:
+    """Codes per row (entries >= 0) of a padded label matrix, read in blocks of rows."""
+    out = np.empty(array.shape[0], dtype=np.int64)
+    for a in range(0, array.shape[0], rows_per_step):
+        out[a: a + rows_per_step] = (np.asarray(array[a: a + rows_per_step]) >= 0).sum(axis=1)
+    return out
+
+
+def _fingerprint(path: str, size: int, span: int = 1 << 20) -> int:
+    """A hash of the first and last MiB of a file (int64), so that a same-size rewrite within one mtime
+    tick is still noticed."""
+    with open(path, "rb") as f:
+        head = f.read(span)
+        f.seek(max(size - span, 0))
+        tail = f.read(span)
+    return int.from_bytes(hashlib.blake2b(head + tail, digest_size=7).digest(), "little")
+
+
+def cached_index(path: str, build) -> dict:
+    """`build(path)` -> dict of arrays, cached in `{path}.index.npz`, keyed by the file's size, mtime and
+    a hash of its first and last MiB."""
+    stat = os.stat(path)
+    key = np.array([INDEX_VERSION, stat.st_size, stat.st_mtime_ns, _fingerprint(path, stat.st_size)], dtype=np.int64)
+    cache = f"{path}.index.npz"
+    if os.path.isfile(cache):
+        try:
+            with np.load(cache) as z:
+                if np.array_equal(z["key"], key):
+                    return {k: z[k] for k in z.files if k != "key"}
+        except (OSError, ValueError, KeyError) as exc:
+            logger.warning("%s: unreadable label index, rebuilding (%s)", cache, exc)
+    index = build(path)
+    try:
+        with atomic_open(cache, "wb") as f:
+            np.savez(f, key=key, **index)
+    except OSError as exc:
+        logger.warning("%s: cannot write the label index (%s); keeping it in memory only", cache, exc)
+    return index
+
+
+# ----------------------------------------------------------------------------- streams
+def code_lookup(dictionary: Dictionary) -> Optional[np.ndarray]:
+    """int64 table code -> dictionary index (unk for codes absent), or None if a symbol is not an int."""
+    symbols = dictionary.symbols[dictionary.nspecial:]
+    if not symbols or not all(s.isdigit() for s in symbols):
+        return None
+    codes = np.array([int(s) for s in symbols], dtype=np.int64)
+    lut = np.full(int(codes.max()) + 1, dictionary.unk(), dtype=np.int64)
+    lut[codes] = np.arange(dictionary.nspecial, dictionary.nspecial + len(codes))
+    return lut
+
+
+class LabelStream:
+    """One label stream for the kept manifest rows `rows` (int64 array, ascending file rows)."""
+
+    def __init__(self, path: str, dictionary: Dictionary, rows: np.ndarray, num_rows: int,
+                 numpy_memmap: bool) -> None:
+        self.dictionary, self.rows = dictionary, np.asarray(rows, dtype=np.int64)
+        self.path = (path if path.endswith(".npy") else f"{path}.npy") if numpy_memmap else path
+        if not os.path.isfile(self.path):
+            raise DataError(f"{self.path}: label file not found")
+        self.lut = code_lookup(dictionary)
+        self.array, self.offsets = None, None
+        if numpy_memmap:
+            self.array = np.load(self.path, mmap_mode="r")
+            self._check_rows(self.array.shape[0], num_rows)
+            if self.lut is None:
+                raise DataError(f"{self.path}: .npy labels need a dictionary of integer codes")
+            counts = cached_index(self.path, lambda p: {"counts": npy_row_lengths(self.array)})["counts"]
+        else:
+            index = cached_index(self.path, scan_text_labels)
+            self._check_rows(len(index["counts"]), num_rows)
+            self.offsets, counts = index["offsets"][self.rows], index["counts"]
+            self.ends = index["offsets"][self.rows + 1] - 1
+        self.lengths = counts[self.rows]
+
+    def _check_rows(self, found: int, expected: int) -> None:
+        if found != expected:
+            raise DataError(f"{self.path}: {found} label lines but the manifest has {expected} rows "
+                            "(one line per manifest row, same order)")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def where(self, i: int) -> str:
+        return f"{self.path}:{int(self.rows[i]) + 1}"
+
+    def read(self, i: int, start: int = 0, count: Optional[int] = None) -> torch.Tensor:
+        """Dictionary indices (int64) of frames [start, start + count) of kept item i (fewer at the end)."""
+        length = int(self.lengths[i])
+        stop = length if count is None else min(length, start + count)
+        start = min(start, stop)
+        if self.array is not None:
+            return self._lookup(np.asarray(self.array[self.rows[i], start:stop]).astype(np.int64), i)
+        with open(self.path, "rb") as f:
+            f.seek(int(self.offsets[i]))
+            line = np.frombuffer(f.read(int(self.ends[i] - self.offsets[i])), dtype=np.uint8)
+        tok = line > 32
+        edges = np.flatnonzero(np.diff(np.concatenate([[False], tok, [False]]).astype(np.int8)))
+        first, last = edges[0::2][start:stop], edges[1::2][start:stop]  # token byte ranges
+        if self.lut is not None:
+            codes = parse_uints(line, first, last)
+            if codes is not None:
+                return self._lookup(codes, i)
+        words = [line[a:b].tobytes().decode() for a, b in zip(first, last)]
+        return self._encode(" ".join(words), i)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.read(i)
+
+    def _lookup(self, codes: np.ndarray, i: int) -> torch.Tensor:
+        if codes.size and (codes.min() < 0 or codes.max() >= len(self.lut)):
+            bad = codes[(codes < 0) | (codes >= len(self.lut))][0]
+            raise DataError(f"{self.where(i)}: code {str(bad)!r} is not in the dictionary")
+        ids = self.lut[codes]
+        if (ids == self.dictionary.unk()).any():
+            raise DataError(f"{self.where(i)}: code {str(codes[ids == self.dictionary.unk()][0])!r} "
+                            "is not in the dictionary")
+        return torch.from_numpy(ids)
+
+    def _encode(self, line: str, i: int) -> torch.Tensor:
+        ids = self.dictionary.encode_line(line, append_eos=False, add_if_not_exist=False).long()
+        if (ids == self.dictionary.unk()).any():
+            bad = next(tok for tok in line.split() if self.dictionary.index(tok) == self.dictionary.unk())
+            raise DataError(f"{self.where(i)}: code {bad!r} is not in the dictionary")
+        return ids
