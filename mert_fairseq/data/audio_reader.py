@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 from dataclasses import dataclass
 from typing import IO, Optional
 
@@ -100,14 +101,35 @@ def open_sound(path: str | os.PathLike) -> tuple[sf.SoundFile, IO[bytes] | None]
 def read_window(path: str | os.PathLike, start: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:
     """Frames [start, start + frames) of a file (all from `start` when frames < 0) -> (mono float32, rate).
 
-    Multi-channel audio is averaged to mono. Raises AudioError for unreadable, empty or non-finite audio."""
+    Multi-channel audio is averaged to mono. 16-bit PCM is read as int16 and scaled by 2^-15 in numpy,
+    which gives exactly libsndfile's float32 values; plain 16-bit WAV (the format prepare_manifest.py
+    writes) is read with two preads, without soundfile's per-call overhead. Raises AudioError for
+    unreadable, empty or non-finite audio."""
+    fast = _read_wav16(path, start, frames)
+    if fast is not None:
+        pcm, channels, sr = fast
+    else:
+        pcm, channels, sr = _read_soundfile(path, start, frames)
+    if pcm.shape[0] == 0:
+        raise AudioError(f"{path}: no audio at frames {start}.. (file has fewer samples)" if start
+                         else f"{path}: audio file is empty (0 samples)")
+    if pcm.dtype == np.int16:
+        mono = pcm[:, 0] if channels == 1 else pcm.mean(axis=1, dtype=np.float32)
+        return np.multiply(mono, np.float32(1 / 32768), dtype=np.float32), sr
+    if not np.isfinite(pcm).all():
+        raise AudioError(f"{path}: audio contains NaN or infinite samples")
+    return (np.ascontiguousarray(pcm[:, 0]) if channels == 1 else pcm.mean(axis=1)), sr
+
+
+def _read_soundfile(path: str | os.PathLike, start: int, frames: int) -> tuple[np.ndarray, int, int]:
+    """-> (int16 or float32 array [frames, channels], channels, rate) through soundfile (any format)."""
     snd, shard = open_sound(path)
     try:
         with snd:
             if start:
                 snd.seek(start)
-            wav = snd.read(frames, dtype="float32", always_2d=True)
-            sr = snd.samplerate
+            dtype = "int16" if snd.subtype == "PCM_16" else "float32"
+            return snd.read(frames, dtype=dtype, always_2d=True), snd.channels, int(snd.samplerate)
     except AudioError:
         raise
     except Exception as exc:
@@ -115,12 +137,57 @@ def read_window(path: str | os.PathLike, start: int = 0, frames: int = -1) -> tu
     finally:
         if shard is not None:
             shard.close()
-    if wav.shape[0] == 0:
-        raise AudioError(f"{path}: no audio at frames {start}.. (file has fewer samples)" if start
-                         else f"{path}: audio file is empty (0 samples)")
-    if not np.isfinite(wav).all():
-        raise AudioError(f"{path}: audio contains NaN or infinite samples")
-    return (wav[:, 0] if wav.shape[1] == 1 else wav.mean(axis=1)), int(sr)
+
+
+def _wav16_layout(head: bytes) -> Optional[tuple[int, int, int, int]]:
+    """(data offset, data bytes, channels, rate) of a 16-bit PCM RIFF/WAVE header, else None."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, fmt = 12, None
+    while pos + 8 <= len(head):
+        chunk, size = head[pos: pos + 4], int.from_bytes(head[pos + 4: pos + 8], "little")
+        body = pos + 8
+        if chunk == b"fmt ":
+            if size < 16 or body + size > len(head):
+                return None
+            tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", head, body)
+            if tag == 0xFFFE and size >= 40:  # WAVE_FORMAT_EXTENSIBLE: the subformat GUID starts with the tag
+                tag = struct.unpack_from("<H", head, body + 24)[0]
+            fmt = (tag, channels, rate, bits)
+        elif chunk == b"data":
+            if fmt is None or fmt[0] != 1 or fmt[3] != 16 or fmt[1] < 1:
+                return None
+            return body, size, fmt[1], fmt[2]
+        pos = body + size + (size & 1)
+    return None
+
+
+def _read_wav16(path: str | os.PathLike, start: int, frames: int) -> Optional[tuple[np.ndarray, int, int]]:
+    """The soundfile-free path for 16-bit PCM WAV (plain or packed); None when it does not apply (other
+    formats, unusual headers, missing or truncated files: soundfile then reads or reports them)."""
+    member = parse_packed(path)
+    file, base = (member.shard, member.offset) if member else (str(path), 0)
+    try:
+        fd = os.open(file, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        limit = member.length if member else size
+        if base + limit > size:
+            return None
+        layout = _wav16_layout(os.pread(fd, min(4096, limit), base))
+        if layout is None or layout[0] + layout[1] > limit:
+            return None
+        data, nbytes, channels, rate = layout
+        frame_bytes = 2 * channels
+        total = nbytes // frame_bytes
+        start = min(max(start, 0), total)
+        count = total - start if frames < 0 else min(frames, total - start)
+        raw = os.pread(fd, count * frame_bytes, base + data + start * frame_bytes)
+    finally:
+        os.close(fd)
+    return np.frombuffer(raw, dtype="<i2").reshape(-1, channels), channels, rate
 
 
 def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:

@@ -123,7 +123,7 @@ def code_lookup(dictionary: Dictionary) -> Optional[np.ndarray]:
     if not symbols or not all(s.isdigit() for s in symbols):
         return None
     codes = np.array([int(s) for s in symbols], dtype=np.int64)
-    lut = np.full(int(codes.max()) + 1, dictionary.unk(), dtype=np.int64)
+    lut = np.full(int(codes.max()) + 2, dictionary.unk(), dtype=np.int64)  # the last entry catches overflow
     lut[codes] = np.arange(dictionary.nspecial, dictionary.nspecial + len(codes))
     return lut
 
@@ -140,7 +140,7 @@ class LabelStream:
         self.lut = code_lookup(dictionary)
         self.array, self.offsets = None, None
         if numpy_memmap:
-            self.array = np.load(self.path, mmap_mode="r")
+            self.array = np.load(self.path, mmap_mode="r").view(np.ndarray)  # plain view: cheap slicing
             self._check_rows(self.array.shape[0], num_rows)
             if self.lut is None:
                 raise DataError(f"{self.path}: .npy labels need a dictionary of integer codes")
@@ -169,7 +169,7 @@ class LabelStream:
         stop = length if count is None else min(length, start + count)
         start = min(start, stop)
         if self.array is not None:
-            return self._lookup(np.asarray(self.array[self.rows[i], start:stop]).astype(np.int64), i)
+            return self._lookup(self.array[self.rows[i], start:stop].astype(np.int64), i)
         with open(self.path, "rb") as f:
             f.seek(int(self.offsets[i]))
             line = np.frombuffer(f.read(int(self.ends[i] - self.offsets[i])), dtype=np.uint8)
@@ -187,10 +187,8 @@ class LabelStream:
         return self.read(i)
 
     def _lookup(self, codes: np.ndarray, i: int) -> torch.Tensor:
-        if codes.size and (codes.min() < 0 or codes.max() >= len(self.lut)):
-            bad = codes[(codes < 0) | (codes >= len(self.lut))][0]
-            raise DataError(f"{self.where(i)}: code {str(bad)!r} is not in the dictionary")
-        ids = self.lut[codes]
+        """int64 codes -> dictionary indices; negative or too large codes clip to the table's unk entry."""
+        ids = self.lut[np.minimum(codes.view(np.uint64), np.uint64(len(self.lut) - 1)).view(np.int64)]
         if (ids == self.dictionary.unk()).any():
             raise DataError(f"{self.where(i)}: code {str(codes[ids == self.dictionary.unk()][0])!r} "
                             "is not in the dictionary")

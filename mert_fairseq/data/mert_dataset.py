@@ -181,10 +181,11 @@ class MERTDataset(FairseqDataset):
             logger.warning("skipping unreadable audio %s (%d skipped so far in this process)",
                            self.name(index), self.num_skipped, exc_info=True)
             return None
-        rng = self._rng(index)
-        for name, prob in self.augmentations:
-            if rng.random() < prob:
-                wav = AUGMENTATIONS[name](wav, rng)
+        if self.augmentations:
+            rng = self._rng(index)
+            for name, prob in self.augmentations:
+                if rng.random() < prob:
+                    wav = AUGMENTATIONS[name](wav, rng)
         s2f = self.label_rate / self.sample_rate
         label_start = int(round(start * s2f))
         label_count = None if frames < 0 else int(np.ceil(frames * s2f)) + 2
@@ -226,7 +227,7 @@ class MERTDataset(FairseqDataset):
 
     def _collate_audio(self, samples: List[dict], size: int):
         """-> (audio B x size, padding mask B x size, crop start of each row in its full clip)."""
-        out = samples[0]["source"].new_zeros(len(samples), size)
+        out = samples[0]["source"].new_empty(len(samples), size)  # every sample is written or zero-padded
         padding_mask = torch.zeros(len(samples), size, dtype=torch.bool)
         starts = []
         for i, s in enumerate(samples):
@@ -237,7 +238,9 @@ class MERTDataset(FairseqDataset):
             if self.normalize:
                 crop = F.layer_norm(crop, crop.shape)
             out[i, : len(crop)] = crop
-            padding_mask[i, len(crop):] = True
+            if len(crop) < size:
+                out[i, len(crop):] = 0.0
+                padding_mask[i, len(crop):] = True
             starts.append(s.get("offset", 0) + start)
         return out, padding_mask, starts
 
