@@ -45,42 +45,47 @@ def scan_text_labels(path: str) -> dict:
 
     Line r is blob[offsets[r] : offsets[r + 1] - 1] (the newline excluded); counts[r] is its number of
     whitespace-separated tokens. A last line without a newline counts as a line (like str.splitlines)."""
-    newlines, counts = [], []
-    carry, prev_tok, base, size = 0, False, 0, os.path.getsize(path)
+    newlines, tokens_before = [], []  # per chunk: newline positions, tokens in the file before each newline
+    total, prev_tok, base, size = 0, False, 0, os.path.getsize(path)
     with open(path, "rb") as f:
         while True:
             chunk = np.frombuffer(f.read(_CHUNK), dtype=np.uint8)
             if not len(chunk):
                 break
             tok = chunk > 32  # anything but space, tab, newline, CR, ...
-            starts = tok & ~np.concatenate([[prev_tok], tok[:-1]])
+            starts = np.flatnonzero(tok[1:] & ~tok[:-1]) + 1  # first bytes of tokens
+            if tok[0] and not prev_tok:
+                starts = np.concatenate([[0], starts])
             nl = np.flatnonzero(chunk == 10)
-            seg = np.concatenate([[0], nl + 1])
-            seg = seg[seg < len(chunk)]
-            sums = np.add.reduceat(starts, seg, dtype=np.int64) if len(seg) else np.zeros(0, np.int64)
-            if len(nl):
-                done = sums[: len(nl)].copy()
-                done[0] += carry
-                counts.append(done)
-                carry = int(sums[len(nl)]) if len(sums) > len(nl) else 0
-            else:
-                carry += int(sums[0])
             newlines.append(nl + base)
-            prev_tok, base = bool(tok[-1]), base + len(chunk)
+            tokens_before.append(total + np.searchsorted(starts, nl))
+            total, prev_tok, base = total + len(starts), bool(tok[-1]), base + len(chunk)
     newlines = np.concatenate(newlines) if newlines else np.zeros(0, np.int64)
-    counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+    cumulative = np.concatenate(tokens_before) if tokens_before else np.zeros(0, np.int64)
     offsets = np.concatenate([[0], newlines + 1]).astype(np.int64)
     if size and (not len(newlines) or newlines[-1] != size - 1):  # unterminated last line
         offsets = np.append(offsets, size + 1)
-        counts = np.append(counts, carry)
-    return {"offsets": offsets, "counts": counts.astype(np.int64)}
+        cumulative = np.append(cumulative, total)
+    return {"offsets": offsets, "counts": np.diff(cumulative, prepend=0).astype(np.int64)}
 
 
-def npy_row_lengths(array: np.ndarray, rows_per_step: int = 4096) -> np.ndarray:
-    """Codes per row (entries >= 0) of a padded label matrix, read in blocks of rows."""
-    out = np.empty(array.shape[0], dtype=np.int64)
-    for a in range(0, array.shape[0], rows_per_step):
-        out[a: a + rows_per_step] = (np.asarray(array[a: a + rows_per_step]) >= 0).sum(axis=1)
+def npy_row_lengths(path: str, rows_per_step: int = 4096) -> np.ndarray:
+    """Codes per row (entries >= 0) of a padded .npy label matrix, read in blocks of rows with plain reads
+    (not through a memory map, whose pages would count in this process's resident memory)."""
+    array = np.load(path, mmap_mode="r")
+    (rows, width), dtype, offset, c_order = array.shape, array.dtype, array.offset, array.flags.c_contiguous
+    out = np.empty(rows, dtype=np.int64)
+    if not c_order:
+        for a in range(0, rows, rows_per_step):
+            out[a: a + rows_per_step] = (np.asarray(array[a: a + rows_per_step]) >= 0).sum(axis=1)
+        return out
+    del array
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for a in range(0, rows, rows_per_step):
+            n = min(rows_per_step, rows - a)
+            block = np.fromfile(f, dtype=dtype, count=n * width).reshape(n, width)
+            out[a: a + n] = (block >= 0).sum(axis=1)
     return out
 
 
@@ -144,13 +149,12 @@ class LabelStream:
             self._check_rows(self.array.shape[0], num_rows)
             if self.lut is None:
                 raise DataError(f"{self.path}: .npy labels need a dictionary of integer codes")
-            counts = cached_index(self.path, lambda p: {"counts": npy_row_lengths(self.array)})["counts"]
+            counts = cached_index(self.path, lambda p: {"counts": npy_row_lengths(p)})["counts"]
         else:
             index = cached_index(self.path, scan_text_labels)
             self._check_rows(len(index["counts"]), num_rows)
-            self.offsets, counts = index["offsets"][self.rows], index["counts"]
-            self.ends = index["offsets"][self.rows + 1] - 1
-        self.lengths = counts[self.rows]
+            self.offsets, counts = index["offsets"], index["counts"]  # offsets of every file row, [num_rows + 1]
+        self.lengths = counts[self.rows].astype(np.int32)
 
     def _check_rows(self, found: int, expected: int) -> None:
         if found != expected:
@@ -170,9 +174,11 @@ class LabelStream:
         start = min(start, stop)
         if self.array is not None:
             return self._lookup(self.array[self.rows[i], start:stop].astype(np.int64), i)
+        row = self.rows[i]
+        begin, end = int(self.offsets[row]), int(self.offsets[row + 1]) - 1  # without the newline
         with open(self.path, "rb") as f:
-            f.seek(int(self.offsets[i]))
-            line = np.frombuffer(f.read(int(self.ends[i] - self.offsets[i])), dtype=np.uint8)
+            f.seek(begin)
+            line = np.frombuffer(f.read(end - begin), dtype=np.uint8)
         tok = line > 32
         edges = np.flatnonzero(np.diff(np.concatenate([[False], tok, [False]]).astype(np.int8)))
         first, last = edges[0::2][start:stop], edges[1::2][start:stop]  # token byte ranges

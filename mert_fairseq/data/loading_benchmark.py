@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -134,7 +133,7 @@ def run_throughput(args: argparse.Namespace) -> dict:
                                        0.0 if not windowed else args.min_cpu_s)
                     rows.append({"format": ext, "read": "windowed" if windowed else "whole",
                                  "labels": "npy" if npy else "text", "streams": streams, **res})
-                    print(_row_text(rows[-1]), flush=True)
+                    print(_row_text(rows[-1]), file=sys.stderr, flush=True)
     return {"kind": "throughput", "config": args.config, "crop_s": int(task_cfg.max_sample_size) / SR,
             "normalize": bool(task_cfg.get("normalize", False)), "track_s": args.seconds, "tracks": args.tracks,
             "batch_size": args.batch_size, "formats_available": available_formats(), "rows": rows,
@@ -156,9 +155,8 @@ def throughput_table(res: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------- open cost
 def write_big_split(root: Path, rows: int, label_frames: int, seed: int = 0) -> None:
-    """train.tsv with `rows` rows, one text label stream train.enc_0 (+ .npy), dict.enc_0.txt."""
-    from mert_fairseq.labels_npy import labels_to_npy
-
+    """train.tsv with `rows` rows, one label stream as text train.enc_0 and as train.enc_0.npy (the same
+    codes, as labels_to_npy would write them), dict.enc_0.txt."""
     root.mkdir(parents=True, exist_ok=True)
     size = int(np.ceil(label_frames * SR / LABEL_RATE))
     rng = np.random.default_rng(seed)
@@ -168,32 +166,48 @@ def write_big_split(root: Path, rows: int, label_frames: int, seed: int = 0) -> 
         for a in range(0, rows, step):
             f.write("".join(f"artist_{r // 1000:04d}/album_{r % 1000 // 10:03d}/track_{r:07d}.wav\t{size}\n"
                             for r in range(a, min(rows, a + step))))
-    templates = [(" ".join(map(str, rng.integers(0, N_CODES, label_frames))) + "\n").encode() for _ in range(257)]
+    codes = rng.integers(0, N_CODES, (257, label_frames))  # rows are drawn from 257 random code rows
+    lines = [(" ".join(map(str, row)) + "\n").encode() for row in codes]
+    npy = np.lib.format.open_memmap(root / "train.enc_0.npy", mode="w+", dtype=np.int16, shape=(rows, label_frames))
     with open(root / "train.enc_0", "wb") as f:
         for a in range(0, rows, step):
-            picks = rng.integers(0, len(templates), min(step, rows - a))
-            f.write(b"".join(templates[p] for p in picks))
+            picks = rng.integers(0, len(lines), min(step, rows - a))
+            f.write(b"".join(lines[p] for p in picks))
+            npy[a: a + len(picks)] = codes[picks]
+    npy.flush()
+    del npy
     (root / "dict.enc_0.txt").write_text("".join(f"{c} 1\n" for c in range(N_CODES)))
-    labels_to_npy(root / "train.enc_0")
 
 
 _OPEN_PROBE = r"""
-import json, os, resource, sys, time
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+import json, os, sys, time
+def status():
+    with open("/proc/self/status") as f:
+        return {k: int(v.split()[0]) / 1024 for k, v in (l.split(":", 1) for l in f) if k in
+                ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
+def reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 from fairseq.data.dictionary import Dictionary
 from mert_fairseq.data.mert_dataset import MERTDataset
 root, npy = sys.argv[1], sys.argv[2] == "1"
 d = Dictionary.load(os.path.join(root, "dict.enc_0.txt"))
-before, peak_before = rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak_reset = reset_peak()
+before = status()
 t, c = time.perf_counter(), time.process_time()
 ds = MERTDataset(os.path.join(root, "train.tsv"), 24000, [os.path.join(root, "train.enc_0")], 75, [d],
                  max_sample_size=120000, numpy_memmap_label=npy)
 order = ds.ordered_indices()
 wall, cpu = time.perf_counter() - t, time.process_time() - c
-print(json.dumps({"rows": len(ds), "open_s": wall, "open_cpu_s": cpu, "rss_delta_mb": (rss() - before) / 2**20,
-                  "peak_delta_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024}))
+after = status()
+print(json.dumps({"rows": len(ds), "open_s": wall, "open_cpu_s": cpu,
+                  "rss_delta_mb": after["VmRSS"] - before["VmRSS"], "anon_delta_mb": after["RssAnon"] - before["RssAnon"],
+                  "file_delta_mb": after["RssFile"] - before["RssFile"],
+                  "peak_delta_mb": after["VmHWM"] - before["VmRSS"] if peak_reset else None}))
 """
 
 
@@ -210,27 +224,28 @@ def run_open(args: argparse.Namespace) -> dict:
     if not (root / "train.enc_0.npy").exists():
         t = time.perf_counter()
         write_big_split(root, args.rows, args.label_frames)
-        print(f"wrote the synthetic split in {time.perf_counter() - t:.0f} s: {root}", flush=True)
+        print(f"wrote the synthetic split in {time.perf_counter() - t:.0f} s: {root}", file=sys.stderr, flush=True)
     rows = []
     for npy in (False, True):
         cache = root / ("train.enc_0.npy.index.npz" if npy else "train.enc_0.index.npz")
         cache.unlink(missing_ok=True)
         for state in ("index built", "index cached"):
             rows.append({"labels": "npy" if npy else "text", "state": state, **probe_open(root, npy)})
-            print(_open_text(rows[-1]), flush=True)
+            print(_open_text(rows[-1]), file=sys.stderr, flush=True)
     sizes = {p.name: p.stat().st_size / 2**20 for p in root.iterdir() if p.is_file()}
     return {"kind": "open", "rows": args.rows, "label_frames": args.label_frames, "file_mb": sizes,
             "results": rows, "load_average": os.getloadavg(), "workdir": str(root)}
 
 
 def _open_text(r: dict) -> str:
+    peak = "n/a" if r["peak_delta_mb"] is None else f"{r['peak_delta_mb']:.0f}"
     return (f"| {r['labels']} | {r['state']} | {r['rows']:,} | {r['open_s']:.2f} | {r['open_cpu_s']:.2f} | "
-            f"{r['rss_delta_mb']:.0f} | {r['peak_delta_mb']:.0f} |")
+            f"{r['rss_delta_mb']:.0f} | {r['anon_delta_mb']:.0f} | {r['file_delta_mb']:.0f} | {peak} |")
 
 
 def open_table(res: dict) -> str:
-    head = ("| labels | label index | rows | open s (wall) | open s (CPU) | RSS growth MB | peak growth MB |\n"
-            "|---|---|---|---|---|---|---|")
+    head = ("| labels | label index | rows | open s (wall) | open s (CPU) | RSS growth MB | of which anonymous | "
+            "of which file pages | peak growth MB |\n|---|---|---|---|---|---|---|---|---|")
     return "\n".join([head] + [_open_text(r) for r in res["results"]])
 
 
