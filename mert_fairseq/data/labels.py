@@ -142,7 +142,7 @@ class LabelStream:
         self.path = (path if path.endswith(".npy") else f"{path}.npy") if numpy_memmap else path
         if not os.path.isfile(self.path):
             raise DataError(f"{self.path}: label file not found")
-        self.lut = code_lookup(dictionary)
+        self.lut, self.unk = code_lookup(dictionary), dictionary.unk()
         self.array, self.offsets = None, None
         if numpy_memmap:
             self.array = np.load(self.path, mmap_mode="r").view(np.ndarray)  # plain view: cheap slicing
@@ -172,8 +172,15 @@ class LabelStream:
         length = int(self.lengths[i])
         stop = length if count is None else min(length, start + count)
         start = min(start, stop)
-        if self.array is not None:
-            return self._lookup(self.array[self.rows[i], start:stop].astype(np.int64), i)
+        if self.array is not None:  # rows are left-aligned codes >= 0, padded with -1 after `length`
+            codes = self.array[self.rows[i], start:stop]
+            try:
+                ids = self.lut[codes]
+            except IndexError:
+                ids = None
+            if ids is None or (ids == self.unk).any() or (codes.size and codes.min() < 0):
+                return self._lookup(codes.astype(np.int64), i)  # raises, naming the bad code
+            return torch.from_numpy(ids)
         row = self.rows[i]
         begin, end = int(self.offsets[row]), int(self.offsets[row + 1]) - 1  # without the newline
         with open(self.path, "rb") as f:

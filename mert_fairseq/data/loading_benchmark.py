@@ -5,7 +5,8 @@ and MP3 (when this libsndfile writes it), with 8 EnCodec-like label streams (75 
 text and as .npy. For each format x read mode (whole file / windowed) x label format x streams (8 or 1),
 the real `MERTDataset` (settings from a pretraining YAML: 5 s crops, normalize, ...) + its collater
 build batches in one thread; the figure is delivered audio-seconds (batch rows x crop) per CPU-second
-of this process (`time.process_time`), i.e. per core of one worker.
+of this process (`time.process_time`), i.e. per core of one worker. A "window read only" row per
+format times the audio window reads alone (decode + seek), without labels and collater.
 
 Open cost (`--rows N`): a synthetic manifest of N rows and one label stream (text and .npy) in a
 temporary folder; each variant is opened in a fresh subprocess that reports the resident-memory
@@ -113,6 +114,21 @@ def measure_rate(ds, batch_size: int, min_batches: int, min_cpu_s: float) -> dic
             "batches": batches, "cpu_s": cpu}
 
 
+def measure_reads(ds, n: int, min_cpu_s: float) -> dict:
+    """The audio window reads alone (`load_audio` of each item's window), as audio-s per CPU-s."""
+    audio_s = cpu = 0.0
+    reads = 0
+    while reads < n or cpu < min_cpu_s:
+        ds.set_epoch(reads // len(ds) + 2)
+        index = reads % len(ds)
+        t = time.process_time()
+        wav = ds.load_audio(index, *ds.window(index))
+        cpu += time.process_time() - t
+        audio_s += len(wav) / SR
+        reads += 1
+    return {"audio_s_per_cpu_s": audio_s / cpu, "ms_per_clip": 1e3 * cpu / reads, "batches": 0, "cpu_s": cpu}
+
+
 def run_throughput(args: argparse.Namespace) -> dict:
     import torch
 
@@ -125,6 +141,10 @@ def run_throughput(args: argparse.Namespace) -> dict:
     write_corpus(root, args.tracks, args.seconds, formats, max(args.streams))
     rows = []
     for ext in formats:
+        ds = dataset_for(root, ext, 1, task_cfg, True, True)
+        rows.append({"format": ext, "read": "window read only", "labels": "-", "streams": 0,
+                     **measure_reads(ds, args.min_batches, args.min_cpu_s / 2)})
+        print(_row_text(rows[-1]), file=sys.stderr, flush=True)
         for windowed in (False, True):
             for npy in (False, True):
                 for streams in args.streams:

@@ -32,6 +32,7 @@ from fairseq.data import FairseqDataset
 from fairseq.data.dictionary import Dictionary
 
 from mert_fairseq.audio import AudioError
+from mert_fairseq.data import allocator
 from mert_fairseq.data.audio_reader import read_window
 from mert_fairseq.data.labels import DataError, LabelStream
 from mert_fairseq.data.manifest_index import ManifestIndex, read_manifest_index
@@ -97,9 +98,13 @@ class MERTDataset(FairseqDataset):
         skip_bad_audio: bool = False,
         seed: int = 1,
         windowed_reads: bool = True,
+        keep_freed_memory: bool = True,
     ) -> None:
         """`store_labels` has no effect any more (labels are read by byte offset or from a memmap);
-        `windowed_reads=False` reads every clip whole (the original behaviour; for comparisons)."""
+        `windowed_reads=False` reads every clip whole (the original behaviour; for comparisons);
+        `keep_freed_memory` tunes glibc malloc to reuse freed memory (`data/allocator.py`)."""
+        if keep_freed_memory:
+            allocator.keep_freed_memory()
         self.manifest_path = manifest_path
         self.manifest, self.kept_rows, num_rows = load_manifest(manifest_path, min_keep_sample_size,
                                                                 max_keep_sample_size)
@@ -210,7 +215,7 @@ class MERTDataset(FairseqDataset):
         targets, lengths, ntokens = self._collate_labels(samples, audio_size, starts)
         batch = {
             "id": torch.LongTensor([s["id"] for s in samples]),
-            "net_input": {"source": audios, "padding_mask": padding_mask if self.pad_audio else None},
+            "net_input": {"source": audios, "padding_mask": padding_mask},
         }
         if self.single_target:
             batch.update(target_lengths=lengths[0], ntokens=ntokens[0], target=targets[0])
@@ -226,22 +231,27 @@ class MERTDataset(FairseqDataset):
         return int(rng.integers(0, diff + 1))
 
     def _collate_audio(self, samples: List[dict], size: int):
-        """-> (audio B x size, padding mask B x size, crop start of each row in its full clip)."""
-        out = samples[0]["source"].new_empty(len(samples), size)  # every sample is written or zero-padded
-        padding_mask = torch.zeros(len(samples), size, dtype=torch.bool)
-        starts = []
-        for i, s in enumerate(samples):
-            wav = s["source"]
+        """-> (audio B x size, padding mask B x size, crop start of each row in its full clip).
+        Crops and copies go through numpy views (cheaper per call than torch indexing)."""
+        crops, starts = [], []
+        for s in samples:
+            wav = s["source"].numpy()
             diff = len(wav) - size
             start = self._crop_start(s, diff) if diff > 0 else 0
-            crop = wav[start: start + size]
-            if self.normalize:
-                crop = F.layer_norm(crop, crop.shape)
-            out[i, : len(crop)] = crop
-            if len(crop) < size:
-                out[i, len(crop):] = 0.0
-                padding_mask[i, len(crop):] = True
+            crops.append(wav[start: start + size])
             starts.append(s.get("offset", 0) + start)
+        lengths = [len(c) for c in crops]
+        if min(lengths) == size:  # no padding: one stacked copy
+            out = torch.from_numpy(np.stack(crops))
+            if self.normalize:
+                out = F.layer_norm(out, (size,))
+            return out, torch.zeros(len(samples), size, dtype=torch.bool) if self.pad_audio else None, starts
+        out = torch.zeros(len(samples), size)
+        padding_mask = torch.zeros(len(samples), size, dtype=torch.bool)
+        for i, crop in enumerate(crops):
+            crop = torch.from_numpy(crop)
+            out[i, : len(crop)] = F.layer_norm(crop, crop.shape) if self.normalize else crop
+            padding_mask[i, len(crop):] = True
         return out, padding_mask, starts
 
     def _collate_labels(self, samples: List[dict], audio_size: int, audio_starts: List[int]):
@@ -257,14 +267,17 @@ class MERTDataset(FairseqDataset):
             cropped = []
             for s, f in zip(samples, frame_starts):
                 local = f - s.get("label_offset", 0)
-                cropped.append(s["label_list"][k][local: local + frame_size])
-            length = torch.LongTensor([len(t) for t in cropped])
-            padded = torch.full((len(cropped), int(length.max())), dictionary.pad(), dtype=torch.long)
-            for i, t in enumerate(cropped):
-                padded[i, : len(t)] = t
+                cropped.append(s["label_list"][k].numpy()[local: local + frame_size])
+            length = [len(t) for t in cropped]
+            if min(length) == max(length):
+                padded = torch.from_numpy(np.stack(cropped))
+            else:
+                padded = torch.full((len(cropped), max(length)), dictionary.pad(), dtype=torch.long)
+                for i, t in enumerate(cropped):
+                    padded[i, : len(t)] = torch.from_numpy(t)
             targets.append(padded)
-            lengths.append(length)
-            ntokens.append(int(length.sum()))
+            lengths.append(torch.LongTensor(length))
+            ntokens.append(sum(length))
         return targets, lengths, ntokens
 
     def num_tokens(self, index: int) -> int:

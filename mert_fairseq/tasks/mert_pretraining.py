@@ -93,6 +93,11 @@ class MERTPretrainingConfig(FairseqDataclass):
         metadata={"help": "read only the crop window of clips longer than max_sample_size (same batches as "
                           "whole-file reads); false reads every clip whole"},
     )
+    keep_freed_memory: bool = field(
+        default=True,
+        metadata={"help": "raise glibc malloc's trim/mmap thresholds so data loading reuses freed memory "
+                          "instead of re-faulting pages every batch (mert_fairseq/data/allocator.py)"},
+    )
     seed: int = II("common.seed")
 
 
@@ -188,6 +193,7 @@ class MERTPretrainingTask(FairseqTask):
             skip_bad_audio=self.cfg.skip_bad_audio,
             seed=self.cfg.seed,
             windowed_reads=self.cfg.windowed_reads,
+            keep_freed_memory=self.cfg.keep_freed_memory,
         )
 
     # ------------------------------------------------------------------ steps
