@@ -90,6 +90,8 @@ def test_window_reads_from_a_shard_match_the_file(packed):
     a, _ = read_window(src, 5000, 12345)
     b, sr = read_window(f"{shard}:{offset}:{length}", 5000, 12345)
     assert sr == 24000 and np.array_equal(a, b) and len(a) == 12345
+    whole, _ = sf.read(src, dtype="float32")
+    assert np.array_equal(a, whole[5000: 5000 + 12345])  # a FLAC window is bit-identical to the whole decode
 
 
 def test_validator_accepts_packed_rows_and_reports_a_truncated_shard(packed):

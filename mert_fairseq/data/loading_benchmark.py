@@ -6,7 +6,9 @@ text and as .npy. For each format x read mode (whole file / windowed) x label fo
 the real `MERTDataset` (settings from a pretraining YAML: 5 s crops, normalize, ...) + its collater
 build batches in one thread; the figure is delivered audio-seconds (batch rows x crop) per CPU-second
 of this process (`time.process_time`), i.e. per core of one worker. A "window read only" row per
-format times the audio window reads alone (decode + seek), without labels and collater.
+format times the audio window reads alone (decode + seek), without labels and collater, and a
+"soundfile window (reference)" row the same windows through plain soundfile (float32), the method
+of the issue's measurements: comparing it across runs shows how loaded the machine was.
 
 Open cost (`--rows N`): a synthetic manifest of N rows and one label stream (text and .npy) in a
 temporary folder; each variant is opened in a fresh subprocess that reports the resident-memory
@@ -129,6 +131,27 @@ def measure_reads(ds, n: int, min_cpu_s: float) -> dict:
     return {"audio_s_per_cpu_s": audio_s / cpu, "ms_per_clip": 1e3 * cpu / reads, "batches": 0, "cpu_s": cpu}
 
 
+def measure_soundfile_reads(ds, n: int, min_cpu_s: float) -> dict:
+    """Reference: the same windows read with plain soundfile (open, seek, read float32), the method of
+    the measurement in the issue that asked for windowed reads, to compare machine load between runs."""
+    import soundfile as sf
+
+    audio_s = cpu = 0.0
+    reads = 0
+    while reads < n or cpu < min_cpu_s:
+        ds.set_epoch(reads // len(ds) + 2)
+        index = reads % len(ds)
+        start, frames = ds.window(index)
+        t = time.process_time()
+        with sf.SoundFile(os.path.join(ds.root, ds.name(index))) as f:
+            f.seek(start)
+            wav = f.read(frames, dtype="float32")
+        cpu += time.process_time() - t
+        audio_s += len(wav) / SR
+        reads += 1
+    return {"audio_s_per_cpu_s": audio_s / cpu, "ms_per_clip": 1e3 * cpu / reads, "batches": 0, "cpu_s": cpu}
+
+
 def run_throughput(args: argparse.Namespace) -> dict:
     import torch
 
@@ -142,9 +165,11 @@ def run_throughput(args: argparse.Namespace) -> dict:
     rows = []
     for ext in formats:
         ds = dataset_for(root, ext, 1, task_cfg, True, True)
+        rows.append({"format": ext, "read": "soundfile window (reference)", "labels": "-", "streams": 0,
+                     **measure_soundfile_reads(ds, args.min_batches, args.min_cpu_s / 2)})
         rows.append({"format": ext, "read": "window read only", "labels": "-", "streams": 0,
                      **measure_reads(ds, args.min_batches, args.min_cpu_s / 2)})
-        print(_row_text(rows[-1]), file=sys.stderr, flush=True)
+        print(_row_text(rows[-2]) + "\n" + _row_text(rows[-1]), file=sys.stderr, flush=True)
         for windowed in (False, True):
             for npy in (False, True):
                 for streams in args.streams:
@@ -162,14 +187,14 @@ def run_throughput(args: argparse.Namespace) -> dict:
 
 def _row_text(r: dict) -> str:
     target = TARGETS.get(r["format"]) if r["read"] == "windowed" else None
-    mark = "" if target is None else (" (target %d: %s)" % (target, "met" if r["audio_s_per_cpu_s"] >= target else "MISSED"))
+    mark = "" if target is None else f"{target:,}: " + ("met" if r["audio_s_per_cpu_s"] >= target else "missed")
     return (f"| {r['format']} | {r['read']} | {r['labels']} | {r['streams']} | {r['audio_s_per_cpu_s']:,.0f} | "
-            f"{r['ms_per_clip']:.2f} |{mark}")
+            f"{r['ms_per_clip']:.2f} | {mark} |")
 
 
 def throughput_table(res: dict) -> str:
-    head = ("| format | read | labels | streams | audio-s/s per core | CPU ms per clip |\n"
-            "|---|---|---|---|---|---|")
+    head = ("| format | read | labels | streams | audio-s/s per core | CPU ms per clip | target |\n"
+            "|---|---|---|---|---|---|---|")
     return "\n".join([head] + [_row_text(r) for r in res["rows"]])
 
 
