@@ -215,3 +215,18 @@ def test_manifest_index_matches_the_line_reader_and_its_errors(tmp_path):
         tsv.write_text(text)
         with pytest.raises(ManifestError, match=message):
             read_manifest_index(tsv)
+
+
+def test_loading_benchmark_runs_on_a_tiny_corpus(tmp_path):
+    import json
+
+    from mert_fairseq.data.loading_benchmark import main
+
+    out = tmp_path / "bench.json"
+    assert main(["--tracks", "2", "--seconds", "6", "--formats", "wav", "--streams", "1", "--min-batches", "2",
+                 "--min-cpu-s", "0", "--workdir", str(tmp_path / "corpus"), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    reads = {r["read"] for r in res["rows"]}
+    assert reads == {"soundfile window (reference)", "window read only", "whole", "windowed"}
+    assert len(res["rows"]) == 6 and all(r["audio_s_per_cpu_s"] > 0 for r in res["rows"])
+    assert res["crop_s"] == 5.0  # the 95M YAML's max_sample_size

@@ -125,7 +125,7 @@ def cached_index(path: str, build) -> dict:
 def code_lookup(dictionary: Dictionary) -> Optional[np.ndarray]:
     """int64 table code -> dictionary index (unk for codes absent), or None if a symbol is not an int."""
     symbols = dictionary.symbols[dictionary.nspecial:]
-    if not symbols or not all(s.isdigit() for s in symbols):
+    if not symbols or not all(s.isascii() and s.isdigit() for s in symbols):
         return None
     codes = np.array([int(s) for s in symbols], dtype=np.int64)
     lut = np.full(int(codes.max()) + 2, dictionary.unk(), dtype=np.int64)  # the last entry catches overflow
