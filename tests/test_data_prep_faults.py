@@ -11,7 +11,7 @@ import time
 import pytest
 
 from data_prep_helpers import (
-    REPO, full_disk, make_prepared_dataset, random_encodec, run_script, tone, tree_bytes, write_wav,
+    REPO, full_disk, make_prepared_dataset, random_encodec, tone, tree_bytes, write_wav,
 )
 from mert_fairseq.data_prep.common import OutputError
 from mert_fairseq.data_prep.encodec_labels import EncodecSettings, encode_manifest
@@ -42,31 +42,31 @@ def manifest_dir(tmp_path_factory):
 
 
 def test_kmeans_fit_and_apply_resume_after_sigkill_byte_identical(tmp_path, manifest_dir):
+    from mert_fairseq.data_prep.kmeans_labels import main
+
     common = ["--manifest-dir", manifest_dir, "--n-clusters", 8, "--max-fit-frames", 1500, "--shard-seconds", 1]
     clean, resumed = tmp_path / "clean", tmp_path / "resumed"
-    result = run_script("prepare_kmeans_labels", "all", *common, "--kmeans-model", clean / "km.joblib",
-                        "--label-dir", clean, "--name", "km")
-    assert result.returncode == 0, result.stderr
+    assert main(list(map(str, ["all", *common, "--kmeans-model", clean / "km.joblib", "--label-dir", clean,
+                               "--name", "km"]))) == 0
 
     # fit killed after its first shard of sampled frames; the re-run extracts only the rest
-    killed = run_killed("fit", *common, "--kmeans-model", resumed / "km.joblib")
+    fit = ["fit", *common, "--kmeans-model", resumed / "km.joblib"]
+    killed = run_killed(*fit)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert [p.name for p in (resumed / ".km.joblib.fit.partial").glob("block_*")] == ["block_000000.npz"]
     assert not (resumed / "km.joblib").exists()
-    # apply killed after its first shard of labels, with the model of the resumed fit
-    result = run_script("prepare_kmeans_labels", "fit", *common, "--kmeans-model", resumed / "km.joblib")
-    assert result.returncode == 0, result.stderr
+    assert main(list(map(str, fit))) == 0
     assert not (resumed / ".km.joblib.fit.partial").exists()
     assert (resumed / "km.joblib").read_bytes() == (clean / "km.joblib").read_bytes()
-    apply = ["--manifest-dir", manifest_dir, "--kmeans-model", resumed / "km.joblib", "--label-dir", resumed,
+
+    # apply killed after its first shard of labels
+    apply = ["apply", "--manifest-dir", manifest_dir, "--kmeans-model", resumed / "km.joblib", "--label-dir", resumed,
              "--name", "km", "--shard-seconds", 1]
-    killed = run_killed("apply", *apply)
+    killed = run_killed(*apply)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert [p.name for p in (resumed / ".train.km.partial").glob("block_*")] == ["block_000000.npz"]
     assert not (resumed / "train.km").exists() and not (resumed / "dict.km.txt").exists()
-
-    result = run_script("prepare_kmeans_labels", "apply", *apply)
-    assert result.returncode == 0, result.stderr
+    assert main(list(map(str, apply))) == 0
     files = tree_bytes(resumed)
     assert sorted(files) == sorted(tree_bytes(clean))
     assert files == tree_bytes(clean)  # model, labels, dictionary, done markers: every byte

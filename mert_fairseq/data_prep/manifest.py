@@ -27,7 +27,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import numpy as np
@@ -318,7 +318,9 @@ def _ordered_map(fn: Callable, chunks: Iterable[Sequence], workers: int) -> Iter
     if workers <= 1:
         yield from map(fn, chunks)
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+    # fork (Linux): workers start at once with this process's imports, as DataLoader workers do
+    method = "fork" if "fork" in get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=get_context(method), initializer=_init_worker) as pool:
         pending = collections.deque()
         for chunk in chunks:
             pending.append(pool.submit(fn, chunk))
