@@ -46,8 +46,8 @@ def test_part_comes_from_flags_slurm_array_or_torchrun():
 def test_encodec_three_parts_merged_equal_one_job_byte_for_byte(tmp_path, data):
     model = random_encodec(0)
     manifest = read_manifest(data / "short.tsv")
-    # chunks of 0.27 s with 0.13 s context, batched by two; resume shards of <= 1 s: 3 shards
-    settings = EncodecSettings(chunk_samples=20 * 320, context_samples=10 * 320, shard_samples=SR, model_id="test")
+    # chunks of 0.53 s with 0.13 s context, batched by two; resume shards of <= 1 s: 3 shards
+    settings = EncodecSettings(chunk_samples=40 * 320, context_samples=10 * 320, shard_samples=SR, model_id="test")
     encode_manifest(model, manifest, tmp_path / "one", settings, batch_size=2)
     for i in (2, 0, 1):  # any order, as array tasks finish
         encode_manifest(model, manifest, tmp_path / "three", settings, batch_size=2, part=Part(i, 3))
