@@ -218,3 +218,24 @@ def test_full_disk_kmeans_labels_and_model(tmp_path, manifest_dir, monkeypatch, 
     assert main(argv) == 1
     assert f"{tmp_path / 'model.joblib'}: cannot write (No space left on device)" in capsys.readouterr().err
     assert not (tmp_path / "model.joblib").exists() and not _no_temporaries(tmp_path)
+
+
+@pytest.fixture()
+def tiny_tmpfs(tmp_path):
+    """A 40 kB tmpfs (needs root and mount; skipped elsewhere)."""
+    mount = tmp_path / "tiny_disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip()})")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_really_full_disk_manifest(tmp_path, many_files, tiny_tmpfs):
+    out = tiny_tmpfs / "out"
+    with pytest.raises(OutputError, match=rf"{out}/\S+: cannot write \(No space left on device\)"):
+        prepare_manifest(many_files, tmp_path / "conv", out, valid_percent=0.1, min_seconds=0.05, chunk_size=16)
+    assert not (out / "train.tsv").exists() and not (out / "valid.tsv").exists() and not _no_temporaries(out)
