@@ -1,6 +1,9 @@
 """Shared helpers for the data-preparation tests: tiny audio files and a tiny prepared data set."""
 from __future__ import annotations
 
+import builtins
+import errno
+import functools
 import os
 import subprocess
 import sys
@@ -52,3 +55,54 @@ def run_script(name: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedP
 
 def read_label_lines(path: Path) -> list[list[int]]:
     return [[int(c) for c in line.split()] for line in path.read_text().splitlines()]
+
+
+class _FullDiskFile:
+    """A writable file that raises ENOSPC once the shared byte budget is spent."""
+
+    def __init__(self, f, budget: list[int]):
+        self._f, self._budget = f, budget
+
+    def write(self, data):
+        if len(data) > self._budget[0]:
+            self._budget[0] = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._budget[0] -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._f.__exit__(*exc)
+
+
+def full_disk(monkeypatch, name_contains: str, free_bytes: int = 0) -> None:
+    """Simulate a full disk for atomically written files (mert_fairseq.fileio.atomic_open) whose
+    temporary name contains `name_contains`: writes beyond `free_bytes` raise ENOSPC."""
+    from mert_fairseq import fileio
+
+    real_open, budget = builtins.open, [free_bytes]
+
+    def open_on_full_disk(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        writing = any(m in mode for m in "wax+")
+        return _FullDiskFile(f, budget) if writing and name_contains in os.path.basename(str(file)) else f
+
+    monkeypatch.setattr(fileio, "open", open_on_full_disk, raising=False)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """{relative path: bytes} of every file under root (hidden ones included)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@functools.lru_cache(maxsize=None)
+def random_encodec(seed: int = 0):
+    """The seeded random-weight EnCodec model, built once per test process (it takes seconds)."""
+    from mert_fairseq.data_prep.encodec_labels import load_encodec
+
+    return load_encodec(random_init=True, seed=seed)

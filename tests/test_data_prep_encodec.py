@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep_helpers import TINY_LENGTHS, make_prepared_dataset, read_label_lines, run_script
+from data_prep_helpers import TINY_LENGTHS, make_prepared_dataset, random_encodec, read_label_lines, run_script
 from mert_fairseq.data_prep.demo_corpus import clip_spec, render_clip
 from mert_fairseq.data_prep.encodec_labels import (
     EncodecSettings, chunk_pieces, encode_batch, encode_manifest, encode_waveform, load_encodec,
@@ -19,7 +19,7 @@ SR = 24000
 
 @pytest.fixture(scope="module")
 def model():
-    m = load_encodec(random_init=True, seed=0, n_codebook=8)
+    m = random_encodec(0)
     assert (m.sample_rate, m.channels, m.bandwidth) == (24000, 1, 6.0)
     return m
 
@@ -111,7 +111,7 @@ def test_resume_after_kill_gives_the_uninterrupted_result(tmp_path, model):
     with pytest.raises(Killed):
         encode_manifest(model, manifest, tmp_path / "resumed", settings, batch_size=2, on_shard_done=kill_after_first)
     partial = tmp_path / "resumed" / ".train.encodec.partial"
-    assert sorted(p.name for p in partial.glob("shard_*.npz")) == ["shard_000000.npz"]
+    assert sorted(p.name for p in partial.glob("block_*.npz")) == ["block_000000.npz"]
     assert not list((tmp_path / "resumed").glob("train.encodec_*"))
 
     encoded = []

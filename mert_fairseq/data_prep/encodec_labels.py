@@ -25,15 +25,14 @@ line per manifest row, same order, space-separated codes) and ``{out_root}/dict.
   ``{out_root}/.{split}.encodec.partial/`` when done; a re-run with the same manifest and
   settings skips finished shards; the final files are assembled atomically at the end. A
   finished split leaves ``.{split}.encodec.done.json``; a re-run with the same settings is a no-op.
+- Several jobs: ``--shard-id i --num-shards n`` (or a Slurm array / torchrun rank) labels a
+  contiguous range of resume shards and writes ``{split}.encodec_{k}.part{i}of{n}``;
+  ``scripts/merge_label_parts.py --name encodec`` joins the parts (see ``merge_parts``).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
-import json
 import logging
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -47,11 +46,11 @@ from tqdm import tqdm
 
 from mert_fairseq.audio import AudioError, to_mono
 from mert_fairseq.data_prep.common import (
-    LABEL_HOP, SAMPLE_RATE, format_label_line, num_label_frames, parse_list, setup_logging, split_name,
-    write_dictionary,
+    LABEL_HOP, SAMPLE_RATE, OutputError, Part, add_shard_args, file_sha256, num_label_frames, parse_list, plan_blocks,
+    resolve_part, setup_logging, split_name,
 )
 from mert_fairseq.data_prep.manifest import Manifest, ManifestError, ManifestRow, check_audio, read_manifest
-from mert_fairseq.fileio import atomic_open, atomic_write_text
+from mert_fairseq.data_prep.merge_parts import LabelOutputs, write_labels
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +122,9 @@ def random_encodec(seed: int = 0):
     """A seeded random-weight EnCodec 24 kHz model with usable codebooks.
 
     encodec initialises codebooks to zeros (they are k-means initialised during training), which
-    would map every frame to code 0; here codebook k is filled with residual vectors of a seeded
-    noise probe after the first k codebooks, so codes spread over many values.
+    would map every frame to code 0; here codebook k is filled with residual vectors (after the
+    first k codebooks) of mixtures of the encoded frames of a seeded 4 s noise probe, so codes
+    spread over many values in every codebook.
     """
     from encodec import EncodecModel
 
@@ -132,10 +132,14 @@ def random_encodec(seed: int = 0):
         torch.manual_seed(seed)
         model = EncodecModel.encodec_model_24khz(pretrained=False)
     generator = torch.Generator().manual_seed(seed)
-    probe = torch.randn(1, 1, 16 * SAMPLE_RATE, generator=generator)
-    probe *= torch.rand(1, 1, 160, generator=generator).repeat_interleave(2400, dim=-1)  # varying loudness
+    probe = torch.randn(1, 1, 4 * SAMPLE_RATE, generator=generator)  # 300 frames: quick to encode
+    probe *= torch.rand(1, 1, 40, generator=generator).repeat_interleave(2400, dim=-1)  # varying loudness
     with torch.inference_mode():
-        residual = model.encoder(probe)[0]  # [D, T]
+        frames = model.encoder(probe)[0]  # [D, 300]
+        # 4096 random mixtures of two frames: more points than codes, so residuals stay informative
+        pairs = torch.randint(0, frames.shape[1], (2, 4096), generator=generator)
+        weight = torch.rand(4096, generator=generator)
+        residual = frames[:, pairs[0]] * weight + frames[:, pairs[1]] * (1 - weight)  # [D, 4096]
         for layer in model.quantizer.vq.layers:
             book = layer._codebook
             picks = torch.randint(0, residual.shape[1], (book.codebook_size,), generator=generator)
@@ -254,112 +258,49 @@ def encode_waveform(
 # ----------------------------------------------------------------------------- shards and resume
 
 
-def plan_shards(rows: Sequence[ManifestRow], shard_samples: int) -> list[range]:
-    """Consecutive row ranges of at most `shard_samples` samples (a longer row is a shard alone)."""
-    shards, begin, total = [], 0, 0
-    for i, row in enumerate(rows):
-        if i > begin and total + row.num_samples > shard_samples:
-            shards.append(range(begin, i))
-            begin, total = i, 0
-        total += row.num_samples
-    if begin < len(rows):
-        shards.append(range(begin, len(rows)))
-    return shards
-
-
-class PartialWork:
-    """Finished shards of one split in ``{out_root}/.{split}.encodec.partial/``."""
-
-    def __init__(self, directory: Path, identity: dict):
-        self.directory, self.identity = directory, identity
-        meta = directory / "meta.json"
-        if directory.exists() and (not meta.is_file() or json.loads(meta.read_text()) != identity):
-            log.warning("%s: partial work from other settings or another manifest; starting over", directory)
-            shutil.rmtree(directory)
-        if not meta.is_file():
-            directory.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(meta, json.dumps(identity, indent=1, sort_keys=True))
-
-    def path(self, shard: int) -> Path:
-        return self.directory / f"shard_{shard:06d}.npz"
-
-    def done(self, shard: int) -> bool:
-        return self.path(shard).is_file()
-
-    def save(self, shard: int, codes: Sequence[np.ndarray]) -> None:
-        lengths = np.array([c.shape[1] for c in codes], dtype=np.int64)
-        with atomic_open(self.path(shard), "wb") as f:
-            np.savez(f, codes=np.concatenate(codes, axis=1), lengths=lengths)
-
-    def load(self, shard: int) -> list[np.ndarray]:
-        with np.load(self.path(shard)) as data:
-            bounds = np.cumsum(data["lengths"])[:-1]
-            return np.split(data["codes"], bounds, axis=1)
+def encodec_outputs(out_root: str | Path, split: str, n_codebook: int, part: Part = Part()) -> LabelOutputs:
+    labels = tuple(f"encodec_{i}" for i in range(n_codebook))
+    return LabelOutputs(Path(out_root), split, "encodec", labels, CODEBOOK_SIZE, part)
 
 
 def _identity(manifest: Manifest, settings: EncodecSettings) -> dict:
-    digest = hashlib.sha256(manifest.path.read_bytes()).hexdigest()
-    return {"manifest": str(manifest.path.resolve()), "manifest_sha256": digest, **asdict(settings)}
-
-
-def assemble(
-    work: PartialWork, shards: Sequence[range], manifest: Manifest, out_root: Path, split: str, n_codebook: int
-) -> None:
-    """Write ``{split}.encodec_{i}`` and ``dict.encodec_{i}.txt`` atomically from the shards."""
-    counts = np.zeros((n_codebook, CODEBOOK_SIZE), np.int64)
-    with contextlib.ExitStack() as stack:
-        files = [stack.enter_context(atomic_open(out_root / f"{split}.encodec_{i}", "w")) for i in range(n_codebook)]
-        for k, shard in enumerate(shards):
-            for row, codes in zip((manifest.rows[j] for j in shard), work.load(k)):
-                if codes.shape != (n_codebook, num_label_frames(row.num_samples)):
-                    raise RuntimeError(f"{work.path(k)}: codes {codes.shape} for {manifest.where(row)}; "
-                                       f"delete {work.directory} and run again")
-                for i, f in enumerate(files):
-                    f.write(format_label_line(codes[i].tolist()))
-                    counts[i] += np.bincount(codes[i], minlength=CODEBOOK_SIZE)
-    for i in range(n_codebook):
-        write_dictionary(out_root / f"dict.encodec_{i}.txt", counts[i])
-
-
-def _finished(marker: Path, identity: dict, out_root: Path, split: str, n_codebook: int) -> bool:
-    outputs = [out_root / f"{split}.encodec_{i}" for i in range(n_codebook)]
-    outputs += [out_root / f"dict.encodec_{i}.txt" for i in range(n_codebook)]
-    return marker.is_file() and json.loads(marker.read_text()) == identity and all(p.is_file() for p in outputs)
+    return {"manifest": str(manifest.path.resolve()), "manifest_sha256": file_sha256(manifest.path), **asdict(settings)}
 
 
 def encode_manifest(
     model, manifest: Manifest, out_root: str | Path, settings: EncodecSettings, batch_size: int = 8,
-    device: str = "cpu", on_shard_done: Callable[[int], None] | None = None,
+    device: str = "cpu", on_shard_done: Callable[[int], None] | None = None, part: Part = Part(),
 ) -> float | None:
-    """Encode every row of `manifest` (resuming finished shards); returns audio-hours per hour,
-    or None when the labels were already complete for these settings."""
-    out_root, split = Path(out_root), split_name(manifest.path)
-    identity, marker = _identity(manifest, settings), out_root / f".{split}.encodec.done.json"
-    if _finished(marker, identity, out_root, split, settings.n_codebook):
-        log.info("%s: EnCodec labels in %s are complete for these settings; nothing to do", split, out_root)
+    """Encode the rows of `manifest` (all, or those of job `part`), resuming finished shards;
+    returns audio-hours per hour, or None when the labels were already complete.
+
+    Resume shards of about ``settings.shard_samples`` are planned over the whole manifest and
+    job i of n takes shards ``[i * S // n, (i + 1) * S // n)``, so every chunk is encoded in the
+    same batch whatever n is, and merged parts equal a single job's files byte for byte.
+    """
+    out = encodec_outputs(out_root, split_name(manifest.path), settings.n_codebook, part)
+    identity = _identity(manifest, settings)
+    if out.finished(identity):
+        log.info("%s: EnCodec labels in %s are complete for these settings; nothing to do", out.split, out_root)
         return None
-    check_audio(manifest, SAMPLE_RATE)
-    shards = plan_shards(manifest.rows, settings.shard_samples)
-    work = PartialWork(out_root / f".{split}.encodec.partial", identity)
-    seconds = [sum(manifest.rows[j].num_samples for j in s) / SAMPLE_RATE for s in shards]
-    done = [k for k in range(len(shards)) if work.done(k)]
-    bar = tqdm(total=sum(seconds), initial=sum(seconds[k] for k in done), unit="audio-s", desc=f"encodec {split}")
-    start, encoded = time.perf_counter(), 0.0
+    all_shards = plan_blocks([r.num_samples for r in manifest.rows], settings.shard_samples)
+    shards = all_shards[part.slice(len(all_shards)).start : part.slice(len(all_shards)).stop]
+    rows = range(shards[0].start, shards[-1].stop) if shards else range(0)
+    check_audio(Manifest(manifest.path, manifest.root, manifest.rows[rows.start : rows.stop]), SAMPLE_RATE)
+    seconds = sum(manifest.rows[j].num_samples for j in rows) / SAMPLE_RATE
+    bar = tqdm(total=seconds, unit="audio-s", desc=f"encodec {out.split}{part.suffix}")
+    start, encoded = time.perf_counter(), []
+
+    def encode(shard: range) -> list[np.ndarray]:
+        shard_rows = [manifest.rows[j] for j in shard]
+        encoded.append(sum(r.num_samples for r in shard_rows) / SAMPLE_RATE)
+        return encode_rows(model, manifest, shard_rows, settings, batch_size, device, bar.update)
+
     with bar:
-        for k, shard in enumerate(shards):
-            if work.done(k):
-                continue
-            rows = [manifest.rows[j] for j in shard]
-            work.save(k, encode_rows(model, manifest, rows, settings, batch_size, device, bar.update))
-            encoded += seconds[k]
-            if on_shard_done:
-                on_shard_done(k)
-    rate = encoded / max(time.perf_counter() - start, 1e-9)
-    log.info("%s: encoded %.3f h of audio at %.0f audio-hours/hour (%d of %d shards resumed)",
-             split, encoded / 3600, rate, len(done), len(shards))
-    assemble(work, shards, manifest, out_root, split, settings.n_codebook)
-    atomic_write_text(marker, json.dumps(identity, indent=1, sort_keys=True))
-    shutil.rmtree(work.directory)
+        computed = write_labels(out, identity, manifest, rows, shards, encode, on_shard_done)
+    rate = sum(encoded) / max(time.perf_counter() - start, 1e-9)
+    log.info("%s%s: encoded %.3f h of audio at %.0f audio-hours/hour (%d of %d shards resumed)", out.split,
+             part.suffix, sum(encoded) / 3600, rate, len(shards) - len(computed or ()), len(shards))
     return rate
 
 
@@ -384,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-seconds", type=float, default=1.0, help="left context per chunk, dropped")
     p.add_argument("--shard-seconds", type=float, default=600.0, help="audio per resumable shard")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    add_shard_args(p)
     return p
 
 
@@ -404,11 +346,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             shard_samples=max(1, int(args.shard_seconds * SAMPLE_RATE)),
             model_id=_model_id(args),
         )
+        part = resolve_part(args.shard_id, args.num_shards)
         manifests = [read_manifest(Path(args.manifest_path) / name) for name in parse_list(args.manifest_file_name)]
         model = load_encodec(args.checkpoint, args.random_init, args.seed, args.n_codebook, args.device)
         for manifest in manifests:
-            encode_manifest(model, manifest, args.out_root, settings, batch_size, args.device)
-    except (ManifestError, AudioError, ValueError) as exc:
+            encode_manifest(model, manifest, args.out_root, settings, batch_size, args.device, part=part)
+    except (ManifestError, AudioError, ValueError, OutputError) as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -15,13 +15,23 @@ frames, frame j centred on sample 320 j):
 frames x dims x 4 bytes), fits k-means and saves it with its feature settings (joblib, written
 atomically). ``apply`` labels splits with a saved model: ``{label_dir}/{split}.{name}`` and
 ``dict.{name}.txt`` (every cluster id with its count in that split). ``all`` does both.
+
+Resuming after a kill (same command): ``fit`` saves the sampled frames of every ~``--shard-seconds``
+of audio in ``.{model}.fit.partial/`` and extracts only the rest; the fit itself is seeded and
+deterministic, so the model file is the one an uninterrupted run writes (a model already saved
+for the same inputs and settings is kept). ``apply`` saves the labels of each shard in
+``{label_dir}/.{split}.{name}.partial/`` and writes the final files at the end. ``apply`` also
+runs as job i of n (``--shard-id/--num-shards``, a Slurm array or torchrun rank): it labels rows
+``[i * N // n, (i + 1) * N // n)`` into ``{split}.{name}.part{i}of{n}`` for
+``scripts/merge_label_parts.py --name {name}`` (see ``merge_parts``).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,10 +43,11 @@ from tqdm import tqdm
 
 from mert_fairseq.audio import AudioError, load_mono
 from mert_fairseq.data_prep.common import (
-    LABEL_HOP, SAMPLE_RATE, format_label_line, num_label_frames, parse_list, setup_logging, write_dictionary,
+    LABEL_HOP, SAMPLE_RATE, OutputError, Part, PartialWork, add_shard_args, file_sha256, num_label_frames,
+    output_file, parse_list, plan_blocks, resolve_part, setup_logging,
 )
 from mert_fairseq.data_prep.manifest import Manifest, ManifestError, ManifestRow, check_audio, read_manifest
-from mert_fairseq.fileio import atomic_open
+from mert_fairseq.data_prep.merge_parts import LabelOutputs, write_labels
 
 log = logging.getLogger(__name__)
 
@@ -129,24 +140,39 @@ def make_extractor(spec: FeatureSpec, device: str = "cpu") -> Extractor:
 # ----------------------------------------------------------------------------- fit and apply
 
 
-def iter_features(
-    manifest: Manifest, extractor: Extractor, rows: Sequence[ManifestRow], desc: str
-) -> Iterator[np.ndarray]:
-    """Features [ceil(n / 320), D] of each row, in order, with a progress bar."""
-    for row in tqdm(rows, desc=desc, unit="file"):
-        yield extractor(load_mono(manifest.audio_path(row)))
+def sample_fit_frames(
+    manifest: Manifest, extractor: Extractor, max_frames: int, seed: int, work: PartialWork | None = None,
+    shard_samples: int = 600 * SAMPLE_RATE, on_shard_done: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """A uniform random sample of at most `max_frames` frames of the split -> [N, D] float32.
 
-
-def sample_fit_frames(manifest: Manifest, extractor: Extractor, max_frames: int, seed: int) -> np.ndarray:
-    """A uniform random sample of at most `max_frames` frames of the split -> [N, D] float32."""
+    With `work`, the frames picked from each shard of about `shard_samples` of audio are saved
+    there and a re-run extracts only the shards not saved yet (same sample either way).
+    """
     counts = np.array([num_label_frames(r.num_samples) for r in manifest.rows])
     offsets = np.concatenate([[0], np.cumsum(counts)])
     chosen = np.sort(np.random.default_rng(seed).choice(offsets[-1], min(max_frames, offsets[-1]), replace=False))
     bounds = np.searchsorted(chosen, offsets)  # chosen[bounds[i]:bounds[i+1]] fall in row i
     rows = [i for i in range(len(counts)) if bounds[i + 1] > bounds[i]]
-    feats = iter_features(manifest, extractor, [manifest.rows[i] for i in rows], "features (fit)")
-    picked = [f[chosen[bounds[i] : bounds[i + 1]] - offsets[i]] for i, f in zip(rows, feats)]
-    return np.concatenate(picked).astype(np.float32)
+    bar = tqdm(total=len(rows), desc="features (fit)", unit="file")
+
+    def pick(shard: range) -> list[np.ndarray]:  # [D, frames picked] per row of the shard
+        picked = []
+        for i in (rows[s] for s in shard):
+            feats = extractor(load_mono(manifest.audio_path(manifest.rows[i])))
+            picked.append(np.ascontiguousarray(feats[chosen[bounds[i] : bounds[i + 1]] - offsets[i]].T, np.float32))
+            bar.update()
+        return picked
+
+    shards = plan_blocks([manifest.rows[i].num_samples for i in rows], shard_samples)
+    with bar:
+        if work is None:
+            picked = [p for shard in shards for p in pick(shard)]
+        else:
+            bar.update(sum(len(shards[k]) for k in range(len(shards)) if work.done(k)))
+            work.run(shards, pick, on_shard_done)
+            picked = [p for k in range(len(shards)) for p in work.load(k)]
+    return np.ascontiguousarray(np.concatenate(picked, axis=1).T, dtype=np.float32)
 
 
 def fit_kmeans(
@@ -161,9 +187,19 @@ def fit_kmeans(
     return km.fit(frames)
 
 
-def save_model(path: str | Path, km: MiniBatchKMeans, spec: FeatureSpec, fitted_on: str) -> None:
-    with atomic_open(path, "wb") as f:
-        joblib.dump({"format": MODEL_FORMAT, "kmeans": km, "feature": asdict(spec), "fitted_on": fitted_on}, f)
+def save_model(path: str | Path, km: MiniBatchKMeans, spec: FeatureSpec, fitted_on: str, identity: dict | None = None) -> None:
+    saved = {"format": MODEL_FORMAT, "kmeans": km, "feature": asdict(spec), "fitted_on": fitted_on, "identity": identity}
+    with output_file(path, "wb") as f:
+        joblib.dump(saved, f)
+
+
+def saved_identity(path: str | Path) -> dict | None:
+    """The inputs and settings a saved model was fitted with (None when unknown or unreadable)."""
+    try:
+        saved = joblib.load(path)
+    except Exception:
+        return None
+    return saved.get("identity") if isinstance(saved, dict) and saved.get("format") == MODEL_FORMAT else None
 
 
 def load_model(path: str | Path) -> tuple[MiniBatchKMeans, FeatureSpec]:
@@ -176,18 +212,42 @@ def load_model(path: str | Path) -> tuple[MiniBatchKMeans, FeatureSpec]:
     return saved["kmeans"], FeatureSpec(**saved["feature"])
 
 
+def kmeans_outputs(label_dir: str | Path, split: str, name: str, n_clusters: int, part: Part = Part()) -> LabelOutputs:
+    return LabelOutputs(Path(label_dir), split, name, (name,), n_clusters, part)
+
+
 def apply_kmeans(
-    manifest: Manifest, extractor: Extractor, km: MiniBatchKMeans, label_dir: str | Path, name: str, split: str
-) -> None:
-    """Write ``{label_dir}/{split}.{name}`` and ``dict.{name}.txt``."""
-    label_dir = Path(label_dir)
-    counts = np.zeros(km.n_clusters, np.int64)
-    with atomic_open(label_dir / f"{split}.{name}", "w") as f:
-        for feats in iter_features(manifest, extractor, manifest.rows, f"k-means labels {split}"):
-            labels = km.predict(feats.astype(km.cluster_centers_.dtype))
-            counts += np.bincount(labels, minlength=km.n_clusters)
-            f.write(format_label_line(labels.tolist()))
-    write_dictionary(label_dir / f"dict.{name}.txt", counts)
+    manifest: Manifest, extractor: Extractor, km: MiniBatchKMeans, label_dir: str | Path, name: str, split: str,
+    part: Part = Part(), shard_samples: int = 600 * SAMPLE_RATE, spec: FeatureSpec | None = None,
+    on_shard_done: Callable[[int], None] | None = None,
+) -> list[int] | None:
+    """Write ``{label_dir}/{split}.{name}`` and ``dict.{name}.txt`` (or job `part`'s part files),
+    resuming the shards saved by a killed run; returns the shards labelled now (None: complete)."""
+    rows = part.slice(len(manifest.rows))
+    centers = np.ascontiguousarray(km.cluster_centers_)
+    identity = {"manifest": str(manifest.path.resolve()), "manifest_sha256": file_sha256(manifest.path),
+                "centers_sha256": hashlib.sha256(centers.tobytes()).hexdigest(), "n_clusters": int(km.n_clusters),
+                "feature": asdict(spec) if spec else None, "shard_samples": int(shard_samples)}
+    out = kmeans_outputs(label_dir, split, name, km.n_clusters, part)
+    if out.finished(identity):
+        log.info("%s: k-means labels %s.%s%s are complete; nothing to do", label_dir, split, name, part.suffix)
+        return None
+    part_rows = manifest.rows[rows.start : rows.stop]
+    check_audio(Manifest(manifest.path, manifest.root, part_rows), SAMPLE_RATE)
+    shards = [range(rows.start + s.start, rows.start + s.stop)
+              for s in plan_blocks([r.num_samples for r in part_rows], shard_samples)]
+    bar = tqdm(total=len(rows), desc=f"k-means labels {split}{part.suffix}", unit="file")
+
+    def label(shard: range) -> list[np.ndarray]:  # [1, frames] cluster ids per row
+        out = []
+        for j in shard:
+            feats = extractor(load_mono(manifest.audio_path(manifest.rows[j])))
+            out.append(km.predict(feats.astype(centers.dtype)).astype(np.int32)[None])
+            bar.update()
+        return out
+
+    with bar:
+        return write_labels(out, identity, manifest, rows, shards, label, on_shard_done)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -199,25 +259,42 @@ def load_split(manifest_dir: str | Path, split: str) -> Manifest:
     return manifest
 
 
-def run_fit(args: argparse.Namespace) -> None:
+def fit_partial_dir(model_path: str | Path) -> Path:
+    model_path = Path(model_path)
+    return model_path.parent / f".{model_path.name}.fit.partial"
+
+
+def run_fit(args: argparse.Namespace, on_shard_done: Callable[[int], None] | None = None) -> None:
     spec = FeatureSpec(args.feature, args.n_mfcc, args.n_mels, args.checkpoint, args.layer, args.max_chunk_seconds)
     manifest = load_split(args.manifest_dir, args.split)
+    shard_samples = max(1, int(args.shard_seconds * SAMPLE_RATE))
+    identity = {"manifest": str(manifest.path.resolve()), "manifest_sha256": file_sha256(manifest.path),
+                "feature": asdict(spec), "n_clusters": args.n_clusters, "max_fit_frames": args.max_fit_frames,
+                "seed": args.seed, "shard_samples": shard_samples}
+    if Path(args.kmeans_model).is_file() and saved_identity(args.kmeans_model) == identity:
+        log.info("%s: already fitted on these inputs with these settings; kept", args.kmeans_model)
+        return
     start = time.perf_counter()
-    frames = sample_fit_frames(manifest, make_extractor(spec, args.device), args.max_fit_frames, args.seed)
+    work = PartialWork(fit_partial_dir(args.kmeans_model), identity)
+    extractor = make_extractor(spec, args.device)
+    frames = sample_fit_frames(manifest, extractor, args.max_fit_frames, args.seed, work, shard_samples, on_shard_done)
     log.info("fitting %d clusters on %d frames x %d dims", args.n_clusters, *frames.shape)
     km = fit_kmeans(frames, args.n_clusters, args.seed)
-    save_model(args.kmeans_model, km, spec, str(manifest.path.resolve()))
+    save_model(args.kmeans_model, km, spec, str(manifest.path.resolve()), identity)
+    work.remove()
     log.info("saved %s (inertia %.4g, %.1f s)", args.kmeans_model, km.inertia_, time.perf_counter() - start)
 
 
-def run_apply(args: argparse.Namespace) -> None:
+def run_apply(args: argparse.Namespace, on_shard_done: Callable[[int], None] | None = None) -> None:
     km, spec = load_model(args.kmeans_model)
     if args.checkpoint and spec.kind == "mert":
         spec = FeatureSpec(**{**asdict(spec), "checkpoint": args.checkpoint})
+    part = resolve_part(args.shard_id, args.num_shards)
     extractor = make_extractor(spec, args.device)
     for split in parse_list(args.splits):
-        apply_kmeans(load_split(args.manifest_dir, split), extractor, km, args.label_dir, args.name, split)
-        log.info("wrote %s/%s.%s", args.label_dir, split, args.name)
+        apply_kmeans(read_manifest(Path(args.manifest_dir) / f"{split}.tsv"), extractor, km, args.label_dir, args.name, split, part,
+                     max(1, int(args.shard_seconds * SAMPLE_RATE)), spec, on_shard_done)
+        log.info("wrote %s/%s.%s%s", args.label_dir, split, args.name, part.suffix)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -225,6 +302,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kmeans-model", required=True, help="fitted model file (joblib)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--checkpoint", help="MERT checkpoint for --feature mert (apply: overrides the saved path)")
+    p.add_argument("--shard-seconds", type=float, default=600.0, help="audio per resumable shard")
 
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
@@ -243,6 +321,7 @@ def _apply_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splits", default="train,valid", help="splits to label")
     p.add_argument("--label-dir", required=True)
     p.add_argument("--name", default="kmeans", help="label name: files {split}.{name}, dict.{name}.txt")
+    add_shard_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_fit(args)
         if args.command in ("apply", "all"):
             run_apply(args)
-    except (ManifestError, AudioError, ValueError, FileNotFoundError) as exc:
+    except (ManifestError, AudioError, ValueError, FileNotFoundError, OutputError) as exc:
         log.error("%s", exc)
         return 1
     return 0

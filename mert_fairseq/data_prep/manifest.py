@@ -6,17 +6,28 @@ short, or clashing with another file's output name) are logged and listed in
 ``{out_dir}/skipped.tsv`` (``path<TAB>reason``); the run goes on and fails only when nothing
 usable remains. Conversion is resumable: an existing converted file that is a readable mono
 wav at the target rate, newer than its source, is reused.
+
+At scale (``--workers N``): files are converted in chunks of ``--chunk-size`` by a pool of N
+processes with at most ``2 N`` chunks in flight, so memory stays bounded. After each chunk its
+results are appended (one write, then fsync) to the journal ``{out_dir}/.prepare_manifest.journal``;
+a re-run after a kill, or after new files were added, takes the journaled files whose source is
+unchanged (same size and mtime) and whose output still exists without opening them, and converts
+only the rest. The manifests are written atomically at the end and equal those of an
+uninterrupted serial run byte for byte.
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
+import json
 import logging
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +35,12 @@ import soundfile as sf
 from tqdm import tqdm
 
 from mert_fairseq.audio import AudioError, load_mono, write_audio_atomic
-from mert_fairseq.data_prep.common import parse_list, setup_logging
-from mert_fairseq.fileio import atomic_open
+from mert_fairseq.data_prep.common import OutputError, naming_disk_errors, output_file, parse_list, setup_logging
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXTENSIONS = "wav,flac,ogg,mp3"
+JOURNAL_NAME = ".prepare_manifest.journal"
 
 
 class ManifestError(ValueError):
@@ -109,7 +120,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
 
 
 def write_manifest(path: str | os.PathLike, root: str | os.PathLike, rows: Iterable[ManifestRow]) -> None:
-    with atomic_open(path, "w") as f:
+    with output_file(path, "w") as f:
         f.write(f"{Path(root).resolve()}\n")
         for row in rows:
             f.write(f"{row.relpath}\t{row.num_samples}\n")
@@ -212,7 +223,8 @@ def convert_one(job: ConvertJob) -> ConvertResult:
     if len(wav) < job.min_samples:
         seconds = len(wav) / job.target_rate
         return ConvertResult(job, reason=f"too short ({seconds:.3f} s < {job.min_samples / job.target_rate:g} s)")
-    write_audio_atomic(job.target, np.clip(wav, -1.0, 1.0), job.target_rate)
+    with naming_disk_errors(job.target):
+        write_audio_atomic(job.target, np.clip(wav, -1.0, 1.0), job.target_rate)
     return ConvertResult(job, len(wav))
 
 
@@ -227,13 +239,117 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def convert_all(jobs: Sequence[ConvertJob], workers: int = 1) -> list[ConvertResult]:
-    """Run the jobs (in `workers` processes when > 1) with a progress bar, in job order."""
-    bar = dict(total=len(jobs), desc="convert", unit="file")
+def convert_chunk(jobs: Sequence[ConvertJob]) -> list[ConvertResult]:
+    return [convert_one(job) for job in jobs]
+
+
+class Journal:
+    """Results of finished conversions, one JSON line per file, appended a chunk at a time.
+
+    Line 1 holds the settings; a journal from other settings is started over. A line torn by a
+    kill or a full disk (the last one) is dropped when the journal is opened again.
+    """
+
+    def __init__(self, path: Path, identity: dict):
+        self.path, self.entries = Path(path), {}
+        header = json.dumps(identity, sort_keys=True)
+        lines = self._read_lines()
+        if lines and lines[0] == header:
+            for line in lines[1:]:
+                with contextlib.suppress(ValueError, TypeError):
+                    source, size, mtime_ns, num_samples, reason = json.loads(line)
+                    self.entries[source] = (size, mtime_ns, num_samples, reason)
+        else:
+            if lines:
+                log.info("%s: journal of other settings; starting over", self.path)
+            with output_file(self.path, "w") as f:
+                f.write(header + "\n")
+
+    def _read_lines(self) -> list[str]:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) != len(data):  # torn last line: cut it off before appending again
+            with open(self.path, "r+b") as f:
+                f.truncate(len(complete))
+        return complete.decode("utf-8", errors="replace").splitlines()
+
+    def lookup(self, job: ConvertJob) -> ConvertResult | None:
+        """The journaled result of `job` if its source is unchanged and its output still exists."""
+        entry = self.entries.get(str(job.source))
+        if entry is None:
+            return None
+        size, mtime_ns, num_samples, reason = entry
+        try:
+            stat = job.source.stat()
+            if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
+                return None
+            if reason is None and job.target.stat().st_mtime < stat.st_mtime:
+                return None
+        except OSError:
+            return None
+        return ConvertResult(job, num_samples, reason, reused=True)
+
+    def append(self, results: Sequence[ConvertResult]) -> None:
+        lines = []
+        for r in results:
+            with contextlib.suppress(OSError):  # a source that vanished is simply not journaled
+                stat = r.job.source.stat()
+                lines.append(json.dumps([str(r.job.source), stat.st_size, stat.st_mtime_ns, r.num_samples, r.reason]))
+        if not lines:
+            return
+        data = ("\n".join(lines) + "\n").encode()
+        with naming_disk_errors(self.path):
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            try:
+                view = memoryview(data)  # one append per chunk; a torn tail is dropped on the next open
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _ordered_map(fn: Callable, chunks: Iterable[Sequence], workers: int) -> Iterator[list]:
+    """fn(chunk) for each chunk, in order: in this process, or in `workers` processes with at
+    most 2 * workers chunks submitted and not yet collected (bounded memory)."""
     if workers <= 1:
-        return [convert_one(job) for job in tqdm(jobs, **bar)]
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-        return list(tqdm(pool.map(convert_one, jobs, chunksize=4), **bar))
+        yield from map(fn, chunks)
+        return
+    # fork (Linux): workers start at once with this process's imports, as DataLoader workers do
+    method = "fork" if "fork" in get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=get_context(method), initializer=_init_worker) as pool:
+        pending = collections.deque()
+        for chunk in chunks:
+            pending.append(pool.submit(fn, chunk))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def convert_all(
+    jobs: Sequence[ConvertJob], workers: int = 1, journal: Journal | None = None, chunk_size: int = 64,
+    on_chunk_done: Callable[[int], None] | None = None,
+) -> list[ConvertResult]:
+    """Run the jobs (in `workers` processes when > 1) with a progress bar, in job order; jobs the
+    journal already holds are not run again, finished chunks are appended to it."""
+    results: list[ConvertResult | None] = [journal.lookup(job) if journal else None for job in jobs]
+    todo = [i for i, r in enumerate(results) if r is None]
+    chunks = [todo[a : a + chunk_size] for a in range(0, len(todo), chunk_size)]
+    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="convert", unit="file") as bar:
+        done = _ordered_map(convert_chunk, ([jobs[i] for i in chunk] for chunk in chunks), workers)
+        for k, (chunk, chunk_results) in enumerate(zip(chunks, done)):
+            for i, result in zip(chunk, chunk_results):
+                results[i] = result
+            if journal:
+                journal.append(chunk_results)
+            bar.update(len(chunk))
+            if on_chunk_done:
+                on_chunk_done(k)
+    return results
 
 
 # ----------------------------------------------------------------------------- split and run
@@ -255,7 +371,7 @@ def split_rows(rows: Sequence[ManifestRow], valid_percent: float, seed: int) -> 
 
 
 def write_skipped(path: Path, skipped: Sequence[tuple[Path, str]]) -> None:
-    with atomic_open(path, "w") as f:
+    with output_file(path, "w") as f:
         for source, reason in skipped:
             f.write(f"{source}\t{reason}\n")
 
@@ -279,8 +395,11 @@ def prepare_manifest(
     seed: int = 42,
     min_seconds: float = 1.0,
     workers: int = 1,
+    chunk_size: int = 64,
+    on_chunk_done: Callable[[int], None] | None = None,
 ) -> ManifestSummary:
-    """Convert every audio file under `root_dir` and write train/valid manifests and skipped.tsv.
+    """Convert every audio file under `root_dir` and write train/valid manifests and skipped.tsv,
+    resuming from the journal in `out_dir` (see the module docstring).
 
     Raises ManifestError when no usable file remains (after writing skipped.tsv).
     """
@@ -288,8 +407,12 @@ def prepare_manifest(
     if not root.is_dir():
         raise ManifestError(f"{root}: --root-dir is not a directory")
     files = find_audio_files(root, extensions, exclude=out_root)
-    jobs, skipped = plan_jobs(files, root, out_root, target_rate, int(np.ceil(min_seconds * target_rate)))
-    results = convert_all(jobs, workers)
+    min_samples = int(np.ceil(min_seconds * target_rate))
+    jobs, skipped = plan_jobs(files, root, out_root, target_rate, min_samples)
+    identity = {"root": str(root), "converted_root": str(out_root), "target_rate": target_rate,
+                "min_samples": min_samples}
+    journal = Journal(out_dir / JOURNAL_NAME, identity)
+    results = convert_all(jobs, workers, journal, chunk_size, on_chunk_done)
     skipped += [(r.job.source, r.reason) for r in results if r.reason]
     for source, reason in skipped:
         log.warning("skipped %s: %s", source, reason)
@@ -303,7 +426,7 @@ def prepare_manifest(
     train, valid = split_rows(good, valid_percent, seed)
     write_manifest(out_dir / "train.tsv", out_root, train)
     write_manifest(out_dir / "valid.tsv", out_root, valid)
-    reused = sum(r.reused for r in results)
+    reused = sum(r.reused for r in results if not r.reason)
     return ManifestSummary(train, valid, skipped, len(good) - reused, reused)
 
 
@@ -318,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--min-seconds", type=float, default=1.0, help="skip files shorter than this")
     p.add_argument("--workers", type=int, default=1, help="conversion processes")
+    p.add_argument("--chunk-size", type=int, default=64, help="files per task and per journal append")
     return p
 
 
@@ -328,8 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = prepare_manifest(
             args.root_dir, args.converted_root_dir, args.out_dir, args.target_rate,
             parse_list(args.extension), args.valid_percent, args.seed, args.min_seconds, args.workers,
+            args.chunk_size,
         )
-    except ManifestError as exc:
+    except (ManifestError, OutputError) as exc:
         log.error("%s", exc)
         return 1
     rows = summary.train + summary.valid
