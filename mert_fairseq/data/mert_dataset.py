@@ -33,6 +33,9 @@ def load_manifest(path: str, min_keep: Optional[int], max_keep: Optional[int]):
 
     Malformed or empty manifests raise `ManifestError` naming the file and line."""
     manifest = read_manifest(path)
+    if not os.path.isdir(manifest.root):
+        raise DataError(f"{path}:1: audio root {manifest.root} is not a directory (moved? line 1 of the manifest "
+                        "must be the directory the audio paths are relative to)")
     names, sizes, kept = [], [], []
     n_short = n_long = 0
     for index, row in enumerate(manifest.rows):
@@ -62,6 +65,8 @@ class LabelStream:
             self.path = path if path.endswith(".npy") else f"{path}.npy"
             self._check_exists(self.path)
             array = np.load(self.path, mmap_mode="r")
+            if not np.issubdtype(array.dtype, np.integer):
+                raise DataError(f"{self.path}: label codes must be integers (padded with -1), found dtype {array.dtype}")
             self._check_rows(array.shape[0], num_rows)
             self.array = array
             self.rows = kept_rows
@@ -103,9 +108,11 @@ class LabelStream:
         if self.array is not None:
             codes = np.asarray(self.array[self.rows[i]])
             codes = codes[codes >= 0]
-            if codes.size and codes.max() >= len(self.lut):
-                raise DataError(f"{self.path}: row {self.rows[i]}: code {codes.max()} is not in the dictionary")
-            return torch.from_numpy(self.lut[codes])
+            ids = self.lut[np.minimum(codes, len(self.lut) - 1)]
+            bad = (codes >= len(self.lut)) | (ids == self.dictionary.unk())
+            if bad.any():
+                raise DataError(f"{self.path}: row {self.rows[i]}: code {codes[bad][0]} is not in the dictionary")
+            return torch.from_numpy(ids)
         if self.lines is not None:
             line = self.lines[i]
         else:
@@ -159,6 +166,7 @@ class MERTDataset(FairseqDataset):
         augmentation_probs: Sequence[float] = (),
         skip_bad_audio: bool = False,
         seed: int = 1,
+        max_bad_audio_fraction: float = 1.0,
     ) -> None:
         self.manifest_path = manifest_path
         self.root, self.names, self.sizes, kept, num_rows = load_manifest(
@@ -177,14 +185,24 @@ class MERTDataset(FairseqDataset):
             raise ValueError("augmentation_effects and augmentation_probs need the same length")
         self.augmentations = list(zip(augmentation_effects, augmentation_probs))
         self.skip_bad_audio = skip_bad_audio
+        self.max_bad_audio_fraction = max_bad_audio_fraction
         self.num_skipped = 0
+        self.skipped_this_epoch: set = set()
         self.seed, self.epoch = seed, 1
         self._check_label_lengths()
 
     def _check_label_lengths(self) -> None:
-        """Every label stream must cover its clip: len >= samples * label_rate / sample_rate - 1."""
+        """Every label stream must cover its clip: len >= samples * label_rate / sample_rate - 1, and not
+        run past it: len <= ceil(samples * label_rate / sample_rate) + 1 (else labels and audio disagree)."""
         need = self.sizes * self.label_rate / self.sample_rate - 1
         for stream in self.labels:
+            long = np.nonzero(stream.lengths > np.ceil(need + 1) + 1)[0]
+            if len(long):
+                i = long[0]
+                raise DataError(
+                    f"{stream.path}:{stream.rows[i] + 1}: {stream.lengths[i]} labels for {self.names[i]} "
+                    f"({self.sizes[i]} samples needs about {need[i] + 1:.0f}); {len(long)} rows are too long "
+                    "(wrong label_rate, or labels of other audio?)")
             short = np.nonzero(stream.lengths < np.floor(need))[0]
             if len(short):
                 i = short[0]
@@ -194,6 +212,7 @@ class MERTDataset(FairseqDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.skipped_this_epoch = set()
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -207,7 +226,21 @@ class MERTDataset(FairseqDataset):
         if sr != self.sample_rate:
             raise AudioError(f"{path}: sample rate {sr} Hz, the task expects {self.sample_rate} Hz "
                              "(convert with scripts/prepare_manifest.py)")
-        return to_mono(wav)
+        if len(wav) != self.sizes[index]:
+            raise AudioError(f"{path}: {len(wav)} samples but {self.manifest_path} says {self.sizes[index]} "
+                             "(file changed after the manifest was written?)")
+        return to_mono(wav)  # multi-channel files are downmixed by averaging the channels (documented)
+
+    def _count_skip(self, index: int) -> None:
+        """Log a skipped clip; fail when more than `max_bad_audio_fraction` of the split is bad this epoch."""
+        self.num_skipped += 1
+        self.skipped_this_epoch.add(index)
+        logger.warning("skipping unreadable audio %s (%d skipped so far in this process)",
+                       os.path.join(self.root, self.names[index]), self.num_skipped, exc_info=True)
+        if len(self.skipped_this_epoch) > self.max_bad_audio_fraction * len(self):
+            raise DataError(f"{self.manifest_path}: {len(self.skipped_this_epoch)} of {len(self)} clips unreadable in "
+                            f"epoch {self.epoch} (more than max_bad_audio_fraction={self.max_bad_audio_fraction}); "
+                            "see the warnings above for each file")
 
     def __getitem__(self, index: int) -> Optional[dict]:
         try:
@@ -215,9 +248,7 @@ class MERTDataset(FairseqDataset):
         except AudioError:
             if not self.skip_bad_audio:
                 raise
-            self.num_skipped += 1
-            logger.warning("skipping unreadable audio %s (%d skipped so far in this process)",
-                           self.names[index], self.num_skipped, exc_info=True)
+            self._count_skip(index)
             return None
         rng = self._rng(index)
         for name, prob in self.augmentations:
