@@ -31,13 +31,13 @@ from mert_fairseq.checkpoint_io import load_checkpoint_state
 
 ROOT = Path(__file__).resolve().parents[2]
 POINT_KINDS = ("checkpoint_write", "checkpoint_copy", "data_loading", "validation")
-KINDS = POINT_KINDS + ("time",)
+KINDS = POINT_KINDS + ("time", "startup")  # timed kills: after the first update / during start-up
 
 
 @dataclasses.dataclass
 class Fault:
-    kind: str  # a fault point name or "time"
-    at: float  # hit number for a fault point, seconds after start for "time"
+    kind: str  # a fault point name, "time" or "startup"
+    at: float  # hit number for a fault point; seconds after the first update ("time") or the start ("startup")
     killed: bool = False
     exit_code: Optional[int] = None
     last_update: Optional[int] = None  # last update logged before the kill
@@ -53,7 +53,11 @@ class Fault:
         return max(self.last_update - self.resumed_from, 0)
 
     def describe(self) -> str:
-        return f"SIGKILL after {self.at:.1f} s" if self.kind == "time" else f"{self.kind} (hit {int(self.at)})"
+        if self.kind == "time":
+            return f"timed, {self.at:.1f} s after 1st update"
+        if self.kind == "startup":
+            return f"timed, {self.at:.1f} s after start"
+        return f"{self.kind} (hit {int(self.at)})"
 
 
 # ---------------------------------------------------------------- data and command
@@ -73,7 +77,7 @@ def prepare_demo_data(work: Path, num_clips: int = 32, seconds: float = 4.0) -> 
         ]
         for step in steps:
             subprocess.run([str(a) for a in step], check=True, env=_child_env(), stdout=subprocess.DEVNULL)
-    return {"data": str(manifest), "label_dir": str(labels)}
+    return {"data": str(manifest), "label_dir": str(labels), "labels": ["kmeans"]}
 
 
 def train_command(data: dict, run_dir: Path, max_update: int, save_every: int, validate_every: int,
@@ -83,6 +87,7 @@ def train_command(data: dict, run_dir: Path, max_update: int, save_every: int, v
         str(Path(sys.executable).parent / "fairseq-hydra-train"),
         "--config-dir", str(ROOT / "configs/pretrain"), "--config-name", "MERT_demo_cpu",
         f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}", f"task.label_dir={data['label_dir']}",
+        f"task.labels=[{','.join(data['labels'])}]",
         f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'checkpoints'}",
         f"optimization.max_update={max_update}", f"checkpoint.save_interval_updates={save_every}",
         f"dataset.validate_interval_updates={validate_every}", "dataset.max_tokens=48000", "task.max_sample_size=24000",
@@ -94,20 +99,26 @@ def _child_env(fault: Optional[Fault] = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MERT_FAULT_")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.setdefault("OMP_NUM_THREADS", "2")
-    if fault is not None and fault.kind != "time":
+    if fault is not None and fault.kind in POINT_KINDS:
         env["MERT_FAULT_POINT"] = f"{fault.kind}:{int(fault.at)}"
     return env
 
 
 # ---------------------------------------------------------------- running
 def run_once(cmd: Sequence[str], log_path: Path, fault: Optional[Fault], timeout: float) -> int:
-    """Start `cmd` in a new process group; SIGKILL the group at `fault.at` seconds for a timed fault."""
+    """Start `cmd` in a new process group; SIGKILL the group at the time of a timed fault."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env(fault),
                                 start_new_session=True)
-        limit = fault.at if fault is not None and fault.kind == "time" else timeout
+        deadline = time.time() + timeout
+        if fault is not None and fault.kind == "startup":
+            deadline = time.time() + fault.at
+        elif fault is not None and fault.kind == "time":
+            while proc.poll() is None and "num_updates=" not in log_path.read_text(errors="replace"):
+                time.sleep(0.2)
+            deadline = time.time() + fault.at
         try:
-            return proc.wait(timeout=limit)
+            return proc.wait(timeout=max(deadline - time.time(), 0.01))
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             return proc.wait()
@@ -128,14 +139,15 @@ def loaded_update(log: str) -> Optional[int]:
 
 def plan_faults(n: int, seed: int, kinds: Optional[Sequence[str]], save_every: int,
                 startup_s: float, update_s: float) -> List[Fault]:
-    """Seeded faults: with no `kinds`, n // 6 (at least 1) of each fault point, the rest timed kills.
+    """Seeded faults: with no `kinds`, n // 6 (at least 1) of each fault point, n // 10 during start-up
+    (loading the checkpoint, building the model), the rest at a random time after the first update.
 
     Hit numbers and times are drawn so that most starts make progress before they are killed: a
-    timed kill lands after 60-100% of the reference run's start-up time plus up to 3 save intervals."""
+    timed kill lands up to 3 save intervals after the first update."""
     rng = np.random.default_rng(seed)
     if kinds is None:
         each = max(1, n // 6)
-        kinds = [k for k in POINT_KINDS for _ in range(each)][:n]
+        kinds = [k for k in POINT_KINDS for _ in range(each)][:n] + ["startup"] * (n // 10)
         kinds += ["time"] * (n - len(kinds))
         kinds = [kinds[i] for i in rng.permutation(len(kinds))]
     at = {
@@ -143,7 +155,8 @@ def plan_faults(n: int, seed: int, kinds: Optional[Sequence[str]], save_every: i
         "checkpoint_copy": lambda: rng.integers(2, 4),
         "data_loading": lambda: rng.integers(4, 4 * save_every),  # 2 clips per update
         "validation": lambda: rng.integers(1, 4),
-        "time": lambda: rng.uniform(0.6, 1.0) * startup_s + rng.uniform(0, 3 * save_every) * update_s,
+        "time": lambda: rng.uniform(0, 3 * save_every) * update_s,
+        "startup": lambda: rng.uniform(0.3, 1.0) * startup_s,
     }
     return [Fault(kind, float(at[kind]())) for kind in kinds]
 
@@ -262,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=5, help="checkpoint.save_interval_updates")
     p.add_argument("--validate-every", type=int, default=10, help="dataset.validate_interval_updates")
     p.add_argument("--work-dir", default="runs/fault_injection")
+    p.add_argument("--data", default=None, help="train on this manifest directory instead of preparing the demo data")
+    p.add_argument("--label-dir", default=None, help="with --data: labels and dict.{label}.txt (default: --data)")
+    p.add_argument("--labels", default="kmeans", help="with --data: comma-separated label streams")
     p.add_argument("--markdown", default=None, help="write the summary and the table of faults here")
     return p
 
@@ -276,7 +292,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     max_update = args.max_update or 8 * n + 40
     work = Path(args.work_dir).resolve()
     start = time.time()
-    data = prepare_demo_data(work)
+    data = ({"data": args.data, "label_dir": args.label_dir or args.data, "labels": args.labels.split(",")}
+            if args.data else prepare_demo_data(work))
     results, faults = {}, []
     for name in ("reference", "faulted"):
         run_dir = work / name
