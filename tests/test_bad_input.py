@@ -141,7 +141,7 @@ def test_skip_bad_audio_counts_logs_and_fails_past_the_fraction(tones, caplog):
     assert ds[1] is None and ds.num_skipped == 2  # the same clip again: still one bad clip this epoch
     batch = ds.collater([ds[i] for i in (0, 1, 2)])
     assert batch["id"].tolist() == [0, 2]  # dropped, not replaced by another clip
-    with pytest.raises(DataError, match=r"train\.tsv: 2 of 6 clips unreadable in epoch 1 .*max_bad_audio_fraction=0\.2"):
+    with pytest.raises(DataError, match=r"train\.tsv: 2 of 6 clips unreadable in epoch 1 .*fraction=0\.2"):
         ds[4]
     ds.set_epoch(2)  # counts are per epoch
     assert ds[4] is None and len(ds.skipped_this_epoch) == 1

@@ -15,8 +15,8 @@ def test_three_kills_resume_to_a_bit_identical_run(tone_data, tmp_path, capsys):
     assert "max |weight diff|: 0\n" in out and "max |optimizer state diff|: 0\n" in out, out
     assert "iterator position identical: True" in out and "final update: 12 (uninterrupted run: 12)" in out, out
     table = (tmp_path / "report.md").read_text()
-    rows = {cells[2].split(" ")[0]: cells for cells in
-            ([c.strip() for c in line.split("|")] for line in table.splitlines() if line.startswith("| ") and "hit" in line)}
+    lines = [line for line in table.splitlines() if line.startswith("| ") and "hit" in line]
+    rows = {cells[2].split(" ")[0]: cells for cells in ([c.strip() for c in line.split("|")] for line in lines)}
     # the write and copy kills really left a half-written temporary file (and no damaged checkpoint)
     assert rows["checkpoint_write"][4] == "1" and rows["checkpoint_copy"][4] == "1", table
     assert all(cells[7] == "no" for cells in rows.values()), table

@@ -42,7 +42,8 @@ def test_a_nan_batch_is_skipped_and_cannot_poison_the_weights(tone_data, tmp_pat
         assert torch.isfinite(end["model"][key]).all(), key
     for i, s in before["last_optimizer_state"]["state"].items():
         for name, tensor in s.items():
-            assert torch.equal(torch.as_tensor(tensor), torch.as_tensor(after["last_optimizer_state"]["state"][i][name])), (i, name)
+            other = after["last_optimizer_state"]["state"][i][name]
+            assert torch.equal(torch.as_tensor(tensor), torch.as_tensor(other)), (i, name)
     assert not torch.equal(after["model"]["final_proj.weight"], end["model"]["final_proj.weight"])  # still learns
     losses = metric(log, "train", "loss")
     assert losses and all(l == l and abs(l) < 1e6 for l in losses), losses  # no NaN in the logged loss

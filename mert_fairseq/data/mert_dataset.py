@@ -66,7 +66,8 @@ class LabelStream:
             self._check_exists(self.path)
             array = np.load(self.path, mmap_mode="r")
             if not np.issubdtype(array.dtype, np.integer):
-                raise DataError(f"{self.path}: label codes must be integers (padded with -1), found dtype {array.dtype}")
+                raise DataError(f"{self.path}: label codes must be integers (padded with -1), "
+                                f"found dtype {array.dtype}")
             self._check_rows(array.shape[0], num_rows)
             self.array = array
             self.rows = kept_rows

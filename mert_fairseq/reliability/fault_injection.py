@@ -43,7 +43,7 @@ class Fault:
     last_update: Optional[int] = None  # last update logged before the kill
     resumed_from: Optional[int] = None  # update the next start loaded (0: from scratch)
     resume_ok: Optional[bool] = None
-    partial_files: int = 0  # temporary checkpoint files the kill left half-written
+    partial_files: int = 0  # temporary checkpoint files this start left half-written
     damaged_reported: bool = False
 
     @property
@@ -170,6 +170,10 @@ def log_timing(log: str, started: float) -> tuple:
     return stamps[0] - started, (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
 
+def _temp_files(run_dir: Path) -> set:
+    return set((run_dir / "checkpoints").glob(".checkpoint*.tmp"))
+
+
 def run_with_faults(cmd: Sequence[str], run_dir: Path, faults: List[Fault], timeout: float = 600) -> int:
     """Start `cmd` once per fault (then once more, to finish); returns the exit code of the last start.
 
@@ -179,6 +183,7 @@ def run_with_faults(cmd: Sequence[str], run_dir: Path, faults: List[Fault], time
     pending: List[Fault] = []
     for i, fault in enumerate(faults + [None]):
         log_path = run_dir / f"start_{i:02d}.log"
+        temp_before = _temp_files(run_dir)
         code = run_once(cmd, log_path, fault, timeout)
         log = log_path.read_text(errors="replace")
         resumed = loaded_update(log)
@@ -191,7 +196,7 @@ def run_with_faults(cmd: Sequence[str], run_dir: Path, faults: List[Fault], time
             return code
         fault.exit_code, fault.killed = code, code == -signal.SIGKILL
         fault.last_update = last_logged_update(log)
-        fault.partial_files = len(list((run_dir / "checkpoints").glob(".checkpoint*.tmp")))
+        fault.partial_files = len(_temp_files(run_dir) - temp_before)
         print(f"  start {i + 1:2d}: {fault.describe():32s} -> "
               f"{'killed' if fault.killed else f'exit {code}'} at update {fault.last_update}"
               f"{f', {fault.partial_files} partial checkpoint file(s) left' if fault.partial_files else ''}",
