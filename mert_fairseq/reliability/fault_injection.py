@@ -27,7 +27,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from mert_fairseq.checkpoint_io import load_checkpoint_state
+from mert_fairseq.checkpoint_io import checkpoint_num_updates, load_checkpoint_state
 
 ROOT = Path(__file__).resolve().parents[2]
 POINT_KINDS = ("checkpoint_write", "checkpoint_copy", "data_loading", "validation")
@@ -153,7 +153,8 @@ def plan_faults(n: int, seed: int, kinds: Optional[Sequence[str]], save_every: i
     at = {
         "checkpoint_write": lambda: rng.integers(2, 4),  # 2nd/3rd save of a start: some progress first
         "checkpoint_copy": lambda: rng.integers(2, 4),
-        "data_loading": lambda: rng.integers(4, 4 * save_every),  # 2 clips per update
+        # fairseq's loader prefetches 10 batches (20 clips) at start-up; later hits are mid-training
+        "data_loading": lambda: rng.integers(24, 24 + 4 * save_every),
         "validation": lambda: rng.integers(1, 4),
         "time": lambda: rng.uniform(0, 3 * save_every) * update_s,
         "startup": lambda: rng.uniform(0.3, 1.0) * startup_s,
@@ -170,11 +171,17 @@ def log_timing(log: str, started: float) -> tuple:
     return stamps[0] - started, (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
 
+def _saved_update(run_dir: Path) -> int:
+    last = run_dir / "checkpoints" / "checkpoint_last.pt"
+    return checkpoint_num_updates(last) if last.exists() else 0
+
+
 def _temp_files(run_dir: Path) -> set:
     return set((run_dir / "checkpoints").glob(".checkpoint*.tmp"))
 
 
-def run_with_faults(cmd: Sequence[str], run_dir: Path, faults: List[Fault], timeout: float = 600) -> int:
+def run_with_faults(cmd: Sequence[str], run_dir: Path, faults: List[Fault], max_update: int = 0,
+                    update_s: float = 0.0, timeout: float = 600) -> int:
     """Start `cmd` once per fault (then once more, to finish); returns the exit code of the last start.
 
     A kill before the next start has loaded its checkpoint leaves the resume of the earlier faults
@@ -184,6 +191,8 @@ def run_with_faults(cmd: Sequence[str], run_dir: Path, faults: List[Fault], time
     for i, fault in enumerate(faults + [None]):
         log_path = run_dir / f"start_{i:02d}.log"
         temp_before = _temp_files(run_dir)
+        if fault is not None and fault.kind == "time":  # land before the run finishes
+            fault.at = min(fault.at, 0.6 * (max_update - _saved_update(run_dir)) * update_s)
         code = run_once(cmd, log_path, fault, timeout)
         log = log_path.read_text(errors="replace")
         resumed = loaded_update(log)
@@ -299,14 +308,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.time()
     data = ({"data": args.data, "label_dir": args.label_dir or args.data, "labels": args.labels.split(",")}
             if args.data else prepare_demo_data(work))
-    results, faults = {}, []
+    results, faults, update_s = {}, [], 0.0
     for name in ("reference", "faulted"):
         run_dir = work / name
         subprocess.run(["rm", "-rf", str(run_dir)], check=True)
         cmd = train_command(data, run_dir, max_update, args.save_every, args.validate_every)
         print(f"{name} run ({max_update} updates)", flush=True)
         started = time.time()
-        code = run_with_faults(cmd, run_dir, faults)
+        code = run_with_faults(cmd, run_dir, faults, max_update, update_s)
         if code != 0:
             print(f"{name} run failed (exit {code}); logs in {run_dir}", file=sys.stderr)
             return 1
