@@ -1,63 +1,29 @@
-"""Loading fairseq/MERT checkpoints under torch >= 2.6 (`torch.load(weights_only=True)` by default).
+"""Building a MERT model from a fairseq/MERT checkpoint (ours or an original one).
 
-Instead of a global unsafe switch, the plain-data classes that fairseq checkpoints pickle
-(configs, dictionaries, meters, numpy scalars) are allow-listed with
-`torch.serialization.add_safe_globals`; everything else still refuses to unpickle.
+Files are read by `mert_fairseq.checkpoint_io.load_checkpoint_state` (`weights_only=True` with an
+allow-list of fairseq's plain classes: a pickle payload is refused, never run); its names are
+re-exported here for existing callers.
 """
 from __future__ import annotations
 
-import argparse
-import collections
 import logging
 import os
-import typing
 from typing import List, Optional, Tuple
 
-import numpy as np
 import torch
 from fairseq.data.dictionary import Dictionary
+from omegaconf import OmegaConf, open_dict
+
+from mert_fairseq.checkpoint_io import (  # noqa: F401  (re-exported)
+    CheckpointError,
+    UnsafeCheckpointError,
+    allow_fairseq_checkpoints,
+    load_checkpoint_state,
+)
+from mert_fairseq.models.mert_config import MERTConfig
+from mert_fairseq.models.mert_model import MERTModel
 
 logger = logging.getLogger(__name__)
-
-
-def _safe_classes() -> list:
-    import omegaconf
-    from fairseq.logging import meters
-    from omegaconf.base import ContainerMetadata, Metadata
-    from omegaconf.nodes import AnyNode, BooleanNode, EnumNode, FloatNode, IntegerNode, StringNode
-
-    classes = [
-        Dictionary, argparse.Namespace, collections.OrderedDict, collections.defaultdict, typing.Any,
-        dict, list, tuple, set, int, float, str, bool,
-        omegaconf.DictConfig, omegaconf.ListConfig, ContainerMetadata, Metadata,
-        AnyNode, BooleanNode, EnumNode, FloatNode, IntegerNode, StringNode,
-        meters.AverageMeter, meters.SumMeter, meters.TimeMeter, meters.StopwatchMeter, meters.MetersDict,
-        np.dtype, np.ndarray, np.core.multiarray._reconstruct, np.core.multiarray.scalar,
-        np.float64, np.float32, np.int64, np.int32, np.bool_,
-    ]
-    for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType"):
-        if hasattr(np.dtypes, name):
-            classes.append(getattr(np.dtypes, name))
-    for name in ("ConcatMeter", "GroupMeter"):
-        if hasattr(meters, name):
-            classes.append(getattr(meters, name))
-    return classes
-
-
-def allow_fairseq_checkpoints() -> None:
-    """Allow-list the classes fairseq checkpoints contain (idempotent)."""
-    torch.serialization.add_safe_globals(_safe_classes())
-
-
-def load_checkpoint_state(path: str | os.PathLike) -> dict:
-    """torch.load a fairseq checkpoint on CPU with the allow-list; errors name the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    allow_fairseq_checkpoints()
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise RuntimeError(f"{path}: cannot load checkpoint ({exc})") from exc
 
 
 def _dictionaries_from_state(state: dict, n_streams: int, n_label_rows: int) -> List[Dictionary]:
@@ -81,11 +47,6 @@ def load_mert_model(path: str | os.PathLike, device: str | torch.device = "cpu",
 
     No data or label files are needed: dictionaries come from the checkpoint. Returns (model, task cfg).
     """
-    from omegaconf import OmegaConf, open_dict
-
-    from mert_fairseq.models.mert_config import MERTConfig
-    from mert_fairseq.models.mert_model import MERTModel
-
     state = load_checkpoint_state(path)
     if state.get("cfg") is None:
         raise ValueError(f"{path}: no 'cfg' in checkpoint (not a fairseq hydra checkpoint)")

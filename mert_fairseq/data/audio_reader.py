@@ -98,21 +98,30 @@ def open_sound(path: str | os.PathLike) -> tuple[sf.SoundFile, IO[bytes] | None]
         raise
 
 
-def read_window(path: str | os.PathLike, start: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:
+def read_window(path: str | os.PathLike, start: int = 0, frames: int = -1,
+                expected_rate: Optional[int] = None, expected_frames: Optional[int] = None) -> tuple[np.ndarray, int]:
     """Frames [start, start + frames) of a file (all from `start` when frames < 0) -> (mono float32, rate).
 
     Multi-channel audio is averaged to mono. 16-bit PCM is read as int16 and scaled by 2^-15 in numpy,
     which gives exactly libsndfile's float32 values; plain 16-bit WAV (the format prepare_manifest.py
     writes) is read with two preads, without soundfile's per-call overhead. Raises AudioError for
-    unreadable, empty or non-finite audio."""
+    unreadable, empty or non-finite audio, when the rate differs from `expected_rate` and when the
+    file's length differs from `expected_frames` (the manifest's)."""
     fast = _read_wav16(path, start, frames)
     if fast is not None:
-        pcm, channels, sr = fast
+        pcm, channels, sr, total = fast
     else:
-        pcm, channels, sr = _read_soundfile(path, start, frames)
+        pcm, channels, sr, total = _read_soundfile(path, start, frames)
+    if total == 0:
+        raise AudioError(f"{path}: audio file is empty (0 samples)")
+    if expected_rate is not None and sr != expected_rate:
+        raise AudioError(f"{path}: sample rate {sr} Hz, the task expects {expected_rate} Hz "
+                         "(convert with scripts/prepare_manifest.py)")
+    if expected_frames is not None and total != expected_frames:
+        raise AudioError(f"{path}: {total} samples but the manifest says {expected_frames} "
+                         "(file changed after the manifest was written?)")
     if pcm.shape[0] == 0:
-        raise AudioError(f"{path}: no audio at frames {start}.. (file has fewer samples)" if start
-                         else f"{path}: audio file is empty (0 samples)")
+        raise AudioError(f"{path}: no audio at frames {start}.. (file has {total} samples)")
     if pcm.dtype == np.int16:
         mono = pcm[:, 0] if channels == 1 else pcm.mean(axis=1, dtype=np.float32)
         return np.multiply(mono, np.float32(1 / 32768), dtype=np.float32), sr
@@ -121,15 +130,17 @@ def read_window(path: str | os.PathLike, start: int = 0, frames: int = -1) -> tu
     return (np.ascontiguousarray(pcm[:, 0]) if channels == 1 else pcm.mean(axis=1)), sr
 
 
-def _read_soundfile(path: str | os.PathLike, start: int, frames: int) -> tuple[np.ndarray, int, int]:
-    """-> (int16 or float32 array [frames, channels], channels, rate) through soundfile (any format)."""
+def _read_soundfile(path: str | os.PathLike, start: int, frames: int) -> tuple[np.ndarray, int, int, int]:
+    """-> (int16 or float32 array [frames, channels], channels, rate, total frames) through soundfile
+    (any format)."""
     snd, shard = open_sound(path)
     try:
         with snd:
             if start:
                 snd.seek(start)
             dtype = "int16" if snd.subtype == "PCM_16" else "float32"
-            return snd.read(frames, dtype=dtype, always_2d=True), snd.channels, int(snd.samplerate)
+            pcm = snd.read(frames, dtype=dtype, always_2d=True)
+            return pcm, snd.channels, int(snd.samplerate), int(snd.frames)
     except AudioError:
         raise
     except Exception as exc:
@@ -162,7 +173,7 @@ def _wav16_layout(head: bytes) -> Optional[tuple[int, int, int, int]]:
     return None
 
 
-def _read_wav16(path: str | os.PathLike, start: int, frames: int) -> Optional[tuple[np.ndarray, int, int]]:
+def _read_wav16(path: str | os.PathLike, start: int, frames: int) -> Optional[tuple[np.ndarray, int, int, int]]:
     """The soundfile-free path for 16-bit PCM WAV (plain or packed); None when it does not apply (other
     formats, unusual headers, missing or truncated files: soundfile then reads or reports them)."""
     member = parse_packed(path)
@@ -187,7 +198,7 @@ def _read_wav16(path: str | os.PathLike, start: int, frames: int) -> Optional[tu
         raw = os.pread(fd, count * frame_bytes, base + data + start * frame_bytes)
     finally:
         os.close(fd)
-    return np.frombuffer(raw, dtype="<i2").reshape(-1, channels), channels, rate
+    return np.frombuffer(raw, dtype="<i2").reshape(-1, channels), channels, rate, total
 
 
 def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:

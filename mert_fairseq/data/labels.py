@@ -146,6 +146,9 @@ class LabelStream:
         self.array, self.offsets = None, None
         if numpy_memmap:
             self.array = np.load(self.path, mmap_mode="r").view(np.ndarray)  # plain view: cheap slicing
+            if not np.issubdtype(self.array.dtype, np.integer):
+                raise DataError(f"{self.path}: label codes must be integers (padded with -1), "
+                                f"found dtype {self.array.dtype}")
             self._check_rows(self.array.shape[0], num_rows)
             if self.lut is None:
                 raise DataError(f"{self.path}: .npy labels need a dictionary of integer codes")

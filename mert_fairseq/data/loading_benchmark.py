@@ -68,7 +68,7 @@ def write_corpus(root: Path, n_tracks: int, seconds: float, formats: Sequence[st
                 sf.write(path, tracks[i], SR, format=fmt, subtype=subtype)
         rows = [f"track_{i:03d}.{ext}\t{sf.info(str(folder / f'track_{i:03d}.{ext}')).frames}" for i in range(n_tracks)]
         (root / f"{ext}.tsv").write_text(f"{folder.resolve()}\n" + "\n".join(rows) + "\n")
-    frames = int(np.ceil(n * LABEL_RATE / SR)) + 2  # MP3 decoders may add a few samples
+    frames = int(np.ceil(n * LABEL_RATE / SR)) + 1  # MP3 decoders may add a few samples
     for k in range(n_streams):
         text = root / f"labels.enc_{k}"
         if not text.exists():

@@ -47,6 +47,9 @@ def load_manifest(path: str, min_keep: Optional[int], max_keep: Optional[int]) -
     than `min_keep` or longer than `max_keep` samples. Malformed or empty manifests raise `ManifestError`
     naming the file and line."""
     full = read_manifest_index(path)
+    if not os.path.isdir(full.root):
+        raise DataError(f"{path}:1: audio root {full.root} is not a directory (moved? line 1 of the manifest "
+                        "must be the directory the audio paths are relative to)")
     short = full.sizes < min_keep if min_keep is not None else np.zeros(len(full), bool)
     long = full.sizes > max_keep if max_keep is not None else np.zeros(len(full), bool)
     kept = np.flatnonzero(~(short | long)).astype(np.int64)
@@ -99,6 +102,7 @@ class MERTDataset(FairseqDataset):
         seed: int = 1,
         windowed_reads: bool = True,
         keep_freed_memory: bool = True,
+        max_bad_audio_fraction: float = 1.0,
     ) -> None:
         """`store_labels` has no effect any more (labels are read by byte offset or from a memmap);
         `windowed_reads=False` reads every clip whole (the original behaviour; for comparisons);
@@ -123,14 +127,24 @@ class MERTDataset(FairseqDataset):
             raise ValueError("augmentation_effects and augmentation_probs need the same length")
         self.augmentations = list(zip(augmentation_effects, augmentation_probs))
         self.skip_bad_audio = skip_bad_audio
+        self.max_bad_audio_fraction = max_bad_audio_fraction
         self.num_skipped = 0
+        self.skipped_this_epoch: set = set()
         self.seed, self.epoch = seed, 1
         self._check_label_lengths()
 
     def _check_label_lengths(self) -> None:
-        """Every label stream must cover its clip: len >= samples * label_rate / sample_rate - 1."""
+        """Every label stream must cover its clip: len >= samples * label_rate / sample_rate - 1, and not
+        run past it: len <= ceil(samples * label_rate / sample_rate) + 1 (else labels and audio disagree)."""
         need = self.sizes * self.label_rate / self.sample_rate - 1
         for stream in self.labels:
+            long = np.nonzero(stream.lengths > np.ceil(need + 1) + 1)[0]
+            if len(long):
+                i = long[0]
+                raise DataError(
+                    f"{stream.where(i)}: {stream.lengths[i]} labels for {self.name(i)} "
+                    f"({self.sizes[i]} samples needs about {need[i] + 1:.0f}); {len(long)} rows are too long "
+                    "(wrong label_rate, or labels of other audio?)")
             short = np.nonzero(stream.lengths < np.floor(need))[0]
             if len(short):
                 i = short[0]
@@ -140,6 +154,7 @@ class MERTDataset(FairseqDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.skipped_this_epoch = set()
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -165,15 +180,26 @@ class MERTDataset(FairseqDataset):
         return start, self.max_sample_size
 
     def load_audio(self, index: int, start: int = 0, frames: int = -1) -> np.ndarray:
+        """Mono float32 frames [start, start + frames) of item `index` (multi-channel files are downmixed
+        by averaging the channels, documented); errors name the manifest line and the file."""
         path = os.path.join(self.root, self.name(index))
         try:
-            wav, sr = read_window(path, start, frames)
+            wav, _ = read_window(path, start, frames, expected_rate=self.sample_rate,
+                                 expected_frames=int(self.sizes[index]))
         except AudioError as exc:
             raise AudioError(f"{self.where(index)}: {exc}") from exc
-        if sr != self.sample_rate:
-            raise AudioError(f"{self.where(index)}: {path}: sample rate {sr} Hz, the task expects "
-                             f"{self.sample_rate} Hz (convert with scripts/prepare_manifest.py)")
         return wav
+
+    def _count_skip(self, index: int) -> None:
+        """Log a skipped clip; fail when more than `max_bad_audio_fraction` of the split is bad this epoch."""
+        self.num_skipped += 1
+        self.skipped_this_epoch.add(index)
+        logger.warning("skipping unreadable audio %s (%d skipped so far in this process)",
+                       os.path.join(self.root, self.name(index)), self.num_skipped, exc_info=True)
+        if len(self.skipped_this_epoch) > self.max_bad_audio_fraction * len(self):
+            raise DataError(f"{self.manifest_path}: {len(self.skipped_this_epoch)} of {len(self)} clips unreadable in "
+                            f"epoch {self.epoch} (more than max_bad_audio_fraction={self.max_bad_audio_fraction}); "
+                            "see the warnings above for each file")
 
     def __getitem__(self, index: int) -> Optional[dict]:
         start, frames = self.window(index)
@@ -182,9 +208,7 @@ class MERTDataset(FairseqDataset):
         except AudioError:
             if not self.skip_bad_audio:
                 raise
-            self.num_skipped += 1
-            logger.warning("skipping unreadable audio %s (%d skipped so far in this process)",
-                           self.name(index), self.num_skipped, exc_info=True)
+            self._count_skip(index)
             return None
         if self.augmentations:
             rng = self._rng(index)

@@ -22,6 +22,7 @@ from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 from fairseq.modules import GradMultiply
 from torch import nn
 
+from mert_fairseq.checkpoint_io import load_checkpoint_state
 from mert_fairseq.config_values import parse_conv_layers, parse_list_literal
 from mert_fairseq.models.cqt_teacher import CQTTeacher, build_cqt, cqt_frames
 from mert_fairseq.models.masked_prediction import cosine_logits
@@ -136,8 +137,6 @@ class MERTModel(BaseFairseqModel):
                            "the whole batch jointly)")
 
     def _load_pretrained_cnn(self, path: str) -> None:
-        from mert_fairseq.checkpoint import load_checkpoint_state
-
         state = load_checkpoint_state(path)["model"]
         cnn = {k[len("feature_extractor."):]: v for k, v in state.items() if k.startswith("feature_extractor.")}
         if not cnn:

@@ -17,12 +17,14 @@ import numpy as np
 import torch
 from fairseq.data.dictionary import Dictionary
 from fairseq.dataclass.configs import FairseqDataclass
+from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.fairseq_task import FairseqTask
 from omegaconf import II, MISSING
 
 from mert_fairseq.config_values import parse_list_literal
 from mert_fairseq.data.mert_dataset import DataError, MERTDataset
+from mert_fairseq.reliability.numerics import NonFiniteGuard, clean_logging_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +101,21 @@ class MERTPretrainingConfig(FairseqDataclass):
                           "instead of re-faulting pages every batch (mert_fairseq/data/allocator.py)"},
     )
     seed: int = II("common.seed")
+    resume_from_intact_checkpoint: bool = field(
+        default=True,
+        metadata={"help": "when checkpoint_last.pt is damaged (torn, truncated, zero bytes), resume from the intact "
+                          "checkpoint with the most updates in checkpoint.save_dir; false: stop with an error"},
+    )
+    max_consecutive_bad_updates: int = field(
+        default=10,
+        metadata={"help": "updates with a non-finite loss or gradient are skipped (fp32/bf16; fp16 uses its loss "
+                          "scaler); stop the run after this many in a row (0: never stop)"},
+    )
+    max_bad_audio_fraction: float = field(
+        default=0.05,
+        metadata={"help": "with skip_bad_audio: fail when more than this fraction of a split's clips was "
+                          "unreadable in one epoch"},
+    )
 
 
 @register_task("mert_pretraining", dataclass=MERTPretrainingConfig)
@@ -117,6 +134,7 @@ class MERTPretrainingTask(FairseqTask):
             raise ValueError("task.dynamic_crops and task.dynamic_crops_epoches need the same length")
         if self.dynamic_crops and self.dynamic_crops_epoches[0] != 1:
             raise ValueError("task.dynamic_crops_epoches must start at epoch 1")
+        self.nonfinite_guard = NonFiniteGuard(cfg.max_consecutive_bad_updates)
         if (cfg.cqt_loss_bin_dataloader or -1) > 0:
             logger.warning("task.cqt_loss_bin_dataloader has no effect: the model computes CQT targets in fp32")
 
@@ -191,6 +209,7 @@ class MERTPretrainingTask(FairseqTask):
             augmentation_effects=self.augmentation_effects,
             augmentation_probs=self.augmentation_probs,
             skip_bad_audio=self.cfg.skip_bad_audio,
+            max_bad_audio_fraction=self.cfg.max_bad_audio_fraction,
             seed=self.cfg.seed,
             windowed_reads=self.cfg.windowed_reads,
             keep_freed_memory=self.cfg.keep_freed_memory,
@@ -201,17 +220,37 @@ class MERTPretrainingTask(FairseqTask):
         return torch.autocast(device_type=next(model.parameters()).device.type, dtype=torch.bfloat16)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        """fairseq's step; with `bf16_autocast` the forward and loss run under bf16 autocast."""
+        """fairseq's step (with `bf16_autocast`: forward and loss under bf16 autocast); a non-finite loss or
+        gradient marks the update to be skipped (mert_fairseq.reliability.numerics)."""
         if not self.cfg.bf16_autocast:
-            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
-        model.train()
-        model.set_num_updates(update_num)
-        with self._bf16_autocast(model):
-            loss, sample_size, logging_output = criterion(model, sample)
-        if ignore_grad:
-            loss *= 0
-        optimizer.backward(loss)
+            loss, sample_size, logging_output = super().train_step(
+                sample, model, criterion, optimizer, update_num, ignore_grad)
+        else:
+            model.train()
+            model.set_num_updates(update_num)
+            with self._bf16_autocast(model):
+                loss, sample_size, logging_output = criterion(model, sample)
+            if ignore_grad:
+                loss *= 0
+            optimizer.backward(loss)
+        self.nonfinite_guard.after_backward(loss, model, optimizer, update_num, logging_output)
         return loss, sample_size, logging_output
+
+    def optimizer_step(self, optimizer, model, update_num):
+        """The optimizer step, unless this update had a non-finite loss or gradient."""
+        if self.nonfinite_guard.take_step():
+            super().optimizer_step(optimizer, model, update_num)
+        else:
+            metrics.log_scalar_sum("bad_updates", 1, priority=900, round=0)
+            self.nonfinite_guard.log_skip(update_num)
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        """Logs of skipped (non-finite) micro-batches are left out of the averages."""
+        good, _ = clean_logging_outputs(logging_outputs)
+        if good:
+            super().reduce_metrics(good, criterion)
+        else:
+            metrics.log_scalar("loss", 0.0, weight=0)  # keeps fairseq from logging a placeholder loss
 
     def valid_step(self, sample, model, criterion):
         if not self.cfg.bf16_autocast:

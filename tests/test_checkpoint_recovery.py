@@ -1,0 +1,159 @@
+"""Checkpoint files appear atomically (a kill mid-write or mid-copy leaves the old file intact), and a
+damaged checkpoint_last.pt is reported and skipped for the newest intact checkpoint, or stops the run."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mert_fairseq.checkpoint_io import CheckpointError, checkpoint_damage, checkpoint_num_updates
+from mert_fairseq.reliability.checkpoints import remove_stale_temp_files, resume_checkpoint
+from test_training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = ["dataset.max_tokens=192000", "dataset.disable_validation=true", "checkpoint.save_interval_updates=2",
+          "lr_scheduler.warmup_updates=2"]  # 4 clips per batch, 4 updates per epoch
+
+
+@pytest.fixture(scope="module")
+def trained(tone_data, tmp_path_factory) -> Path:
+    """A run stopped at update 6: checkpoint_1_2.pt, checkpoint_2_6.pt, checkpoint_last.pt (6)."""
+    run = tmp_path_factory.mktemp("recovery") / "run"
+    train(tone_data, run, "optimization.max_update=6", *COMMON, "+lr_scheduler.total_num_update=8")
+    return run
+
+
+@pytest.fixture()
+def save_dir(trained, tmp_path) -> Path:
+    copy = tmp_path / "checkpoints"
+    shutil.copytree(trained / "checkpoints", copy)
+    return copy
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncated": _truncate,
+    "zero_bytes": lambda p: p.write_bytes(b""),
+    "garbage": lambda p: p.write_bytes(os.urandom(4096)),
+    "bit_flip": _flip_a_byte,
+}
+
+
+def test_fixture_has_the_expected_checkpoints(save_dir):
+    names = sorted(p.name for p in save_dir.glob("*.pt"))
+    assert names == ["checkpoint_1_2.pt", "checkpoint_2_6.pt", "checkpoint_last.pt"], names
+    assert checkpoint_num_updates(save_dir / "checkpoint_last.pt") == 6
+    assert all(checkpoint_damage(save_dir / n) is None for n in names)
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_damaged_last_falls_back_to_newest_intact(save_dir, kind, caplog):
+    last = save_dir / "checkpoint_last.pt"
+    DAMAGE[kind](last)
+    assert checkpoint_damage(last) is not None
+    assert resume_checkpoint(str(last), str(save_dir)) == str(save_dir / "checkpoint_2_6.pt")
+    assert f"{last}: damaged checkpoint" in caplog.text
+
+
+def test_skips_damaged_interval_checkpoints_too(save_dir):
+    _truncate(save_dir / "checkpoint_last.pt")
+    _flip_a_byte(save_dir / "checkpoint_2_6.pt")
+    assert resume_checkpoint(str(save_dir / "checkpoint_last.pt"), str(save_dir)) == str(save_dir / "checkpoint_1_2.pt")
+
+
+def test_none_intact_stops_with_a_clear_message(save_dir):
+    for path in save_dir.glob("*.pt"):
+        _truncate(path)
+    with pytest.raises(CheckpointError, match=r"checkpoint_last\.pt: damaged checkpoint: .*no intact checkpoint"):
+        resume_checkpoint(str(save_dir / "checkpoint_last.pt"), str(save_dir))
+
+
+def test_option_off_or_explicit_restore_file_stops(save_dir):
+    last = save_dir / "checkpoint_last.pt"
+    DAMAGE["zero_bytes"](last)
+    with pytest.raises(CheckpointError, match=r"checkpoint_last\.pt: damaged .*resume_from_intact_checkpoint=false"):
+        resume_checkpoint(str(last), str(save_dir), fall_back=False)
+    with pytest.raises(CheckpointError, match=r"checkpoint_last\.pt: checkpoint\.restore_file is damaged"):
+        resume_checkpoint(str(last), str(save_dir), explicit=True)
+
+
+def test_intact_last_is_used_as_is(save_dir):
+    last = str(save_dir / "checkpoint_last.pt")
+    assert resume_checkpoint(last, str(save_dir)) == last
+
+
+def test_training_resumes_past_a_torn_checkpoint_last(tone_data, trained, tmp_path):
+    """End to end with fairseq-hydra-train: the torn file is named, the run continues from update 6."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    last = run / "checkpoints" / "checkpoint_last.pt"
+    _truncate(last)
+    log = train(tone_data, run, "optimization.max_update=8", *COMMON, "+lr_scheduler.total_num_update=8")
+    assert f"{last}: damaged checkpoint: not a complete checkpoint archive" in log, log[-3000:]
+    assert re.search(r"Loaded checkpoint \S+checkpoint_2_6\.pt \(epoch 2 @ 6 updates\)", log), log[-3000:]
+    assert checkpoint_num_updates(last) == 8 and checkpoint_damage(last) is None
+    # option off: the same damage stops the run and names the file
+    _truncate(last)
+    proc = subprocess.run(_cmd(tone_data, run, "optimization.max_update=10", *COMMON,
+                               "+lr_scheduler.total_num_update=8", "+task.resume_from_intact_checkpoint=false"),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert f"{last}: damaged checkpoint" in proc.stdout + proc.stderr
+
+
+def _cmd(data, run, *overrides):
+    return [str(Path(sys.executable).parent / "fairseq-hydra-train"), "--config-dir", str(ROOT / "configs/pretrain"),
+            "--config-name", "MERT_demo_cpu", f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",
+            f"task.label_dir={data['label_dir']}", f"task.labels=[{','.join(data['labels'])}]",
+            f"hydra.run.dir={run}", f"checkpoint.save_dir={run / 'checkpoints'}", *overrides]
+
+
+# ---------------------------------------------------------------- atomic writes under SIGKILL
+KILLED_WRITER = """
+import sys, torch
+import mert_fairseq  # installs the atomic writers
+from fairseq import checkpoint_utils
+from fairseq.file_io import PathManager
+if sys.argv[1] == "copy":
+    PathManager.copy(sys.argv[2], sys.argv[3], overwrite=True)
+else:
+    checkpoint_utils.torch_persistent_save({"w": torch.arange(300_000.0)}, sys.argv[3])
+print("not killed")
+"""
+
+
+@pytest.mark.parametrize("mode", ["copy", "write"])
+def test_kill_half_way_through_a_checkpoint_copy_or_write_keeps_the_old_file(mode, tmp_path):
+    src, dst = tmp_path / "checkpoint_1_10.pt", tmp_path / "checkpoint_last.pt"
+    torch.save({"w": torch.arange(300_000.0) + 1}, src)
+    torch.save({"w": torch.zeros(3)}, dst)
+    old = dst.read_bytes()
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "MERT_FAULT_POINT": f"checkpoint_{'copy' if mode == 'copy' else 'write'}:1"}
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, mode, str(src), str(dst)], env=env,
+                          capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert proc.returncode == -9 and "not killed" not in proc.stdout, proc.stderr[-2000:]
+    assert dst.read_bytes() == old  # the old checkpoint_last is untouched
+    partial = list(tmp_path.glob(".checkpoint_last.pt.*.tmp"))
+    assert len(partial) == 1 and 0 < partial[0].stat().st_size < src.stat().st_size
+    assert remove_stale_temp_files(str(tmp_path)) == 1 and not list(tmp_path.glob("*.tmp"))
+    # without a fault the same call replaces the file completely
+    env.pop("MERT_FAULT_POINT")
+    subprocess.run([sys.executable, "-c", KILLED_WRITER, mode, str(src), str(dst)], env=env, check=True,
+                   capture_output=True, timeout=300)
+    assert checkpoint_damage(dst) is None
+    assert torch.equal(torch.load(dst)["w"], torch.arange(300_000.0) + (1 if mode == "copy" else 0))
