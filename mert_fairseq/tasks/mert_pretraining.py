@@ -21,6 +21,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.fairseq_task import FairseqTask
 from omegaconf import II, MISSING
 
+from mert_fairseq import loader_shutdown
 from mert_fairseq.config_values import parse_list_literal
 from mert_fairseq.data.mert_dataset import DataError, MERTDataset
 
@@ -212,6 +213,13 @@ class MERTPretrainingTask(FairseqTask):
         can all-reduce them (works on CPU/gloo; fairseq's default pickled all-gather needs CUDA).
         fairseq calls this on the class with the criterion as the only argument."""
         return not getattr(criterion, "log_keys", None)
+
+    def get_batch_iterator(self, *args, **kwargs):
+        """fairseq's iterator; its DataLoader workers are shut down in order when training ends
+        (else the process lingers 5 s per worker after `done training` on GPU: see loader_shutdown)."""
+        epoch_iterator = super().get_batch_iterator(*args, **kwargs)
+        loader_shutdown.track(epoch_iterator)
+        return epoch_iterator
 
     def max_positions(self):
         return (sys.maxsize, sys.maxsize)
