@@ -5,16 +5,18 @@ fairseq's `adam` loops over parameters one at a time (a handful of kernels per t
 a GPU, for the 95M model's ~200 tensors, that is a quarter of the update when the weights are fp32
 (`task.bf16_autocast`). `torch.optim.AdamW(fused=True)` does the whole update in a few kernels.
 
-Same update as fairseq's `adam` (decoupled weight decay: p <- p * (1 - lr * wd), then the Adam step),
-except for where eps enters: fairseq divides by (sqrt(v) + eps) / sqrt(1 - beta2^t), torch by
-sqrt(v) / sqrt(1 - beta2^t) + eps. The two agree to float precision whenever sqrt(v) >> eps;
-tests/test_speedups.py states the tolerance. Works under fairseq's fp16/bf16 wrappers (flat fp32
-master weights: `supports_flat_params`) and plain fp32 / `task.bf16_autocast`.
+Same update as fairseq's `adam`: decoupled weight decay p <- p * (1 - lr * wd), then the Adam step.
+fairseq divides by (sqrt(v) + eps) / sqrt(1 - beta2^t), torch by sqrt(v) / sqrt(1 - beta2^t) + eps; so
+each step hands torch eps / sqrt(1 - beta2^t), which makes the two updates the same formula (equal to
+float rounding: tests/test_speedups.py). Works under fairseq's fp16/bf16 wrappers (flat fp32 master
+weights: `supports_flat_params`) and with fp32 weights (`task.bf16_autocast`, fp32).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
+
+import math
 
 import torch
 from fairseq.dataclass import FairseqDataclass
@@ -63,6 +65,20 @@ class AdamWTorch(FairseqOptimizer):
         tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
         self._optimizer = torch.optim.AdamW(params, **self.optimizer_config,
                                             **_kernel_flags(cfg.implementation, tensors))
+        self._num_steps = 0  # host-side copy of the step count (torch keeps it per tensor, maybe on the GPU)
+
+    def step(self, closure=None, scale: float = 1.0, groups=None):
+        """One Adam step with fairseq's placement of eps (see the module docstring)."""
+        t = self._num_steps + 1
+        for group in self.optimizer.param_groups:
+            group["eps"] = self.cfg.adam_eps / math.sqrt(1.0 - group["betas"][1] ** t)
+        super().step(closure, scale=scale, groups=groups)
+        self._num_steps = t
+
+    def load_state_dict(self, state_dict, optimizer_overrides=None):
+        super().load_state_dict(state_dict, optimizer_overrides)
+        steps = [s["step"] for s in self.optimizer.state.values() if "step" in s]
+        self._num_steps = int(max(float(s) for s in steps)) if steps else 0
 
     @property
     def optimizer_config(self) -> Dict[str, Any]:

@@ -87,7 +87,19 @@ class MERTPretrainingConfig(FairseqDataclass):
         metadata={"help": "run forward and loss under torch.autocast(bfloat16) with fp32 weights and optimizer "
                           "(CPU or GPU; unlike common.bf16 nothing is cast to bf16 permanently)"},
     )
+    compile_encoder_layers: bool = field(
+        default=False,
+        metadata={"help": "torch.compile each transformer layer in place (same state-dict keys); first steps "
+                          "compile (tens of seconds); a GPU lever, slower on CPU"},
+    )
     seed: int = II("common.seed")
+
+
+def compile_encoder_layers(model) -> None:
+    """torch.compile every encoder layer in place (nn.Module.compile keeps parameter names)."""
+    for layer in model.encoder.layers:
+        layer.compile()
+    logger.info("compiled %d encoder layers with torch.compile", len(model.encoder.layers))
 
 
 @register_task("mert_pretraining", dataclass=MERTPretrainingConfig)
@@ -108,6 +120,12 @@ class MERTPretrainingTask(FairseqTask):
             raise ValueError("task.dynamic_crops_epoches must start at epoch 1")
         if (cfg.cqt_loss_bin_dataloader or -1) > 0:
             logger.warning("task.cqt_loss_bin_dataloader has no effect: the model computes CQT targets in fp32")
+
+    def build_model(self, cfg, from_checkpoint: bool = False):
+        model = super().build_model(cfg, from_checkpoint)
+        if self.cfg.compile_encoder_layers:
+            compile_encoder_layers(model)
+        return model
 
     @classmethod
     def setup_task(cls, cfg: MERTPretrainingConfig, **kwargs) -> "MERTPretrainingTask":
