@@ -444,3 +444,25 @@ def test_compiled_encoder_layers_equal_eager():
         outs.append((y.detach(), xi.grad, model.encoder.layers[1].fc1.weight.grad))
     for a, b in zip(*outs):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ bf16 weights
+@pytest.mark.slow
+def test_fairseq_bf16_weights_with_fp32_master_and_adamw_torch_train_end_to_end(tone_data, tmp_path):
+    """common.bf16=true (bf16 weights and activations, fp32 master weights in fairseq's FP16Optimizer)
+    with optimizer adamw_torch through fairseq-hydra-train on CPU: the first update's loss is within
+    1% of the fp32 run's, and the optimizer state advanced."""
+    from test_training import metric, train
+
+    from mert_fairseq.checkpoint import load_checkpoint_state
+
+    common = ["dataset.disable_validation=true", "common.log_interval=1", "optimizer._name=adamw_torch"]
+    bf16 = train(tone_data, tmp_path / "bf16", "optimization.max_update=2", "common.bf16=true", *common)
+    fp32 = train(tone_data, tmp_path / "fp32", "optimization.max_update=1", *common)
+    loss_bf16, loss_fp32 = metric(bf16, "train_inner", "loss"), metric(fp32, "train_inner", "loss")
+    assert len(loss_bf16) == 2 and all(math.isfinite(x) for x in loss_bf16)
+    assert loss_bf16[0] == pytest.approx(loss_fp32[0], rel=0.01)
+    state = load_checkpoint_state(tmp_path / "bf16" / "checkpoints" / "checkpoint_last.pt")
+    assert state["optimizer_history"][-1]["optimizer_name"] == "FP16Optimizer"
+    steps = {float(s["step"]) for s in state["last_optimizer_state"]["state"].values()}
+    assert steps == {2.0}
