@@ -13,6 +13,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"fairscale\..*
 from mert_fairseq.checkpoint_io import allow_fairseq_checkpoints  # noqa: E402
 from mert_fairseq.models import mert_model  # noqa: F401,E402  (registers model "mert")
 from mert_fairseq.reliability import checkpoints as _checkpoints, fault_points as _fault_points  # noqa: E402
+from mert_fairseq.optim import adamw_torch  # noqa: F401,E402  (registers optimizer "adamw_torch")
 from mert_fairseq.tasks import mert_pretraining  # noqa: F401,E402  (registers task "mert_pretraining")
 
 allow_fairseq_checkpoints()

@@ -11,7 +11,13 @@ gradient clipping and fairseq's Adam step):
   mixture, masking, heads and loss; backward; optimizer), with synchronised timers in separate steps;
 - the cost of loading one batch from a real `MERTDataset` over synthetic files (text and .npy labels);
 - data preparation throughput (EnCodec labels, MFCC k-means) in audio-hours per hour, when the
-  data_prep modules are importable.
+  data_prep modules are importable;
+- the FLOPs of the step (forward + backward, `mert_fairseq.mfu.count_step_flops`), TFLOP/s and MFU
+  against the device's peak (known GPUs, or `--peak-tflops`). Both formulations are charged the
+  FLOPs of ours (the useful work), so their MFU ratio is their speed ratio.
+
+`--train-log LOG` instead reads a `fairseq-hydra-train` log and reports the run's steady-state
+audio-seconds/s and MFU (the config's FLOPs per audio-second are counted once, on the CPU).
 
 The *reference* is the straightforward formulation of the same step, as in the original MERT: cosine
 logits materialised as (1 + C) x S x F tensors (`direct_cosine_logits`), nnAudio's CQT1992v2 (65536-tap
@@ -20,6 +26,7 @@ same model instance by `reference_formulation` (shared weights), and steps of bo
 the ratio ours / reference is robust to load from other processes.
 
     python scripts/benchmark.py --config MERT_RVQ-VAE_CQT_95M --device cpu --warmup 1 --steps 3 --out bench.json
+    python scripts/benchmark.py --config MERT_RVQ-VAE_CQT_95M --train-log runs/.../hydra_train.log --gpu-name H100
 """
 from __future__ import annotations
 
@@ -44,6 +51,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+from mert_fairseq.mfu import count_step_flops, device_name, mfu, peak_tflops, read_train_log, train_log_report
 
 logger = logging.getLogger("mert_fairseq.benchmark")
 
@@ -571,6 +580,9 @@ def run(args: argparse.Namespace) -> dict:
         for m in modes:
             dt = step(m, i)
             logger.info("warmup %s step %d: %.2fs", m, i, dt)
+    # FLOPs of one step of ours (forward + backward; counting slows the step, so it is not timed)
+    flops = count_step_flops(lambda: step("ours", 0))
+    peak, peak_source = peak_tflops(device_name(device), args.peak_tflops)
     for i in range(args.steps):  # interleaved: ours, reference, ours, ...
         for m in modes:
             times[m].append(step(m, i))
@@ -594,6 +606,7 @@ def run(args: argparse.Namespace) -> dict:
         results[m] = {
             "step_times_s": times[m], "step_s": step_s, "updates_per_s": 1.0 / step_s,
             "audio_seconds_per_s": audio_s / step_s, "peak_memory_mb": peak_memory_mb(device),
+            "tflops_per_s": flops / step_s / 1e12, "mfu": mfu(flops / step_s, peak),
             "split_s": {k: statistics.median(v) for k, v in split.items()} if split else {},
         }
     out = {
@@ -602,6 +615,8 @@ def run(args: argparse.Namespace) -> dict:
         "classes_per_stream": [len(d) for d in dictionaries], "parameters": n_params,
         "warmup": args.warmup, "steps": args.steps, "split_steps": args.split_steps,
         "machine": machine_info(device), "results": results, "data_loading": data,
+        "flops_per_step": flops, "flops_per_audio_second": flops / audio_s, "peak_tflops": peak,
+        "peak_source": peak_source, "mfu": results["ours"]["mfu"],
     }
     if "reference" in results:
         # per-pair ratios are robust to load that changes during the run
@@ -633,10 +648,15 @@ def format_table(res: dict) -> str:
         "| updates/s | " + " | ".join(f"{r[m]['updates_per_s']:.3f}" for m in modes) + " |",
         "| audio-seconds/s | " + " | ".join(f"{r[m]['audio_seconds_per_s']:.2f}" for m in modes) + " |",
         "| peak memory MB | " + " | ".join(f"{r[m]['peak_memory_mb']:.0f}" for m in modes) + " |",
+        "| TFLOP/s | " + " | ".join(f"{r[m]['tflops_per_s']:.3f}" for m in modes) + " |",
+        "| MFU | " + " | ".join(_percent(r[m]["mfu"]) for m in modes) + " |",
     ]
     for k in PHASES:
         if all(k in r[m]["split_s"] for m in modes):
             lines.append(f"| {k} s | " + " | ".join(f"{r[m]['split_s'][k]:.3f}" for m in modes) + " |")
+    lines += ["", f"FLOPs per step (forward + backward): {res['flops_per_step'] / 1e9:.1f} GFLOP = "
+                  f"{res['flops_per_audio_second'] / 1e9:.2f} GFLOP per audio-second; peak: "
+                  + (f"{res['peak_tflops']:.0f} TFLOP/s ({res['peak_source']})" if res["peak_tflops"] else res["peak_source"])]
     if "speedup_ours_vs_reference" in res:
         s = res["speedup_ours_vs_reference"]
         lines += ["", f"ours vs reference: {s['median_of_step_ratios']:.2f}x (median of interleaved step ratios), "
@@ -665,6 +685,65 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _percent(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f} %"
+
+
+def flops_per_audio_second(cfg: DictConfig, seconds: float, n_codes: int = 1024, seed: int = 1) -> float:
+    """Training FLOPs (forward + backward) per audio-second of a config, on one synthetic clip of
+    `seconds` on the CPU (the count does not depend on the device)."""
+    from fairseq.data.dictionary import Dictionary
+
+    torch.manual_seed(seed)
+    streams = stream_names(cfg)
+    sr = int(cfg.task.sample_rate)
+    num_samples = int(round(seconds * sr))
+    with tempfile.TemporaryDirectory(prefix="mert_flops_") as tmp:
+        write_synthetic_corpus(Path(tmp), 1, num_samples, sr, float(cfg.model.label_rate), streams, n_codes, seed)
+        dictionaries = [Dictionary.load(os.path.join(tmp, f"dict.{s}.txt")) for s in streams]
+        dataset = make_dataset(tmp, cfg, streams, dictionaries, num_samples, numpy_memmap_label=False)
+        sample = dataset.collater([dataset[0]])
+    model = build_model(cfg, dictionaries).train()
+    criterion = build_criterion(cfg)
+
+    def step() -> None:
+        loss, sample_size, _ = criterion(model, sample)
+        (loss / max(sample_size, 1)).backward()
+
+    return count_step_flops(step) / seconds
+
+
+def clip_seconds(cfg: DictConfig) -> Optional[float]:
+    """The crop length of a config (task.max_sample_size / task.sample_rate), None if it does not crop."""
+    size = cfg.task.get("max_sample_size")
+    return None if size is None else float(size) / float(cfg.task.sample_rate)
+
+
+def run_train_log(args: argparse.Namespace) -> dict:
+    """Steady-state throughput and MFU of a fairseq-hydra-train run from its log."""
+    cfg = compose_config(args.config, args.override)
+    seconds = args.clip_seconds or clip_seconds(cfg)
+    if seconds is None:
+        raise ValueError(f"{args.config}: task.max_sample_size is not set; pass --clip-seconds")
+    records = read_train_log(args.train_log)
+    flops = flops_per_audio_second(cfg, seconds, args.codes, args.seed)
+    name = args.gpu_name or (device_name(torch.device("cuda")) if torch.cuda.is_available() else "cpu")
+    peak, source = peak_tflops(name, args.peak_tflops)
+    out = train_log_report(records, seconds, flops, peak, skip=args.skip_intervals)
+    out.update({"train_log": str(args.train_log), "config": args.config, "overrides": list(args.override),
+                "device_name": name, "peak_source": source})
+    return out
+
+
+def format_train_log(res: dict) -> str:
+    return (f"{res['train_log']}: updates {res['first_update']}-{res['last_update']} "
+            f"({res['steady_intervals']} of {res['intervals']} log intervals), "
+            f"{res['updates_per_s']:.3f} updates/s x {res['clips_per_update']:.0f} clips x {res['clip_seconds']:.2f} s = "
+            f"{res['audio_seconds_per_s']:.1f} audio-s/s; {res['flops_per_audio_second'] / 1e9:.2f} GFLOP per audio-s "
+            f"-> {res['tflops_per_s']:.2f} TFLOP/s, MFU {_percent(res['mfu'])} "
+            f"(peak: {res['peak_tflops'] or 'unknown'}, {res['peak_source']}, device {res['device_name']})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="MERT_RVQ-VAE_CQT_95M", help="name in configs/pretrain or a yaml path")
@@ -683,6 +762,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-prep-seconds", type=float, default=30.0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="device peak in TFLOP/s for MFU (default: a table of known GPUs; none on CPU)")
+    p.add_argument("--train-log", help="instead of benchmarking, report steady-state throughput and MFU of this "
+                                       "fairseq-hydra-train log (simple or json log_format) for --config")
+    p.add_argument("--gpu-name", help="--train-log: the GPU the run used, for the peak table (default: this machine's)")
+    p.add_argument("--clip-seconds", type=float, help="--train-log: seconds per clip (default: the config's crop)")
+    p.add_argument("--skip-intervals", type=int, default=1,
+                   help="--train-log: leading log intervals to leave out of the steady state")
     p.add_argument("--out", help="write the results as JSON here")
     return p
 
@@ -690,9 +777,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
-    res = run(args)
+    res = run_train_log(args) if args.train_log else run(args)
     res["command"] = "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(format_table(res))
+    print(format_train_log(res) if args.train_log else format_table(res))
     if args.out:
         tmp = f"{args.out}.tmp"
         with open(tmp, "w") as f:

@@ -255,3 +255,214 @@ def test_benchmark_smoke(tmp_path):
         assert set(r["split_s"]) >= {"cqt_teacher", "cnn", "encoder", "heads_loss", "backward", "optimizer"}
     assert res["speedup_ours_vs_reference"]["median_of_step_ratios"] > 0
     assert "ours vs reference" in format_table(res)
+
+
+# ------------------------------------------------------------------------------------------ optimizer
+def _adam_cfg(**extra):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"adam_betas": "(0.9, 0.98)", "adam_eps": 1e-6, "weight_decay": 0.01, "lr": [1e-3],
+                             **extra})
+
+
+@pytest.mark.parametrize("implementation,dtype", [("foreach", torch.float64), ("for_loop", torch.float64),
+                                                  ("foreach", torch.float32)])
+def test_adamw_torch_matches_fairseq_adam(implementation, dtype):
+    """Same update as fairseq's adam (decoupled weight decay, eps placement) over 5 steps, gradients
+    from 1e-7 to 1e-1 (so eps = 1e-6 matters for some). In fp64 the parameter changes agree to 1e-9
+    relative (the same formula); in fp32 the parameters agree to 2e-6 (a few ulps of rounding per step,
+    lr = 1e-3). A state-dict round trip keeps the step count."""
+    from fairseq.optim.adam import FairseqAdam
+
+    from mert_fairseq.optim.adamw_torch import AdamWTorch
+
+    torch.manual_seed(0)
+    shapes = [(64, 32), (32,), (5, 7, 3)]
+    p_ref = [torch.randn(s, dtype=dtype, requires_grad=True) for s in shapes]
+    p_new = [p.detach().clone().requires_grad_(True) for p in p_ref]
+    start = [p.detach().clone() for p in p_ref]
+    ref = FairseqAdam(_adam_cfg(use_old_adam=False, fp16_adam_stats=False, tpu=False), p_ref)
+    new = AdamWTorch(_adam_cfg(implementation=implementation), p_new)
+    for step in range(5):
+        grads = [(torch.randn(s) * 10.0 ** torch.randint(-7, 0, s)).to(dtype) for s in shapes]
+        for params, opt in ((p_ref, ref), (p_new, new)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+            opt.zero_grad()
+    for a, b, s in zip(p_ref, p_new, start):
+        if dtype == torch.float64:
+            assert torch.allclose(a.detach() - s, b.detach() - s, rtol=1e-9, atol=1e-15)
+        else:
+            assert torch.allclose(a, b, rtol=0, atol=2e-6)
+    assert new.optimizer.defaults["foreach"] == (implementation == "foreach")
+    again = AdamWTorch(_adam_cfg(implementation=implementation), p_new)
+    again.load_state_dict(new.state_dict())
+    assert again._num_steps == 5
+
+
+def test_adamw_torch_is_registered_and_handles_flat_params():
+    from fairseq.optim import OPTIMIZER_REGISTRY
+
+    from mert_fairseq.optim.adamw_torch import AdamWTorch
+
+    assert OPTIMIZER_REGISTRY["adamw_torch"] is AdamWTorch
+    flat = torch.zeros(100, requires_grad=True)  # what fairseq's FP16Optimizer hands over
+    opt = AdamWTorch(_adam_cfg(implementation="auto"), [flat])
+    assert opt.supports_flat_params and opt.optimizer.defaults["betas"] == (0.9, 0.98)
+    flat.grad = torch.ones(100)
+    opt.step()
+    assert torch.allclose(flat.detach(), torch.full((100,), -1e-3), atol=1e-7)  # Adam's first step = -lr
+    with pytest.raises(ValueError, match="optimizer.implementation"):
+        AdamWTorch(_adam_cfg(implementation="fast"), [torch.zeros(1, requires_grad=True)])
+
+
+# ------------------------------------------------------------------------------------------ host syncs
+def test_select_frames_by_positions_equals_boolean_indexing():
+    from mert_fairseq.models.mert_model import select_frames
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 11, 4, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    mask = torch.rand(3, 11) < 0.4
+    positions = torch.from_numpy(np.flatnonzero(mask.numpy().reshape(-1)))
+    a, b = select_frames(x, mask), select_frames(x2, positions)
+    assert torch.equal(a, b)
+    w = torch.randn_like(a)
+    (a * w).sum().backward()
+    (b * w).sum().backward()
+    assert torch.equal(x.grad, x2.grad)
+    t = torch.randint(0, 9, (3, 11))
+    assert torch.equal(select_frames(t, mask), select_frames(t, positions))
+
+
+def test_all_false_padding_mask_gives_the_same_loss_and_gradients_as_before():
+    """An all-False padding mask (cropped batches) now takes the host-index path and attention without a
+    mask; a mask with one padded frame on the last clip keeps the boolean path. Both paths, same draws:
+    the loss of the all-False batch equals the loss computed through the boolean path."""
+    model = tiny_model("rvq_95m").train()
+    sample = _sample(model)
+    crit = _criterion()
+    sample["net_input"]["padding_mask"] = torch.zeros_like(sample["net_input"]["source"], dtype=torch.bool)
+    losses, grads = [], []
+    for force_boolean in (False, True):
+        model.zero_grad()
+        model.set_num_updates(0)
+        if force_boolean:  # hide the host copy of the span mask: the boolean-mask path runs instead
+            apply_mask = model._apply_mask
+            model._apply_mask = lambda *a, **k: apply_mask(*a, **k)[:2] + (None,)
+        try:
+            loss, n, _ = crit(model, sample)
+            (loss / n).backward()
+        finally:
+            model.__dict__.pop("_apply_mask", None)
+        losses.append(loss.item())
+        grads.append(model.encoder.layers[0].fc1.weight.grad.clone())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert torch.allclose(grads[0], grads[1], atol=1e-7, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ FLOPs / MFU
+def test_flop_count_of_attention_is_the_textbook_count():
+    from mert_fairseq.mfu import count_step_flops
+
+    B, T, D, H = 2, 10, 32, 4
+    attn = SelfAttention(D, H, dropout=0.0).eval()
+    x = torch.randn(B, T, D)
+    with torch.no_grad():
+        flops = count_step_flops(lambda: attn(x, None))
+    assert flops == 4 * 2 * B * T * D * D + 2 * 2 * B * T * T * D  # 4 projections + QK^T + AV
+    lin = torch.nn.Linear(D, 16)
+    x.requires_grad_(True)
+    assert count_step_flops(lambda: lin(x).sum().backward()) == 3 * 2 * B * T * D * 16  # fwd + 2 bwd GEMMs
+
+
+def test_train_log_parsing_simple_and_json(tmp_path):
+    from mert_fairseq.mfu import parse_train_inner, read_train_log, train_log_report
+
+    simple = ("[2026-11-27 09:15:50,730][train_inner][INFO] - epoch 001:      2 / 2 loss=7.176, ppl=144.65, "
+              "wps=98.6, ups={ups}, wpb=640, bsz=16, num_updates={n}, lr=5e-05, gnorm=3.879, train_wall=6, wall=19")
+    json_line = ('[2026-11-27 09:15:50,730][train_inner][INFO] - {{"epoch": 1, "update": 0.5, "loss": "7.1", '
+                 '"ups": "{ups}", "bsz": "16", "num_updates": "{n}", "lr": "5e-05", "wall": "19"}}')
+    rec = parse_train_inner(simple.format(ups=2.5, n=10))
+    assert rec["ups"] == 2.5 and rec["bsz"] == 16 and rec["num_updates"] == 10 and rec["lr"] == 5e-05
+    assert parse_train_inner(json_line.format(ups=2.5, n=10))["bsz"] == 16
+    assert parse_train_inner("[..][valid][INFO] - valid on 'valid' subset | loss 4.2") is None
+    for fmt in (simple, json_line):
+        log = tmp_path / "train.log"
+        lines = [fmt.format(ups=u, n=100 * (i + 1)) for i, u in enumerate([0.5, 2.0, 2.2, 2.1])]
+        log.write_text("\n".join(["[..][fairseq_cli.train][INFO] - start"] + lines + ["done training"]) + "\n")
+        recs = read_train_log(log)
+        rep = train_log_report(recs, clip_seconds=5.0, flops_per_audio_second=73e9, peak=989.0, skip=1)
+        assert rep["updates_per_s"] == 2.1 and rep["steady_intervals"] == 3 and rep["first_update"] == 200
+        assert rep["audio_seconds_per_s"] == pytest.approx(2.1 * 16 * 5.0)
+        assert rep["mfu"] == pytest.approx(2.1 * 16 * 5.0 * 73e9 / 989e12)
+    (tmp_path / "empty.log").write_text("nothing here\n")
+    with pytest.raises(ValueError, match="empty.log: no train_inner lines"):
+        read_train_log(tmp_path / "empty.log")
+
+
+def test_benchmark_train_log_mode_counts_flops_of_the_config(tmp_path, capsys):
+    from mert_fairseq.benchmark import main
+
+    log = tmp_path / "hydra_train.log"
+    log.write_text("".join(
+        f"[x][train_inner][INFO] - epoch 001: {i} / 9 loss=6.9, ups=0.5, bsz=8, num_updates={i}, wall={2 * i}\n"
+        for i in range(1, 5)))
+    out = tmp_path / "log.json"
+    assert main(["--config", "MERT_demo_cpu", "--train-log", str(log), "--peak-tflops", "1.0",
+                 "--out", str(out)]) == 0
+    import json
+
+    res = json.loads(out.read_text())
+    assert res["clip_seconds"] == 2.0 and res["audio_seconds_per_s"] == pytest.approx(0.5 * 8 * 2.0)
+    assert 1e8 < res["flops_per_audio_second"] < 1e11  # tiny demo model
+    assert res["mfu"] == pytest.approx(res["audio_seconds_per_s"] * res["flops_per_audio_second"] / 1e12)
+    assert "MFU" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ torch.compile
+@pytest.mark.slow
+def test_compiled_encoder_layers_equal_eager():
+    """task.compile_encoder_layers compiles every encoder layer in place (same state-dict keys); the
+    compiled forward and backward equal eager within 1e-5 (fp32, CPU inductor)."""
+    from mert_fairseq.tasks.mert_pretraining import compile_encoder_layers
+
+    torch.manual_seed(0)
+    eager = tiny_model("rvq_95m").train()
+    compiled = tiny_model("rvq_95m").train()
+    compiled.load_state_dict(eager.state_dict())
+    keys = set(compiled.state_dict())
+    compile_encoder_layers(compiled)
+    assert set(compiled.state_dict()) == keys
+    x = torch.randn(2, 37, 32)
+    outs = []
+    for model in (eager, compiled):
+        xi = x.clone().requires_grad_(True)
+        y, _ = model.encoder(xi)
+        y.pow(2).sum().backward()
+        outs.append((y.detach(), xi.grad, model.encoder.layers[1].fc1.weight.grad))
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ bf16 weights
+@pytest.mark.slow
+def test_fairseq_bf16_weights_with_fp32_master_and_adamw_torch_train_end_to_end(tone_data, tmp_path):
+    """common.bf16=true (bf16 weights and activations, fp32 master weights in fairseq's FP16Optimizer)
+    with optimizer adamw_torch through fairseq-hydra-train on CPU: the first update's loss is within
+    1% of the fp32 run's, and the optimizer state advanced."""
+    from test_training import metric, train
+
+    from mert_fairseq.checkpoint import load_checkpoint_state
+
+    common = ["dataset.disable_validation=true", "common.log_interval=1", "optimizer._name=adamw_torch"]
+    bf16 = train(tone_data, tmp_path / "bf16", "optimization.max_update=2", "common.bf16=true", *common)
+    fp32 = train(tone_data, tmp_path / "fp32", "optimization.max_update=1", *common)
+    loss_bf16, loss_fp32 = metric(bf16, "train_inner", "loss"), metric(fp32, "train_inner", "loss")
+    assert len(loss_bf16) == 2 and all(math.isfinite(x) for x in loss_bf16)
+    assert loss_bf16[0] == pytest.approx(loss_fp32[0], rel=0.01)
+    state = load_checkpoint_state(tmp_path / "bf16" / "checkpoints" / "checkpoint_last.pt")
+    assert state["optimizer_history"][-1]["optimizer_name"] == "FP16Optimizer"
+    steps = {float(s["step"]) for s in state["last_optimizer_state"]["state"].values()}
+    assert steps == {2.0}

@@ -42,6 +42,14 @@ def stage_value(steps: List[int], values: list, num_updates: int):
     return values[sum(num_updates >= s for s in steps)]
 
 
+def select_frames(t: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Frames of a B x T (x ...) tensor, in row-major order: `where` is a B x T bool mask or flat B*T
+    positions (long). Same values and gradients either way."""
+    if where.dtype == torch.bool:
+        return t[where]
+    return t.flatten(0, 1).index_select(0, where)
+
+
 @register_model("mert", dataclass=MERTConfig)
 class MERTModel(BaseFairseqModel):
     def __init__(self, cfg: MERTConfig, task_cfg, dictionaries: List[Optional[Dictionary]]) -> None:
@@ -192,7 +200,7 @@ class MERTModel(BaseFairseqModel):
         if self.feat2tar_ratio * feat_tsz > targ_tsz:
             feat_tsz = int(targ_tsz / self.feat2tar_ratio)
             features = features[..., :feat_tsz]
-        target_inds = (torch.arange(feat_tsz).float() * self.feat2tar_ratio).long().to(features.device)
+        target_inds = (torch.arange(feat_tsz).float() * self.feat2tar_ratio).long().to(features.device, non_blocking=True)
         return features, [t[:, target_inds] for t in target_list]
 
     @staticmethod
@@ -205,15 +213,22 @@ class MERTModel(BaseFairseqModel):
 
     def apply_mask(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]):
         """Span masking of B x T x D frames; returns (x, mask B x T bool or None)."""
+        x, mask, _ = self._apply_mask(x, padding_mask)
+        return x, mask
+
+    def _apply_mask(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor],
+                    padding_host: Optional[torch.Tensor] = None):
+        """apply_mask, also returning the span mask as drawn on the host (numpy B x T, or None).
+        `padding_host`: a CPU copy of `padding_mask` for the host-side span draws (saves a sync per clip)."""
         B, T, D = x.shape
-        mask = None
+        mask = mask_np = None
         if self.mask_prob > 0:
             mask_np = compute_mask_indices(
-                (B, T), padding_mask, self.mask_prob, self.mask_length, self.cfg.mask_selection,
+                (B, T), padding_host if padding_host is not None else padding_mask, self.mask_prob, self.mask_length, self.cfg.mask_selection,
                 self.cfg.mask_other, min_masks=2, no_overlap=self.cfg.no_mask_overlap,
                 min_space=self.cfg.mask_min_space, **self._mask_seed(B),
             )
-            mask = torch.from_numpy(mask_np).to(x.device)
+            mask = torch.from_numpy(mask_np).to(x.device, non_blocking=True)
             x = self._fill_masked(x, mask, padding_mask)
         if self.cfg.mask_channel_prob > 0:
             ch = compute_mask_indices(
@@ -222,8 +237,8 @@ class MERTModel(BaseFairseqModel):
                 no_overlap=self.cfg.no_mask_channel_overlap, min_space=self.cfg.mask_channel_min_space,
                 **self._mask_seed(B, salt=1),
             )
-            x = x.masked_fill(torch.from_numpy(ch).to(x.device).unsqueeze(1), 0.0)
-        return x, mask
+            x = x.masked_fill(torch.from_numpy(ch).to(x.device, non_blocking=True).unsqueeze(1), 0.0)
+        return x, mask, mask_np
 
     def _mask_seed(self, batch_size: int, salt: int = 0) -> dict:
         """fairseq's compute_mask_indices draws from fresh OS entropy unless given (seed, epoch, indices)."""
@@ -332,24 +347,37 @@ class MERTModel(BaseFairseqModel):
                 features = self.post_proj_layer_norm(features)
         features = self.dropout_input(features)  # B x T x D
 
-        x, mask_indices = self.apply_mask(features, padding_mask) if mask else (features, None)
+        # One host copy of the frame padding (a sync) instead of one sync per clip in compute_mask_indices;
+        # all-False padding (cropped batches) then acts as none: attention without a mask, host-side indices.
+        padding_host = padding_mask.cpu() if padding_mask is not None else None
+        frame_padding = padding_mask if padding_host is not None and bool(padding_host.any()) else None
+        x, mask_indices, mask_host = (self._apply_mask(features, padding_mask, padding_host) if mask
+                                      else (features, None, None))
         x, hidden_states = self.encoder(
-            x, padding_mask, tgt_layer=None if output_layer is None else output_layer - 1,
+            x, frame_padding, tgt_layer=None if output_layer is None else output_layer - 1,
             return_hidden_states=return_hidden_states,
         )
         if features_only:
             return {"x": x, "padding_mask": padding_mask, "features": features, "hidden_states": hidden_states}
 
         B, T = x.shape[:2]
-        valid = ~padding_mask if padding_mask is not None else x.new_ones((B, T), dtype=torch.bool)
-        masked = valid & mask_indices if mask_indices is not None else torch.zeros_like(valid)
-        unmasked = valid & ~masked
+        if frame_padding is None and mask_host is not None:
+            # frame positions known on the host: no device sync to count the selected frames
+            flat = mask_host.reshape(-1)
+            masked = torch.from_numpy(np.flatnonzero(flat)).to(x.device, non_blocking=True)
+            unmasked = torch.from_numpy(np.flatnonzero(~flat)).to(x.device, non_blocking=True)
+            any_masked = bool(flat.any())
+        else:
+            valid = ~frame_padding if frame_padding is not None else x.new_ones((B, T), dtype=torch.bool)
+            masked = valid & mask_indices if mask_indices is not None else torch.zeros_like(valid)
+            unmasked = valid & ~masked
+            any_masked = bool(masked.any())
         n_streams = len(target_list)
         result = {
             "logit_m_list": [None] * n_streams if self.cfg.skip_masked
-            else self.compute_logits(x[masked], [t[masked] for t in target_list]),
+            else self.compute_logits(select_frames(x, masked), [select_frames(t, masked) for t in target_list]),
             "logit_u_list": [None] * n_streams if self.cfg.skip_nomask
-            else self.compute_logits(x[unmasked], [t[unmasked] for t in target_list]),
+            else self.compute_logits(select_frames(x, unmasked), [select_frames(t, unmasked) for t in target_list]),
             "padding_mask": padding_mask,
             "features_pen": features_pen,
         }
@@ -358,12 +386,12 @@ class MERTModel(BaseFairseqModel):
         for name, attr, labels, enabled in teachers:
             if not enabled:
                 continue
-            if not masked.any():  # nothing to reconstruct (e.g. mask_prob=0)
+            if not any_masked:  # nothing to reconstruct (e.g. mask_prob=0)
                 result[name] = x.new_zeros((), dtype=torch.float32)
                 continue
             teacher = getattr(self, attr)
             target = labels[:, :T] if labels is not None else teacher.targets(clean, T)
-            result[name] = teacher.loss(x[masked], target[masked])
+            result[name] = teacher.loss(select_frames(x, masked), select_frames(target, masked))
         return result
 
     # ------------------------------------------------------------------ downstream use

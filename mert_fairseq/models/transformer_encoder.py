@@ -84,9 +84,8 @@ class SelfAttention(nn.Module):
             return t.view(B, T, H, D // H).transpose(1, 2)
 
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        attn_mask = None
-        if key_padding_mask is not None and key_padding_mask.any():
-            attn_mask = ~key_padding_mask[:, None, None, :]  # B x 1 x 1 x T, True = attend
+        # No mask (None) lets SDPA pick the flash kernel on GPU; the encoder passes None when nothing is padded.
+        attn_mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # B x 1 x 1 x T
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )  # B x H x T x D/H
@@ -186,6 +185,8 @@ class TransformerEncoder(nn.Module):
         the transformers HuBERT layout: post-LN: [embeddings after LayerNorm, layer 1..N outputs];
         pre-LN: [input of layer 1..N, final LayerNorm(output)], i.e. N+1 tensors.
         """
+        if padding_mask is not None and not padding_mask.any():  # one host sync here instead of one per layer
+            padding_mask = None
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)

@@ -22,6 +22,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.fairseq_task import FairseqTask
 from omegaconf import II, MISSING
 
+from mert_fairseq import loader_shutdown
 from mert_fairseq.config_values import parse_list_literal
 from mert_fairseq.data.mert_dataset import DataError, MERTDataset
 from mert_fairseq.reliability.numerics import NonFiniteGuard, clean_logging_outputs
@@ -100,6 +101,11 @@ class MERTPretrainingConfig(FairseqDataclass):
         metadata={"help": "raise glibc malloc's trim/mmap thresholds so data loading reuses freed memory "
                           "instead of re-faulting pages every batch (mert_fairseq/data/allocator.py)"},
     )
+    compile_encoder_layers: bool = field(
+        default=False,
+        metadata={"help": "torch.compile each transformer layer in place (same state-dict keys); first steps "
+                          "compile (tens of seconds); a GPU lever, slower on CPU"},
+    )
     seed: int = II("common.seed")
     resume_from_intact_checkpoint: bool = field(
         default=True,
@@ -116,6 +122,13 @@ class MERTPretrainingConfig(FairseqDataclass):
         metadata={"help": "with skip_bad_audio: fail when more than this fraction of a split's clips was "
                           "unreadable in one epoch"},
     )
+
+
+def compile_encoder_layers(model) -> None:
+    """torch.compile every encoder layer in place (nn.Module.compile keeps parameter names)."""
+    for layer in model.encoder.layers:
+        layer.compile()
+    logger.info("compiled %d encoder layers with torch.compile", len(model.encoder.layers))
 
 
 @register_task("mert_pretraining", dataclass=MERTPretrainingConfig)
@@ -137,6 +150,12 @@ class MERTPretrainingTask(FairseqTask):
         self.nonfinite_guard = NonFiniteGuard(cfg.max_consecutive_bad_updates)
         if (cfg.cqt_loss_bin_dataloader or -1) > 0:
             logger.warning("task.cqt_loss_bin_dataloader has no effect: the model computes CQT targets in fp32")
+
+    def build_model(self, cfg, from_checkpoint: bool = False):
+        model = super().build_model(cfg, from_checkpoint)
+        if self.cfg.compile_encoder_layers:
+            compile_encoder_layers(model)
+        return model
 
     @classmethod
     def setup_task(cls, cfg: MERTPretrainingConfig, **kwargs) -> "MERTPretrainingTask":
@@ -265,6 +284,13 @@ class MERTPretrainingTask(FairseqTask):
         can all-reduce them (works on CPU/gloo; fairseq's default pickled all-gather needs CUDA).
         fairseq calls this on the class with the criterion as the only argument."""
         return not getattr(criterion, "log_keys", None)
+
+    def get_batch_iterator(self, *args, **kwargs):
+        """fairseq's iterator; its DataLoader workers are shut down in order when training ends
+        (else the process lingers 5 s per worker after `done training` on GPU: see loader_shutdown)."""
+        epoch_iterator = super().get_batch_iterator(*args, **kwargs)
+        loader_shutdown.track(epoch_iterator)
+        return epoch_iterator
 
     def max_positions(self):
         return (sys.maxsize, sys.maxsize)
