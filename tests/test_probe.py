@@ -116,22 +116,27 @@ def models(tmp_path_factory):
     return root
 
 
-def test_checkpoint_and_hf_folder_give_the_same_features_and_cache_is_used(models, tmp_path):
+@pytest.fixture(scope="module")
+def ckpt_source(models):
+    return feature_source(str(models / "ckpt.pt"))
+
+
+def test_checkpoint_and_hf_folder_give_the_same_features_and_cache_is_used(models, ckpt_source, tmp_path):
     files = sorted(models.glob("c*.wav"))
-    a = extract_pooled(feature_source(str(models / "ckpt.pt")), files, tmp_path / "cache", progress=False)
+    a = extract_pooled(ckpt_source, files, tmp_path / "cache", progress=False)
     b = extract_pooled(feature_source(str(models / "hf")), files, None, progress=False)
     assert a.shape == (12, 3, 32) and np.abs(a - b).max() < 1e-4
     cached = list((tmp_path / "cache").glob("ckpt-*.npy"))
     assert len(cached) == 1
     np.save(cached[0], np.zeros_like(a))  # a cache hit returns the stored array
-    assert not extract_pooled(feature_source(str(models / "ckpt.pt")), files, tmp_path / "cache", progress=False).any()
+    assert not extract_pooled(ckpt_source, files, tmp_path / "cache", progress=False).any()
 
 
-def test_random_init_is_seeded_and_differs_from_trained(models):
+def test_random_init_is_seeded_and_differs_from_trained(models, ckpt_source):
     files = sorted(models.glob("c*.wav"))[:3]
     r1 = extract_pooled(feature_source(f"random-init:{models / 'ckpt.pt'}"), files, progress=False)
     r2 = extract_pooled(feature_source(f"rand=random-init:{models / 'ckpt.pt'}"), files, progress=False)
-    trained = extract_pooled(feature_source(str(models / "ckpt.pt")), files, progress=False)
+    trained = extract_pooled(ckpt_source, files, progress=False)
     assert np.array_equal(r1, r2) and np.abs(r1 - trained).max() > 1e-2
     mfcc = extract_pooled(feature_source("mfcc"), files, progress=False)
     assert mfcc.shape == (3, 1, 78)

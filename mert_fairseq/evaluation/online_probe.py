@@ -57,7 +57,7 @@ class OnlineProbe:
     def run(self, model: torch.nn.Module) -> Dict[str, float]:
         """{task: best-layer cross-validated score}; the model's train/eval mode and call counter are kept."""
         was_training, calls = model.training, getattr(model, "_calls_this_update", None)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         model.eval()
         try:
             feats = self.features(model)
@@ -67,6 +67,7 @@ class OnlineProbe:
                 model._calls_this_update = calls
         results = probe_all(feats, self.probe_set, folds=self.folds)
         scores = {r["task"]: float(r["score"]) for r in results}
-        logger.info("online probe (%.1f s): %s", time.perf_counter() - start,
+        self.seconds = (time.perf_counter() - start, time.process_time() - cpu)
+        logger.info("online probe (%.1f s wall, %.1f s CPU): %s", *self.seconds,
                     ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
         return scores

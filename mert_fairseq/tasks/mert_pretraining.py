@@ -127,7 +127,7 @@ class MERTPretrainingTask(FairseqTask):
             raise ValueError("task.dynamic_crops and task.dynamic_crops_epoches need the same length")
         if self.dynamic_crops and self.dynamic_crops_epoches[0] != 1:
             raise ValueError("task.dynamic_crops_epoches must start at epoch 1")
-        self._online_probe, self._probed_at = None, -1  # task.probe_csv (created on first use)
+        self._online_probe, self._probed_at, self._probe_scores = None, -1, None  # task.probe_csv
         if (cfg.cqt_loss_bin_dataloader or -1) > 0:
             logger.warning("task.cqt_loss_bin_dataloader has no effect: the model computes CQT targets in fp32")
 
@@ -214,22 +214,24 @@ class MERTPretrainingTask(FairseqTask):
         return torch.autocast(device_type=next(model.parameters()).device.type, dtype=torch.bfloat16)
 
     def maybe_probe(self, model, update_num: int) -> None:
-        """task.probe_csv: every probe_interval_updates (and at 0) log probe_<task> on the main process."""
+        """task.probe_csv: every probe_interval_updates (and at 0) probe on the main process; every step logs
+        the latest scores as probe_<task> (so each log line carries them)."""
         interval = self.cfg.probe_interval_updates
-        if not self.cfg.probe_csv or interval <= 0 or update_num % interval or update_num == self._probed_at:
+        if not self.cfg.probe_csv or interval <= 0:
             return
-        self._probed_at = update_num  # once per update, also with update_freq > 1
-        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-            return
+        main = not (torch.distributed.is_initialized() and torch.distributed.get_rank() != 0)
+        if main and update_num % interval == 0 and update_num != self._probed_at:
+            self._probed_at = update_num  # once per update, also with update_freq > 1
+            from mert_fairseq.evaluation.online_probe import OnlineProbe
+
+            if self._online_probe is None:
+                c = self.cfg
+                self._online_probe = OnlineProbe(c.probe_csv, c.sample_rate, c.normalize, c.probe_tasks,
+                                                 c.probe_max_clips, c.probe_clip_seconds, c.probe_folds)
+            self._probe_scores = self._online_probe.run(getattr(model, "module", model))
         from fairseq.logging import metrics
 
-        from mert_fairseq.evaluation.online_probe import OnlineProbe
-
-        if self._online_probe is None:
-            c = self.cfg
-            self._online_probe = OnlineProbe(c.probe_csv, c.sample_rate, c.normalize, c.probe_tasks,
-                                             c.probe_max_clips, c.probe_clip_seconds, c.probe_folds)
-        for name, score in self._online_probe.run(getattr(model, "module", model)).items():
+        for name, score in (self._probe_scores or {}).items():
             metrics.log_scalar(f"probe_{name}", score, priority=900, round=3)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
