@@ -121,6 +121,7 @@ def plot_run(series: Series, out_png: str | os.PathLike, title: str = "", crop_s
     import matplotlib
 
     matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its DEBUG font search floods verbose roots
     import matplotlib.pyplot as plt
 
     from mert_fairseq.fileio import atomic_open
@@ -141,7 +142,7 @@ def plot_run(series: Series, out_png: str | os.PathLike, title: str = "", crop_s
         ("CQT / mel reconstruction loss", curves(r"loss_(cqt|mel)_pred_m")),
         ("learning rate", curves(r"lr", ("train_inner",))),
         ("audio-seconds / s" if crop_seconds else "clips / s", [("train_inner", "speed", speed)] if speed else []),
-        ("online probes (best layer)", curves(r"probe_\w+", ("train_inner", "valid", "train"))),
+        ("online probes (best layer)", curves(r"probe_\w+", ("train_inner", "valid"))),
     ]
     panels = [p for p in panels if p[1]]
     if not panels:

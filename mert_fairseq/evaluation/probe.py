@@ -384,6 +384,7 @@ def plot_layers(results: Dict[str, List[dict]], path: str | os.PathLike) -> None
     import matplotlib
 
     matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib.pyplot as plt
 
     from mert_fairseq.fileio import atomic_open
