@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # MERT pretraining launcher.
 #
-# No arguments: the demo, end to end on 2 CPU cores (about 3-4 minutes):
+# No arguments: the demo, end to end on 2 CPU cores (about 3-4 minutes, estimated):
 #   demo corpus (+ held-out probe clips) -> manifest -> K-means labels -> MERT_demo_cpu training (with
 #   online probes) -> probe table of the model vs random init vs MFCC on the held-out clips + PNGs.
 #   Steps already done are skipped; training resumes from checkpoint_last.pt.

@@ -404,7 +404,8 @@ def plot_layers(results: Dict[str, List[dict]], path: str | os.PathLike) -> None
                 ax.plot(range(len(scores)), scores, marker="o", label=name)
         ax.axhline(per_task[i]["chance"], linestyle=":", color="black", linewidth=0.8, label="chance")
         ax.set_title(f"{task} ({entry['metric']})")
-        ax.set_xlabel("layer")
+        ax.set_xlabel("layer (0 = CNN + projection)")
+        ax.set_xticks(range(max(len(r[i]["layers"]) for r in results.values())))
         ax.grid(alpha=0.3)
         if i == 0:
             ax.legend(fontsize=7)
