@@ -42,10 +42,12 @@ def _dictionaries_from_state(state: dict, n_streams: int, n_label_rows: int) -> 
 
 
 def load_mert_model(path: str | os.PathLike, device: str | torch.device = "cpu",
-                    model_overrides: Optional[dict] = None) -> Tuple[torch.nn.Module, object]:
+                    model_overrides: Optional[dict] = None, random_init: bool = False) -> Tuple[torch.nn.Module, object]:
     """Build the `mert` model from a checkpoint (ours or an original MERT one) in eval mode.
 
     No data or label files are needed: dictionaries come from the checkpoint. Returns (model, task cfg).
+    `random_init`: same architecture, weights initialised from the run's seed (`common.seed`, as training
+    starts) instead of loaded: the random-init baseline of probing.
     """
     state = load_checkpoint_state(path)
     if state.get("cfg") is None:
@@ -63,6 +65,9 @@ def load_mert_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     n_rows = weights["label_embs_concat"].shape[0] if "label_embs_concat" in weights else 0
     dictionaries = (_dictionaries_from_state(state, len(cfg.task.labels), n_rows) if n_rows
                     else [None] * len(cfg.task.labels))
+    if random_init:
+        torch.manual_seed(int((cfg.get("common") or {}).get("seed", 1) or 1))
     model = MERTModel(model_cfg, cfg.task, dictionaries)
-    model.load_state_dict(weights, strict=True)
+    if not random_init:
+        model.load_state_dict(weights, strict=True)
     return model.to(device).eval(), cfg.task

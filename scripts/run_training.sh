@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # MERT pretraining launcher.
 #
-# No arguments: the demo, end to end on 2 CPU cores (about 2-3 minutes):
-#   demo corpus -> manifest -> K-means labels -> MERT_demo_cpu training -> checkpoint.
+# No arguments: the demo, end to end on 2 CPU cores (about 3-4 minutes, estimated):
+#   demo corpus (+ held-out probe clips) -> manifest -> K-means labels -> MERT_demo_cpu training (with
+#   online probes) -> probe table of the model vs random init vs MFCC on the held-out clips + PNGs.
 #   Steps already done are skipped; training resumes from checkpoint_last.pt.
 #     bash scripts/run_training.sh
 #     bash scripts/run_training.sh optimization.max_update=2000   # demo with hydra overrides
@@ -35,40 +36,48 @@ say() { printf '\n[run_training] %s\n' "$*"; }
 
 run_demo() {
   local demo="${DEMO_DIR:-$ROOT/data/demo}"
-  local corpus="$demo/corpus" audio="$demo/audio24k" manifest="$demo/manifest" labels="$demo/labels"
-  local save="${SAVE_DIR:-$ROOT/runs/demo}"
-  say "1/4 demo corpus -> $corpus"
+  local corpus="$demo/corpus" probe="$demo/probe" audio="$demo/audio24k" manifest="$demo/manifest"
+  local labels="$demo/labels" save="${SAVE_DIR:-$ROOT/runs/demo}"
+  say "1/5 demo corpus -> $corpus; held-out probe clips (another seed, never trained on) -> $probe"
   "$PY" "$ROOT/scripts/make_demo_corpus.py" --out-dir "$corpus" --num-clips "${DEMO_CLIPS:-200}" --seconds 6
+  "$PY" "$ROOT/scripts/make_demo_corpus.py" --out-dir "$probe" --num-clips "${DEMO_PROBE_CLIPS:-200}" --seconds 6 --seed 1
   if [[ -s "$manifest/train.tsv" && -s "$manifest/valid.tsv" ]]; then
-    say "2/4 manifest: already in $manifest"
+    say "2/5 manifest: already in $manifest"
   else
-    say "2/4 manifest -> $manifest"
+    say "2/5 manifest -> $manifest"
     "$PY" "$ROOT/scripts/prepare_manifest.py" --root-dir "$corpus" --converted-root-dir "$audio" \
       --out-dir "$manifest" --target-rate 24000 --valid-percent 0.1 --seed 1
   fi
   if [[ -s "$labels/train.kmeans" && -s "$labels/valid.kmeans" && -s "$labels/dict.kmeans.txt" ]]; then
-    say "3/4 K-means labels: already in $labels"
+    say "3/5 K-means labels: already in $labels"
   else
-    say "3/4 K-means labels (MFCC, 100 clusters) -> $labels"
+    say "3/5 K-means labels (MFCC, 100 clusters) -> $labels"
     "$PY" "$ROOT/scripts/prepare_kmeans_labels.py" all --manifest-dir "$manifest" --label-dir "$labels" \
       --kmeans-model "$labels/kmeans.joblib" --name kmeans --n-clusters 100
   fi
-  say "4/4 training MERT_demo_cpu -> $save (resumes from checkpoint_last.pt when present)"
-  local log="$save/train.log"
+  say "4/5 training MERT_demo_cpu -> $save (resumes from checkpoint_last.pt when present)"
+  local log="$save/train.log" ckpt="$save/checkpoints/checkpoint_last.pt"
   mkdir -p "$save"
   "$TRAIN" --config-dir "$CONFIG_DIR" --config-name MERT_demo_cpu \
-    common.user_dir="$USER_DIR" task.data="$manifest" task.label_dir="$labels" \
+    common.user_dir="$USER_DIR" task.data="$manifest" task.label_dir="$labels" task.probe_csv="$probe/metadata.csv" \
     checkpoint.save_dir="$save/checkpoints" hydra.run.dir="$save" "$@" 2>&1 | tee -a "$log" \
-    | grep --line-buffered -E "\]\[(train_inner|train|valid)\]|Loaded checkpoint|done training|Error|error" || true
+    | grep --line-buffered -E "\]\[(train_inner|train|valid)\]|Loaded checkpoint|done training|online probe \(|Error|error" || true
   [[ "${PIPESTATUS[0]}" == 0 ]] || { echo "training failed; see $log" >&2; exit 1; }
   local acc
   acc=$(grep -E "\]\[valid\]" "$log" | tail -1 | grep -oE "correct_m_0 [0-9.]+" | awk '{print $2}')
+  say "5/5 probes on the held-out clips: demo model vs the same model at random init vs MFCC statistics"
+  "$PY" "$ROOT/scripts/probe.py" "demo=$ckpt" "random-init=random-init:$ckpt" mfcc --labels "$probe/metadata.csv" \
+    --tasks "${DEMO_PROBE_TASKS:-timbre,chord_timbre,key,mode,percussion,tempo_bpm:regression}" --folds 5 \
+    --out-dir "$save/probe" --no-progress
+  "$PY" "$ROOT/scripts/plot_training.py" "$log" --out "$save/training.png" --title "MERT_demo_cpu"
   say "done."
-  echo "  corpus:      $corpus"
+  echo "  corpus:      $corpus (probe clips: $probe)"
   echo "  manifests:   $manifest"
   echo "  labels:      $labels"
   echo "  checkpoints: $save/checkpoints (checkpoint_last.pt)"
   echo "  log:         $log"
+  echo "  probe:       $save/probe/probe.md, probe.json, probe_layers.png (score per layer per task)"
+  echo "  training:    $save/training.png (loss, masked accuracy, CQT loss, lr, audio-s/s, online probes)"
   echo "  final validation masked accuracy (K-means targets, chance ~1%): ${acc:-n/a}"
 }
 

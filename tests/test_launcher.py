@@ -1,5 +1,6 @@
 """scripts/run_training.sh: the demo form (no arguments) and the original positional call form."""
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -16,14 +17,20 @@ def run(*args, **env):
 
 
 def test_demo_runs_end_to_end_then_resumes(tmp_path):
-    env = dict(DEMO_DIR=tmp_path / "demo", SAVE_DIR=tmp_path / "run", DEMO_CLIPS=12)
-    rc, out = run("optimization.max_update=4", "dataset.validate_interval_updates=2", **env)
+    env = dict(DEMO_DIR=tmp_path / "demo", SAVE_DIR=tmp_path / "run", DEMO_CLIPS=12, DEMO_PROBE_CLIPS=10)
+    rc, out = run("optimization.max_update=4", "dataset.validate_interval_updates=2", "task.probe_interval_updates=2",
+                  **env)
     assert rc == 0, out[-4000:]
     ckpt = tmp_path / "run" / "checkpoints" / "checkpoint_last.pt"
     assert ckpt.is_file()
     assert "final validation masked accuracy" in out and "n/a" not in out.split("final validation")[-1]
-    for step in ("demo corpus", "manifest", "K-means labels"):
+    for step in ("demo corpus", "manifest", "K-means labels", "probes on the held-out clips"):
         assert step in out
+    # the probe table (demo model vs random init vs MFCC) and the pictures
+    assert "| task | metric | chance | demo | random-init | mfcc |" in out and "| key | accuracy |" in out
+    assert re.search(r"probe_timbre[ =][0-9.]+", out), out[-4000:]  # online probes in the training log lines
+    for png in ("probe/probe_layers.png", "training.png"):
+        assert (tmp_path / "run" / png).stat().st_size > 5000, png
     rc, out = run("optimization.max_update=6", **env)
     assert rc == 0, out[-4000:]
     assert "manifest: already in" in out and "K-means labels: already in" in out

@@ -62,7 +62,7 @@ _KEY_RULES: List[Tuple[str, Optional[str]]] = [
     (r"encoder\.layers\.(\d+)\.fc2\.(weight|bias)", r"encoder.layers.\1.feed_forward.output_dense.\2"),
     (r"encoder\.layers\.(\d+)\.final_layer_norm\.(weight|bias)", r"encoder.layers.\1.final_layer_norm.\2"),
     (r"(final_proj|final_projs|label_embs_concat|logit_temp_list|target_glu|encoder_cqt_model|encoder_mel_model"
-     r"|feature_extractor_cqt)(\..*)?", None),
+     r"|feature_extractor_cqt|online_targets)(\..*)?", None),
 ]
 
 

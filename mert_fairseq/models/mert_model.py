@@ -29,6 +29,7 @@ from mert_fairseq.models.masked_prediction import cosine_logits
 from mert_fairseq.models.mel_teacher import MelTeacher
 from mert_fairseq.models.mert_config import NO_EFFECT_FIELDS, MERTConfig
 from mert_fairseq.models.noise_mixture import mix_in_batch_noise
+from mert_fairseq.models.random_projection_targets import build_online_targets
 from mert_fairseq.models.transformer_encoder import TransformerEncoder
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,10 @@ class MERTModel(BaseFairseqModel):
         else:
             self.num_classes = [len(d) for d in dictionaries]
             self.label_embs_concat = nn.Parameter(torch.empty(sum(self.num_classes), final_dim).uniform_())
+        online = build_online_targets(task_cfg, sample_rate, cfg.label_rate,
+                                      offset=dictionaries[0].nspecial if dictionaries and dictionaries[0] else 0)
+        if online is not None:  # task.online_targets: codes of the clean audio instead of label files
+            self.online_targets = online
         if cfg.learnable_temp:
             self.logit_temp_list = nn.Parameter(torch.full((n_streams,), float(np.log(1 / cfg.learnable_temp_init))))
 
@@ -331,7 +336,9 @@ class MERTModel(BaseFairseqModel):
                                         generator=self._generator)
 
         features = self.forward_features(source)  # B x C x T
-        if target_list is not None:
+        if not target_list and not features_only and hasattr(self, "online_targets"):
+            target_list = self.online_targets(clean)  # per codebook B x T_label dictionary indices
+        if target_list:
             features, target_list = self.forward_targets(features, target_list)
         features_pen = features.float().pow(2).mean()
         features = features.transpose(1, 2)  # B x T x C

@@ -25,6 +25,7 @@ from omegaconf import II, MISSING
 from mert_fairseq import loader_shutdown
 from mert_fairseq.config_values import parse_list_literal
 from mert_fairseq.data.mert_dataset import DataError, MERTDataset
+from mert_fairseq.models.random_projection_targets import code_dictionary
 from mert_fairseq.reliability.numerics import NonFiniteGuard, clean_logging_outputs
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,28 @@ class MERTPretrainingConfig(FairseqDataclass):
                           "unreadable in one epoch"},
     )
 
+    # ---- probing during pretraining (mert_fairseq/evaluation/online_probe.py)
+    probe_csv: Optional[str] = field(
+        default=None, metadata={"help": "labels CSV (file column + task columns, paths relative to the CSV) of "
+                                        "a small held-out set probed during training; logs probe_<task> keys"})
+    probe_interval_updates: int = field(
+        default=1000, metadata={"help": "probe every N updates (and at update 0) on the main process"})
+    probe_tasks: Optional[str] = field(
+        default=None, metadata={"help": "comma list of CSV columns (column or column:kind) to probe; default all"})
+    probe_max_clips: int = field(default=100, metadata={"help": "probe at most this many clips (first rows)"})
+    probe_clip_seconds: float = field(default=4.0, metadata={"help": "probe the first N seconds of each clip"})
+    probe_folds: int = field(default=3, metadata={"help": "cross-validation folds of the online probe"})
+    # ---- targets computed by the model instead of label files (models/random_projection_targets.py)
+    online_targets: Optional[str] = field(
+        default=None, metadata={"help": "'random_projection': BEST-RQ codes of the clean audio, computed on the "
+                                        "fly (no label files; `labels` only names the streams)"})
+    online_targets_codebooks: int = field(default=1, metadata={"help": "number of random codebooks"})
+    online_targets_codebook_size: int = field(default=1024, metadata={"help": "codes per codebook"})
+    online_targets_dim: int = field(default=16, metadata={"help": "dimension of the random projection / codes"})
+    online_targets_feature: str = field(default="mel", metadata={"help": "frames to quantise: mel or cqt"})
+    online_targets_bins: int = field(default=80, metadata={"help": "mel bands, or CQT bins (7 octaves)"})
+    online_targets_seed: int = field(default=0, metadata={"help": "seed of the projections and codebooks"})
+
 
 def compile_encoder_layers(model) -> None:
     """torch.compile every encoder layer in place (nn.Module.compile keeps parameter names)."""
@@ -148,6 +171,7 @@ class MERTPretrainingTask(FairseqTask):
         if self.dynamic_crops and self.dynamic_crops_epoches[0] != 1:
             raise ValueError("task.dynamic_crops_epoches must start at epoch 1")
         self.nonfinite_guard = NonFiniteGuard(cfg.max_consecutive_bad_updates)
+        self._online_probe, self._probed_at, self._probe_scores = None, -1, None  # task.probe_csv
         if (cfg.cqt_loss_bin_dataloader or -1) > 0:
             logger.warning("task.cqt_loss_bin_dataloader has no effect: the model computes CQT targets in fp32")
 
@@ -177,6 +201,9 @@ class MERTPretrainingTask(FairseqTask):
         return self.cfg.label_dir if self.cfg.label_dir is not None else self.cfg.data
 
     def load_dictionaries(self):
+        if self.cfg.online_targets:  # codes computed by the model: one code dictionary per codebook
+            return [code_dictionary(self.cfg.online_targets_codebook_size)
+                    for _ in range(self.cfg.online_targets_codebooks)]
         dictionaries = []
         for label in self.cfg.labels:
             path = os.path.join(self.get_label_dir(), f"dict.{label}.txt")
@@ -213,9 +240,10 @@ class MERTPretrainingTask(FairseqTask):
         self.datasets[split] = MERTDataset(
             os.path.join(self.cfg.data, f"{name}.tsv"),
             sample_rate=self.cfg.sample_rate,
-            label_paths=[os.path.join(self.get_label_dir(), f"{name}.{label}") for label in self.cfg.labels],
+            label_paths=[] if self.cfg.online_targets else
+            [os.path.join(self.get_label_dir(), f"{name}.{label}") for label in self.cfg.labels],
             label_rate=self.cfg.label_rate,
-            dictionaries=dicts,
+            dictionaries=[] if self.cfg.online_targets else dicts,
             max_keep_sample_size=self.cfg.max_keep_size,
             min_keep_sample_size=self.cfg.min_sample_size,
             max_sample_size=max_sample_size,
@@ -238,9 +266,29 @@ class MERTPretrainingTask(FairseqTask):
     def _bf16_autocast(self, model):
         return torch.autocast(device_type=next(model.parameters()).device.type, dtype=torch.bfloat16)
 
+    def maybe_probe(self, model, update_num: int) -> None:
+        """task.probe_csv: every probe_interval_updates (and at 0) probe on the main process; every step logs
+        the latest scores as probe_<task> (so each log line carries them)."""
+        interval = self.cfg.probe_interval_updates
+        if not self.cfg.probe_csv or interval <= 0:
+            return
+        main = not (torch.distributed.is_initialized() and torch.distributed.get_rank() != 0)
+        if main and update_num % interval == 0 and update_num != self._probed_at:
+            self._probed_at = update_num  # once per update, also with update_freq > 1
+            from mert_fairseq.evaluation.online_probe import OnlineProbe
+
+            if self._online_probe is None:
+                c = self.cfg
+                self._online_probe = OnlineProbe(c.probe_csv, c.sample_rate, c.normalize, c.probe_tasks,
+                                                 c.probe_max_clips, c.probe_clip_seconds, c.probe_folds)
+            self._probe_scores = self._online_probe.run(getattr(model, "module", model))
+        for name, score in (self._probe_scores or {}).items():
+            metrics.log_scalar(f"probe_{name}", score, priority=900, round=3)
+
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         """fairseq's step (with `bf16_autocast`: forward and loss under bf16 autocast); a non-finite loss or
         gradient marks the update to be skipped (mert_fairseq.reliability.numerics)."""
+        self.maybe_probe(model, update_num)
         if not self.cfg.bf16_autocast:
             loss, sample_size, logging_output = super().train_step(
                 sample, model, criterion, optimizer, update_num, ignore_grad)
