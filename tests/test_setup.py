@@ -66,9 +66,11 @@ def test_system_torch_needs_torch_in_the_image(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("MERT_TEST_NETWORK") != "1",
+                    reason="downloads ~130 MB and builds 3 wheels (12 min on 2 cores): set MERT_TEST_NETWORK=1")
 def test_download_wheels_for_python_312(tmp_path):
     """Network (PyPI): every wheel for Python 3.12 manylinux x86_64 besides torch, incl. fairseq-fixed's
-    prebuilt cp312 wheel and wheels built from the source-only packages."""
+    prebuilt cp312 wheel and wheels built from the source-only packages. Opt-in (MERT_TEST_NETWORK=1)."""
     wheels = tmp_path / "wheels"
     rc, out, seconds = bash(str(ROOT / "scripts" / "download_wheels.sh"), str(wheels), "3.12")
     if rc != 0 and re.search(r"(Network is unreachable|Temporary failure in name resolution|ConnectionError)", out):
