@@ -115,6 +115,19 @@ def test_training_resumes_past_a_torn_checkpoint_last(tone_data, trained, tmp_pa
     assert f"{last}: damaged checkpoint" in proc.stdout + proc.stderr
 
 
+def test_restart_after_the_final_checkpoint_trains_nothing(tone_data, trained, tmp_path):
+    """A job killed after writing its last checkpoint (update 6 = max_update, mid-epoch) and started
+    again must not train: stock fairseq would do a 7th update before checking max_update."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    last = run / "checkpoints" / "checkpoint_last.pt"
+    before = last.read_bytes()
+    log = train(tone_data, run, "optimization.max_update=6", *COMMON, "+lr_scheduler.total_num_update=8")
+    assert re.search(r"checkpoint_last\.pt is at update 6 >= optimization\.max_update=6: training is already "
+                     r"complete", log), log[-3000:]
+    assert last.read_bytes() == before and checkpoint_num_updates(last) == 6
+
+
 def _cmd(data, run, *overrides):
     return [str(Path(sys.executable).parent / "fairseq-hydra-train"), "--config-dir", str(ROOT / "configs/pretrain"),
             "--config-name", "MERT_demo_cpu", f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",

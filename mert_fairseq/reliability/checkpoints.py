@@ -178,7 +178,21 @@ def load_checkpoint(cfg, trainer, **passthrough_args):
         chosen = resume_checkpoint(path, cfg.save_dir, fall_back, explicit=cfg.restore_file != "checkpoint_last.pt")
         if chosen != path:
             cfg = _with_restore_file(cfg, chosen)
-    return _stock["load_checkpoint"](cfg, trainer, **passthrough_args)
+    extra_state, epoch_itr = _stock["load_checkpoint"](cfg, trainer, **passthrough_args)
+    stop_if_already_complete(trainer.get_num_updates(), trainer.cfg.optimization.max_update, path)
+    return extra_state, epoch_itr
+
+
+def stop_if_already_complete(num_updates: int, max_update: Optional[int], path: Optional[str]) -> None:
+    """Exit (status 0) when the resumed checkpoint has reached `max_update`.
+
+    fairseq checks max_update only after a training step, so a job killed after its final checkpoint
+    was written (between the save and the process exit) would train one update more when it is started
+    again, and end different from a run that was never killed."""
+    if max_update and num_updates >= max_update:
+        logger.info("%s is at update %d >= optimization.max_update=%d: training is already complete",
+                    path, num_updates, max_update)
+        raise SystemExit(0)
 
 
 def resume_checkpoint(path: str, save_dir: str, fall_back: bool = True, explicit: bool = False) -> str:

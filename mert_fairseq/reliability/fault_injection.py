@@ -236,6 +236,17 @@ def _max_diff(a, b, path: str = "") -> float:
     return 0.0 if a == b else float("inf")
 
 
+def schedule_state(state: dict) -> dict:
+    """The LR scheduler state that decides learning rates. Without `best` unless the scheduler reads it
+    (reduce_lr_on_plateau): fairseq sets `best` only at an epoch's end, from a validation run in the same
+    process, so any resume after a mid-epoch validation (killed or not) leaves it different, while
+    polynomial_decay, inverse_sqrt, ... never read it."""
+    history = dict(state["optimizer_history"][-1]["lr_scheduler_state"])
+    if state["cfg"]["lr_scheduler"]["_name"] != "reduce_lr_on_plateau":
+        history.pop("best", None)
+    return history
+
+
 def compare_checkpoints(reference: Path, other: Path) -> dict:
     a, b = load_checkpoint_state(reference), load_checkpoint_state(other)
     history_a, history_b = a["optimizer_history"][-1], b["optimizer_history"][-1]
@@ -243,7 +254,7 @@ def compare_checkpoints(reference: Path, other: Path) -> dict:
         "updates": (history_a["num_updates"], history_b["num_updates"]),
         "max_weight_diff": _max_diff(a["model"], b["model"]),
         "optimizer_diff": _max_diff(a["last_optimizer_state"], b["last_optimizer_state"]),
-        "lr_scheduler_equal": history_a["lr_scheduler_state"] == history_b["lr_scheduler_state"],
+        "lr_scheduler_equal": schedule_state(a) == schedule_state(b),
         "iterator_equal": a["extra_state"]["train_iterator"] == b["extra_state"]["train_iterator"],
         "iterator": b["extra_state"]["train_iterator"],
     }
