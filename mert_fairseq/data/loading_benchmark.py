@@ -160,7 +160,12 @@ def run_throughput(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     task_cfg = compose_config(args.config).task
     root = Path(args.workdir or tempfile.mkdtemp(prefix="mert_loading_"))
-    formats = [f for f in args.formats.split(",") if f in available_formats()]
+    asked = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
+    formats = [f for f in asked if f in available_formats()]
+    if not formats:
+        raise SystemExit(f"--formats {args.formats}: none of these can be written here "
+                         f"(available: {','.join(available_formats())})")
+    root.mkdir(parents=True, exist_ok=True)
     write_corpus(root, args.tracks, args.seconds, formats, max(args.streams))
     rows = []
     for ext in formats:
