@@ -2,7 +2,8 @@
 # MERT pretraining launcher.
 #
 # No arguments: the demo, end to end on 2 CPU cores (about 3-4 minutes, estimated):
-#   demo corpus (+ held-out probe clips) -> manifest -> K-means labels -> MERT_demo_cpu training (with
+#   demo corpus (+ held-out probe clips) -> manifest -> K-means labels (MFCC; DEMO_KMEANS_FEATURE=chroma for
+#   CQT-chroma codes) -> MERT_demo_cpu training (with
 #   online probes) -> probe table of the model vs random init vs MFCC on the held-out clips + PNGs.
 #   Steps already done are skipped; training resumes from checkpoint_last.pt.
 #     bash scripts/run_training.sh
@@ -37,7 +38,8 @@ say() { printf '\n[run_training] %s\n' "$*"; }
 run_demo() {
   local demo="${DEMO_DIR:-$ROOT/data/demo}"
   local corpus="$demo/corpus" probe="$demo/probe" audio="$demo/audio24k" manifest="$demo/manifest"
-  local labels="$demo/labels" save="${SAVE_DIR:-$ROOT/runs/demo}"
+  local feature="${DEMO_KMEANS_FEATURE:-mfcc}" save="${SAVE_DIR:-$ROOT/runs/demo}" labels="$demo/labels"
+  [[ "$feature" == mfcc ]] || labels+="_$feature"
   say "1/5 demo corpus -> $corpus; held-out probe clips (another seed, never trained on) -> $probe"
   "$PY" "$ROOT/scripts/make_demo_corpus.py" --out-dir "$corpus" --num-clips "${DEMO_CLIPS:-200}" --seconds 6
   "$PY" "$ROOT/scripts/make_demo_corpus.py" --out-dir "$probe" --num-clips "${DEMO_PROBE_CLIPS:-200}" --seconds 6 --seed 1
@@ -51,9 +53,9 @@ run_demo() {
   if [[ -s "$labels/train.kmeans" && -s "$labels/valid.kmeans" && -s "$labels/dict.kmeans.txt" ]]; then
     say "3/5 K-means labels: already in $labels"
   else
-    say "3/5 K-means labels (MFCC, 100 clusters) -> $labels"
+    say "3/5 K-means labels ($feature features, 100 clusters) -> $labels"
     "$PY" "$ROOT/scripts/prepare_kmeans_labels.py" all --manifest-dir "$manifest" --label-dir "$labels" \
-      --kmeans-model "$labels/kmeans.joblib" --name kmeans --n-clusters 100
+      --kmeans-model "$labels/kmeans.joblib" --name kmeans --n-clusters 100 --feature "$feature"
   fi
   say "4/5 training MERT_demo_cpu -> $save (resumes from checkpoint_last.pt when present)"
   local log="$save/train.log" ckpt="$save/checkpoints/checkpoint_last.pt"

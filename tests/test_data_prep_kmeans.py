@@ -125,3 +125,35 @@ def test_mert_checkpoint_path_end_to_end(tmp_path, manifest_dir):
     assert [len(line) for line in lines] == [math.ceil(r.num_samples / 320) for r in rows]
     assert all(0 <= c < 4 for line in lines for c in line)
     assert load_model(tmp_path / "mert.joblib")[1].layer == 2
+
+
+# ----------------------------------------------------------------------------- chroma features
+
+
+def test_chroma_frames_follow_the_label_rule_and_peak_at_the_pitch_class():
+    from mert_fairseq.data_prep.kmeans_labels import ChromaFeatures
+
+    chroma, mfcc = ChromaFeatures(FeatureSpec("chroma")), MfccFeatures(FeatureSpec())
+    t = np.arange(SR) / SR
+    for n in (300, 3201, SR):
+        wav = (0.3 * np.sin(2 * np.pi * 440.0 * t[:n])).astype(np.float32)
+        feats = chroma(wav)
+        assert feats.shape == (len(mfcc(wav)), 12) == (math.ceil(n / 320), 12) and np.isfinite(feats).all()
+    for midi in (57, 60, 66, 71):  # A3, C4, F#4, B4: pitch classes 9, 0, 6, 11
+        wav = (0.3 * np.sin(2 * np.pi * 440.0 * 2 ** ((midi - 69) / 12) * t)).astype(np.float32)
+        middle = chroma(wav)[20:-20]
+        assert (middle.argmax(1) == midi % 12).all()
+        np.testing.assert_allclose(np.linalg.norm(middle, axis=1), 1.0, rtol=1e-5)  # per-frame L2 norm
+    assert np.abs(chroma(np.zeros(SR, np.float32))).max() == 0.0  # silence stays at the origin
+
+
+def test_cli_fit_with_chroma_saves_its_feature_settings(manifest_dir, tmp_path):
+    model_path = tmp_path / "chroma.joblib"
+    result = run_script("prepare_kmeans_labels", "all", "--manifest-dir", manifest_dir, "--kmeans-model", model_path,
+                        "--label-dir", tmp_path / "labels", "--n-clusters", 4, "--max-fit-frames", 1000,
+                        "--feature", "chroma", "--chroma-gain", 5)
+    assert result.returncode == 0, result.stderr
+    km, spec = load_model(model_path)
+    assert spec == FeatureSpec("chroma", chroma_gain=5.0) and km.cluster_centers_.shape == (4, 12)
+    lines = read_label_lines(tmp_path / "labels" / "train.kmeans")
+    assert [len(line) for line in lines] == [math.ceil(r.num_samples / 320) for r in read_manifest(manifest_dir / "train.tsv").rows]

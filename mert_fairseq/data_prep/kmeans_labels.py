@@ -6,6 +6,11 @@ frames, frame j centred on sample 320 j):
 - ``mfcc`` (first iteration): ``n_mfcc`` MFCCs of log-mel energies (window 600 samples = 25 ms,
   hop 320, centred frames) with deltas and delta-deltas (3 x 13 = 39 dims by default). Centred
   STFT frames number ``n // 320 + 1``; the last is dropped when 320 divides n.
+- ``chroma``: 12 pitch classes of the CQT teacher's transform (``models/cqt_teacher.build_cqt``: 7
+  octaves from C1 at 12 bins per octave, hop 320, frames centred on 320 j): magnitudes summed over
+  octaves, ``log(1 + chroma_gain x)``, L2-normalised per frame (frames quieter than the norm floor
+  stay small: silence clusters at the origin). MFCC codes are nearly pitch-blind; chroma codes carry
+  pitch class (key, chords), and the CQT loss still carries timbre.
 - ``mert`` (later iterations): hidden states of layer N of a trained MERT checkpoint
   (``mert_fairseq.checkpoint.load_mert_model``). Long files are cut in chunks of whole frames;
   the conv front end yields ``floor((n - 400) / 320) + 1`` frames, one fewer than the rule, so the
@@ -59,12 +64,13 @@ Extractor = Callable[[np.ndarray], np.ndarray]  # mono 24 kHz [n] -> [ceil(n / 3
 class FeatureSpec:
     """Which features to cluster; saved with the k-means model and reused when applying it."""
 
-    kind: str = "mfcc"  # "mfcc" or "mert"
+    kind: str = "mfcc"  # "mfcc", "chroma" or "mert"
     n_mfcc: int = 13
     n_mels: int = 40
     checkpoint: str | None = None
     layer: int | None = None
     max_chunk_seconds: float = 30.0
+    chroma_gain: float = 10.0  # chroma: log(1 + gain x) of the octave-summed CQT magnitudes
 
 
 def fit_to_frames(features: np.ndarray, num_samples: int) -> np.ndarray:
@@ -95,6 +101,26 @@ class MfccFeatures:
             delta = AF.compute_deltas(mfcc)
             feats = torch.cat([mfcc, delta, AF.compute_deltas(delta)]).T
         return fit_to_frames(feats.numpy().astype(np.float32), len(wav))
+
+
+class ChromaFeatures:
+    """12-bin chroma at 75 Hz from the CQT teacher's transform (pitch class 0 = C)."""
+
+    OCTAVES, BINS_PER_OCTAVE, NORM_FLOOR = 7, 12, 0.1
+
+    def __init__(self, spec: FeatureSpec):
+        from mert_fairseq.models.cqt_teacher import build_cqt  # fmin 32.7 Hz = C1, so bin k is pitch class k % 12
+
+        self.cqt = build_cqt(SAMPLE_RATE, LABEL_HOP, self.OCTAVES * self.BINS_PER_OCTAVE)
+        self.gain = spec.chroma_gain
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        from mert_fairseq.models.cqt_teacher import cqt_frames
+
+        mag = cqt_frames(self.cqt, torch.from_numpy(wav).float()[None])[0]  # [n // 320 + 1, 84]
+        chroma = torch.log1p(self.gain * mag.reshape(len(mag), self.OCTAVES, self.BINS_PER_OCTAVE).sum(1))  # [T, 12]
+        chroma = chroma / chroma.norm(dim=1, keepdim=True).clamp_min(self.NORM_FLOOR)
+        return fit_to_frames(chroma.numpy().astype(np.float32), len(wav))
 
 
 class MertFeatures:
@@ -130,11 +156,13 @@ class MertFeatures:
 def make_extractor(spec: FeatureSpec, device: str = "cpu") -> Extractor:
     if spec.kind == "mfcc":
         return MfccFeatures(spec)
+    if spec.kind == "chroma":
+        return ChromaFeatures(spec)
     if spec.kind == "mert":
         if not spec.checkpoint or spec.layer is None:
             raise ValueError("--feature mert needs --checkpoint and --layer")
         return MertFeatures(spec, device)
-    raise ValueError(f"unknown feature kind {spec.kind!r} (mfcc or mert)")
+    raise ValueError(f"unknown feature kind {spec.kind!r} (mfcc, chroma or mert)")
 
 
 # ----------------------------------------------------------------------------- fit and apply
@@ -265,7 +293,8 @@ def fit_partial_dir(model_path: str | Path) -> Path:
 
 
 def run_fit(args: argparse.Namespace, on_shard_done: Callable[[int], None] | None = None) -> None:
-    spec = FeatureSpec(args.feature, args.n_mfcc, args.n_mels, args.checkpoint, args.layer, args.max_chunk_seconds)
+    spec = FeatureSpec(args.feature, args.n_mfcc, args.n_mels, args.checkpoint, args.layer, args.max_chunk_seconds,
+                       args.chroma_gain)
     manifest = load_split(args.manifest_dir, args.split)
     shard_samples = max(1, int(args.shard_seconds * SAMPLE_RATE))
     identity = {"manifest": str(manifest.path.resolve()), "manifest_sha256": file_sha256(manifest.path),
@@ -307,10 +336,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="train", help="split to fit on")
-    p.add_argument("--feature", choices=("mfcc", "mert"), default="mfcc")
+    p.add_argument("--feature", choices=("mfcc", "chroma", "mert"), default="mfcc",
+                   help="frame features: MFCCs, CQT chroma (pitch class) or a MERT layer")
     p.add_argument("--layer", type=int, help="MERT layer for --feature mert (0 = CNN/input projection)")
     p.add_argument("--n-mfcc", type=int, default=13)
     p.add_argument("--n-mels", type=int, default=40)
+    p.add_argument("--chroma-gain", type=float, default=10.0, help="chroma: log(1 + gain x) compression")
     p.add_argument("--max-chunk-seconds", type=float, default=30.0, help="MERT input chunk length")
     p.add_argument("--n-clusters", type=int, default=500)
     p.add_argument("--max-fit-frames", type=int, default=500_000, help="frames sampled for fitting")
