@@ -51,7 +51,7 @@ from mert_fairseq.data_prep.common import (
     LABEL_HOP, SAMPLE_RATE, OutputError, Part, PartialWork, add_shard_args, file_sha256, num_label_frames,
     output_file, parse_list, plan_blocks, resolve_part, setup_logging,
 )
-from mert_fairseq.data_prep.manifest import Manifest, ManifestError, ManifestRow, check_audio, read_manifest
+from mert_fairseq.data_prep.manifest import Manifest, ManifestError, check_audio, read_manifest
 from mert_fairseq.data_prep.merge_parts import LabelOutputs, write_labels
 
 log = logging.getLogger(__name__)
