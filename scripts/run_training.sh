@@ -28,9 +28,12 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [[ -x "$ROOT/.venv/bin/python" ]]; then BIN="$ROOT/.venv/bin"; else BIN="$(dirname "$(command -v python3)")"; fi
-PY="$BIN/python"
-TRAIN="$BIN/fairseq-hydra-train"
+# This repo's .venv when there is one; else the python3 on PATH (an image's own, PYTHONPATH=/extra/site).
+if [[ -x "$ROOT/.venv/bin/python" ]]; then
+  PY="$ROOT/.venv/bin/python"; TRAIN=("$ROOT/.venv/bin/fairseq-hydra-train")
+else
+  PY="$(command -v python3)"; TRAIN=("$PY" -m fairseq_cli.hydra_train)
+fi
 CONFIG_DIR="$ROOT/configs/pretrain"
 USER_DIR="$ROOT/mert_fairseq"
 say() { printf '\n[run_training] %s\n' "$*"; }
@@ -60,7 +63,7 @@ run_demo() {
   say "4/5 training MERT_demo_cpu -> $save (resumes from checkpoint_last.pt when present)"
   local log="$save/train.log" ckpt="$save/checkpoints/checkpoint_last.pt"
   mkdir -p "$save"
-  "$TRAIN" --config-dir "$CONFIG_DIR" --config-name MERT_demo_cpu \
+  "${TRAIN[@]}" --config-dir "$CONFIG_DIR" --config-name MERT_demo_cpu \
     common.user_dir="$USER_DIR" task.data="$manifest" task.label_dir="$labels" task.probe_csv="$probe/metadata.csv" \
     checkpoint.save_dir="$save/checkpoints" hydra.run.dir="$save" "$@" 2>&1 | tee -a "$log" \
     | grep --line-buffered -E "\]\[(train_inner|train|valid)\]|Loaded checkpoint|done training|online probe \(|Error|error" || true
@@ -128,4 +131,4 @@ case "$PLATFORM" in
 esac
 echo "[run_training] $CONFIG_NAME on $PLATFORM: node $WORKER_RANK, $NPROCS_PER_NODE procs/node, world $WORLD_SIZE, master $MASTER_ADDR:$PORT"
 echo "[run_training] checkpoints: $CKPT_DIR"
-exec "$TRAIN" "${args[@]}" "$@"
+exec "${TRAIN[@]}" "${args[@]}" "$@"
