@@ -555,6 +555,8 @@ def run(args: argparse.Namespace) -> dict:
     clip_norm = float(cfg.get("optimization", {}).get("clip_norm", 0.0) or 0.0)
     ref_cache: dict = {}
     modes = ["ours"] if args.no_reference else ["ours", "reference"]
+    if args.compile and not args.no_reference:
+        raise SystemExit("--compile measures our formulation only: add --no-reference")
 
     def step(mode: str, i: int, timer: Optional[PhaseTimer] = None) -> float:
         sample = batches[i % len(batches)]
@@ -575,13 +577,17 @@ def run(args: argparse.Namespace) -> dict:
             raise FloatingPointError(f"{mode}: non-finite loss {loss}")
         return dt
 
+    # FLOPs of one step of ours (forward + backward; counting slows the step, so it is not timed)
+    flops = count_step_flops(lambda: step("ours", 0))
+    if args.compile:
+        from mert_fairseq.tasks.mert_pretraining import compile_encoder_layers
+
+        compile_encoder_layers(model)  # as task.compile_encoder_layers=true does in training
     times: Dict[str, List[float]] = {m: [] for m in modes}
     for i in range(args.warmup):
         for m in modes:
             dt = step(m, i)
             logger.info("warmup %s step %d: %.2fs", m, i, dt)
-    # FLOPs of one step of ours (forward + backward; counting slows the step, so it is not timed)
-    flops = count_step_flops(lambda: step("ours", 0))
     peak, peak_source = peak_tflops(device_name(device), args.peak_tflops)
     for i in range(args.steps):  # interleaved: ours, reference, ours, ...
         for m in modes:
@@ -611,6 +617,7 @@ def run(args: argparse.Namespace) -> dict:
         }
     out = {
         "config": args.config, "overrides": list(args.override), "device": str(device), "dtype": args.dtype,
+        "compile_encoder_layers": args.compile,
         "batch_size": args.batch_size, "seconds_per_clip": args.seconds, "streams": len(streams),
         "classes_per_stream": [len(d) for d in dictionaries], "parameters": n_params,
         "warmup": args.warmup, "steps": args.steps, "split_steps": args.split_steps,
@@ -757,6 +764,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5, help="timed steps per formulation (interleaved)")
     p.add_argument("--split-steps", type=int, default=2, help="extra synchronised steps for the phase split")
     p.add_argument("--no-reference", action="store_true", help="measure only our formulation")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the encoder layers as task.compile_encoder_layers=true (needs --no-reference)")
     p.add_argument("--skip-cqt", action="store_true", help="skip the CQT teacher micro-benchmark")
     p.add_argument("--skip-data-prep", action="store_true", help="skip EnCodec / k-means label throughput")
     p.add_argument("--data-prep-seconds", type=float, default=30.0)
