@@ -33,3 +33,41 @@ def test_scan_counts_tokens_and_offsets_like_a_python_split(tmp_path, monkeypatc
         assert index["counts"].tolist() == counts, data
         assert index["offsets"].tolist() == offsets, data
         assert index["counts"].dtype == index["offsets"].dtype == np.int64
+
+
+def test_text_label_windows_equal_the_split_line(tmp_path):
+    """LabelStream.read(i, start, count) on text labels = the line's tokens [start, start + count) looked
+    up in the dictionary; odd separators (tabs, runs of spaces, control bytes), leading zeros, and the
+    errors for a code not in the dictionary and an over-long code."""
+    import re
+
+    from fairseq.data.dictionary import Dictionary
+
+    from mert_fairseq.data.labels import DataError, LabelStream
+
+    rng = np.random.default_rng(3)
+    seps = [b" ", b"  ", b"\t", b" \x01 ", b"\x0b"]
+    lines = []
+    for r in range(12):
+        codes = [b"%d" % c if c % 7 else b"%03d" % c for c in rng.integers(0, 30, int(rng.integers(0, 300)))]
+        line = b"".join(c + seps[int(rng.integers(0, len(seps)))] for c in codes)
+        lines.append(seps[r % len(seps)] + line)
+    path = tmp_path / "train.km"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    d = Dictionary()
+    for c in range(30):
+        d.add_symbol(str(c))
+    stream = LabelStream(str(path), d, np.arange(len(lines)), len(lines), numpy_memmap=False)
+    for r, line in enumerate(lines):
+        tokens = [t for t in re.split(rb"[\x00-\x20]+", line) if t]
+        assert int(stream.lengths[r]) == len(tokens)
+        for start, count in [(0, None), (0, 5), (3, 50), (len(tokens) // 2, 377), (len(tokens), 4), (len(tokens) + 9, 2)]:
+            want = [d.index(str(int(t))) for t in tokens[start: None if count is None else start + count]]
+            assert stream.read(r, start, count).tolist() == want, (r, start, count)
+    path.write_bytes(b"1 2 3\n4 31 5\n6 " + b"9" * 19 + b" 7\n")
+    stream = LabelStream(str(path), d, np.arange(3), 3, numpy_memmap=False)
+    assert stream.read(0, 1, 2).tolist() == [d.index("2"), d.index("3")]
+    with pytest.raises(DataError, match=r"train\.km:2: code '31' is not in the dictionary"):
+        stream.read(1, 1, 1)
+    with pytest.raises(DataError, match=r"train\.km:3: code '9999999999999999999' is not in the dictionary"):
+        stream.read(2, 0, 3)

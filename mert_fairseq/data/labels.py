@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ class DataError(ValueError):
 
 
 # ----------------------------------------------------------------------------- offset index
+_DECIMAL_TEXT = np.zeros(256, dtype=bool)  # bytes of a line of decimal codes: digits, whitespace
+_DECIMAL_TEXT[[9, 10, 11, 12, 13, 32, *range(48, 58)]] = True
+_MAX_CODE = 10**18  # codes of up to 18 digits (parse_uints's limit; longer ones go the exact way)
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
@@ -50,16 +53,45 @@ def _popcount(words: np.ndarray) -> np.ndarray:
     return _POPCOUNT8[words.view(np.uint8)].reshape(*words.shape, 8).sum(axis=-1, dtype=np.uint8)
 
 
-def _count_before(mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Number of True entries of the bool array `mask` before each position (int64 array, ascending or
-    not, 0..len(mask)), from the mask packed to 64-bit words: no array as long as the mask is built
-    except the 8x smaller bit pack."""
+def _token_starts(tok: np.ndarray, prev_tok: bool = False) -> np.ndarray:
+    """Bool mask of the first bytes of tokens, given the token-byte mask `tok` (and whether the byte
+    before it was a token byte)."""
+    starts = np.empty(len(tok), dtype=bool)
+    if len(tok):
+        starts[0] = tok[0] and not prev_tok
+        np.greater(tok[1:], tok[:-1], out=starts[1:])
+    return starts
+
+
+def _bit_words(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A bool mask packed into uint64 words (plus one spare zero word), and cumulative[k] = number of True
+    entries in words[:k]."""
     bits = np.packbits(mask, bitorder="little")
-    words = np.concatenate([bits, np.zeros(-len(bits) % 8 + 8, np.uint8)]).view("<u8")  # + one spare word
-    cumulative = np.concatenate([[0], np.cumsum(_popcount(words), dtype=np.int64)])
+    words = np.concatenate([bits, np.zeros(-len(bits) % 8 + 8, np.uint8)]).view("<u8")
+    return words, np.concatenate([[0], np.cumsum(_popcount(words), dtype=np.int64)])
+
+
+def _count_before(mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Number of True entries of the bool array `mask` before each position (int64 array, 0..len(mask)),
+    from the mask packed to 64-bit words: no array of True positions is built."""
+    words, cumulative = _bit_words(mask)
     k, r = positions >> 6, (positions & 63).astype(np.uint64)
     below = np.left_shift(np.uint64(1), r) - np.uint64(1)  # the r low bits of word k
     return cumulative[k] + _popcount(words[k] & below).astype(np.int64)
+
+
+def _nth_true(mask: np.ndarray, ns: Sequence[int]) -> list[int]:
+    """Index of the n-th True entry of `mask` (0-based) for each n in `ns`; len(mask) where it has fewer."""
+    words, cumulative = _bit_words(mask)
+    out = []
+    for n in ns:
+        if n >= cumulative[-1]:
+            out.append(len(mask))
+            continue
+        k = int(np.searchsorted(cumulative, n, side="right")) - 1  # cumulative[k] <= n < cumulative[k + 1]
+        bits = np.flatnonzero(np.unpackbits(words[k: k + 1].view(np.uint8), bitorder="little"))
+        out.append(64 * k + int(bits[n - cumulative[k]]))
+    return out
 
 
 def scan_text_labels(path: str) -> dict:
@@ -77,9 +109,7 @@ def scan_text_labels(path: str) -> dict:
             if not len(chunk):
                 break
             tok = chunk > 32  # anything but space, tab, newline, CR, ...
-            starts = np.empty(len(chunk), dtype=bool)  # first bytes of tokens
-            starts[0] = tok[0] and not prev_tok
-            np.greater(tok[1:], tok[:-1], out=starts[1:])
+            starts = _token_starts(tok, prev_tok)
             nl = np.flatnonzero(chunk == 10)
             before = _count_before(starts, np.concatenate([[0], nl, [len(chunk)]]))
             per_line = np.diff(before[:-1])  # tokens of the lines ended by each newline of this chunk
@@ -216,12 +246,20 @@ class LabelStream:
             return torch.from_numpy(ids)
         row = self.rows[i]
         begin, end = int(self.offsets[row]), int(self.offsets[row + 1]) - 1  # without the newline
-        with open(self.path, "rb") as f:
-            f.seek(begin)
-            line = np.frombuffer(f.read(end - begin), dtype=np.uint8)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            line = np.frombuffer(os.pread(fd, end - begin, begin), dtype=np.uint8)
+        finally:
+            os.close(fd)
         tok = line > 32
-        edges = np.flatnonzero(np.diff(np.concatenate([[False], tok, [False]]).astype(np.int8)))
-        first, last = edges[0::2][start:stop], edges[1::2][start:stop]  # token byte ranges
+        # bytes [a, b): from the first byte of token `start` to that of token `stop` (or the line's end)
+        a, b = _nth_true(_token_starts(tok), (start, stop)) if stop > start else (0, 0)
+        if self.lut is not None and b > a and _DECIMAL_TEXT[line[a:b]].all():  # digits and whitespace only
+            codes = np.fromstring(line[a:b].tobytes(), dtype=np.int64, sep=" ")  # C parser, no list of words
+            if len(codes) == stop - start and codes.max() < _MAX_CODE:
+                return self._lookup(codes, i)
+        edges = np.flatnonzero(np.diff(np.concatenate([[False], tok[a:b], [False]]).astype(np.int8))) + a
+        first, last = edges[0::2], edges[1::2]  # byte ranges of tokens start .. stop - 1
         if self.lut is not None:
             codes = parse_uints(line, first, last)
             if codes is not None:
