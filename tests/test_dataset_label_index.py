@@ -71,3 +71,24 @@ def test_text_label_windows_equal_the_split_line(tmp_path):
         stream.read(1, 1, 1)
     with pytest.raises(DataError, match=r"train\.km:3: code '9999999999999999999' is not in the dictionary"):
         stream.read(2, 0, 3)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64])
+def test_npy_label_rows_with_bad_codes_raise_naming_the_code(tmp_path, dtype):
+    """The .npy fast path (one unsigned lookup and one min) still rejects negative codes inside a row and
+    codes absent from the dictionary, for every integer width."""
+    from fairseq.data.dictionary import Dictionary
+
+    from mert_fairseq.data.labels import DataError, LabelStream
+
+    d = Dictionary()
+    for c in (0, 1, 2, 5):  # code 3 and 90 are absent
+        d.add_symbol(str(c))
+    rows = np.array([[0, 1, 2, -1], [5, 3, -1, -1], [1, -7, 2, -1], [0, 0, 90, -1]], dtype=dtype)
+    np.save(tmp_path / "t.km.npy", rows)
+    stream = LabelStream(str(tmp_path / "t.km"), d, np.arange(4), 4, numpy_memmap=True)
+    assert stream.read(0).tolist() == [d.index("0"), d.index("1"), d.index("2")]
+    assert stream.read(1, 0, 1).tolist() == [d.index("5")] and stream.read(3, 0, 2).tolist() == [4, 4]
+    for row, code in [(1, "3"), (2, "-7"), (3, "90")]:
+        with pytest.raises(DataError, match=rf"t\.km\.npy:{row + 1}: code '{code}' is not in the dictionary"):
+            stream.read(row)

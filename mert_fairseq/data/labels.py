@@ -212,6 +212,10 @@ class LabelStream:
             self._check_rows(self.array.shape[0], num_rows)
             if self.lut is None:
                 raise DataError(f"{self.path}: .npy labels need a dictionary of integer codes")
+            size = self.array.dtype.itemsize  # 64-bit indices wrap back to negative ones: checked apart
+            self.unsigned = np.dtype(f"u{size}") if size < 8 else None
+            self.first_id = dictionary.nspecial  # code ids are nspecial.., unk (a special) is below
+            assert self.unk < self.first_id, "fairseq dictionaries add unk among the first nspecial symbols"
             counts = cached_index(self.path, lambda p: {"counts": npy_row_lengths(p)})["counts"]
         else:
             index = cached_index(self.path, scan_text_labels)
@@ -237,11 +241,12 @@ class LabelStream:
         start = min(start, stop)
         if self.array is not None:  # rows are left-aligned codes >= 0, padded with -1 after `length`
             codes = self.array[self.rows[i], start:stop]
-            try:
-                ids = self.lut[codes]
+            try:  # unsigned view (up to 32 bits): a negative code indexes past the table (IndexError)
+                ids = self.lut[codes.view(self.unsigned) if self.unsigned else codes]
             except IndexError:
                 ids = None
-            if ids is None or (ids == self.unk).any() or (codes.size and codes.min() < 0):
+            # codes absent from the dictionary map to unk, the only id below nspecial in the table
+            if ids is None or (ids.size and (ids.min() < self.first_id or (not self.unsigned and codes.min() < 0))):
                 return self._lookup(codes.astype(np.int64), i)  # raises, naming the bad code
             return torch.from_numpy(ids)
         row = self.rows[i]
