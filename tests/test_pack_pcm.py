@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 
 from mert_fairseq.data.audio_reader import read_window, wav_layout
-from mert_fairseq.data.pack import PackError, member_ranges, pack_manifest
+from mert_fairseq.data.pack import PackError, main, member_ranges, pack_manifest
 from test_dataset_windowed import LENGTHS, dataset, write_corpus
 
 CAP = 200_000  # bytes per shard: several shards for the 6 clips (the largest is 154 kB)
@@ -98,7 +98,7 @@ def test_24_bit_stereo_sources_become_exact_float_members_or_rounded_16_bit(tmp_
     manifest = to_format(data, "FLAC", "PCM_24", "flac", channels=2)
     root = data["root"] / "audio"
     pack_manifest(manifest, tmp_path / "float", pcm=True)
-    pack_manifest(manifest, tmp_path / "int16", pcm_subtype="PCM_16")  # implies pcm
+    assert main([str(manifest), "--out-dir", str(tmp_path / "int16"), "--pcm-subtype", "PCM_16"]) == 0  # implies --pcm
     for i, n in enumerate(LENGTHS):
         direct, _ = read_window(root / f"c{i}.flac", 1000, 20000)
         assert np.unique(np.round(direct * 2**23) % 256).size > 1  # really 24-bit content

@@ -287,8 +287,8 @@ def main(argv=None) -> int:
                         "(lossless), others as float32 WAV (the samples the loader decodes); fastest to read, "
                         "larger on disk")
     p.add_argument("--pcm-subtype", choices=PCM_SUBTYPES, default="auto",
-                   help="implies --pcm: auto (as above), PCM_16 (every file as 16-bit: non-16-bit sources are "
-                        "rounded), FLOAT (every converted file as float32)")
+                   help="with --pcm: auto (as above); PCM_16 (every file as 16-bit: non-16-bit sources are "
+                        "rounded) or FLOAT (every converted file as float32) imply --pcm")
     p.add_argument("--workers", type=int, default=1, help="processes writing shards in parallel")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
