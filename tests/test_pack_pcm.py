@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from mert_fairseq.audio import AudioError
 from mert_fairseq.data.audio_reader import read_window, wav_layout
 from mert_fairseq.data.pack import PackError, main, member_ranges, pack_manifest
 from test_dataset_windowed import LENGTHS, dataset, write_corpus
@@ -148,3 +149,22 @@ def test_mp3_members_hold_the_whole_file_decode(tmp_path):
     got, _ = read_window(tmp_path / "packed" / row, 3000, 9000, expected_frames=len(whole))
     # mpg123's float output differs by an ulp with the read block size: within 1e-7 of a whole-file decode
     assert np.abs(got - whole[3000:12000]).max() <= 1e-7
+
+
+def test_float_wav_fast_path_equals_soundfile(tmp_path):
+    """Plain 32-bit float WAV files (mono and stereo) take the two-pread path: same float32 samples as
+    soundfile, NaN still refused."""
+    rng = np.random.default_rng(0)
+    for channels in (1, 2):
+        wav = (0.5 * rng.standard_normal((30000, channels))).astype(np.float32)
+        path = tmp_path / f"f{channels}.wav"
+        sf.write(path, wav, 24000, subtype="FLOAT")
+        with open(path, "rb") as f:
+            assert wav_layout(f.read(4096))[2:] == (channels, 24000, "<f4")
+        got, sr = read_window(path, 1234, 5000, expected_frames=30000)
+        ref, _ = sf.read(path, dtype="float32", start=1234, frames=5000, always_2d=True)
+        assert sr == 24000 and np.array_equal(got, ref[:, 0] if channels == 1 else ref.mean(axis=1))
+    wav[100, 0] = np.nan
+    sf.write(tmp_path / "nan.wav", wav, 24000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"nan\.wav: audio contains NaN"):
+        read_window(tmp_path / "nan.wav")
