@@ -2,6 +2,7 @@
 """Pack a manifest's audio files into large uncompressed ZIP shards (shard.zip:offset:length rows).
 
     python scripts/pack_audio.py DATA/train.tsv --out-dir PACKED [--max-shard-bytes 2e9]
+    python scripts/pack_audio.py DATA/train.tsv --out-dir PACKED --pcm --workers 4  # FLAC/MP3: store decoded WAV
 
 See mert_fairseq/data/pack.py; run with --help for the options."""
 import sys

@@ -223,10 +223,14 @@ def test_loading_benchmark_runs_on_a_tiny_corpus(tmp_path):
     from mert_fairseq.data.loading_benchmark import main
 
     out = tmp_path / "bench.json"
-    assert main(["--tracks", "2", "--seconds", "6", "--formats", "wav", "--streams", "1", "--min-batches", "2",
-                 "--min-cpu-s", "0", "--workdir", str(tmp_path / "corpus"), "--out", str(out)]) == 0
+    assert main(["--tracks", "2", "--seconds", "6", "--formats", "wav,flac-pcm", "--streams", "1",
+                 "--min-batches", "2", "--min-cpu-s", "0", "--workdir", str(tmp_path / "corpus"),
+                 "--out", str(out)]) == 0
     res = json.loads(out.read_text())
-    reads = {r["read"] for r in res["rows"]}
+    reads = {r["read"] for r in res["rows"] if r["format"] == "wav"}
     assert reads == {"soundfile window (reference)", "window read only", "whole", "windowed"}
-    assert len(res["rows"]) == 6 and all(r["audio_s_per_cpu_s"] > 0 for r in res["rows"])
+    pcm = [r["read"] for r in res["rows"] if r["format"] == "flac-pcm"]  # FLAC packed with --pcm
+    assert sorted(pcm) == ["whole", "whole", "window read only", "windowed", "windowed"]
+    assert len(res["rows"]) == 11 and all(r["audio_s_per_cpu_s"] > 0 for r in res["rows"])
+    assert res["disk_mb"]["flac-pcm"] > res["disk_mb"]["flac"] > 0  # 16-bit PCM members vs FLAC files
     assert res["crop_s"] == 5.0  # the 95M YAML's max_sample_size

@@ -103,11 +103,12 @@ def read_window(path: str | os.PathLike, start: int = 0, frames: int = -1,
     """Frames [start, start + frames) of a file (all from `start` when frames < 0) -> (mono float32, rate).
 
     Multi-channel audio is averaged to mono. 16-bit PCM is read as int16 and scaled by 2^-15 in numpy,
-    which gives exactly libsndfile's float32 values; plain 16-bit WAV (the format prepare_manifest.py
-    writes) is read with two preads, without soundfile's per-call overhead. Raises AudioError for
+    which gives exactly libsndfile's float32 values; plain 16-bit and 32-bit float WAV (what
+    prepare_manifest.py and `pack_audio.py --pcm` write) are read with two preads, without soundfile's
+    per-call overhead. Raises AudioError for
     unreadable, empty or non-finite audio, when the rate differs from `expected_rate` and when the
     file's length differs from `expected_frames` (the manifest's)."""
-    fast = _read_wav16(path, start, frames)
+    fast = _read_wav(path, start, frames)
     if fast is not None:
         pcm, channels, sr, total = fast
     else:
@@ -150,8 +151,12 @@ def _read_soundfile(path: str | os.PathLike, start: int, frames: int) -> tuple[n
             shard.close()
 
 
-def _wav16_layout(head: bytes) -> Optional[tuple[int, int, int, int]]:
-    """(data offset, data bytes, channels, rate) of a 16-bit PCM RIFF/WAVE header, else None."""
+_WAV_DTYPES = {(1, 16): "<i2", (3, 32): "<f4"}  # (format tag, bits) -> sample dtype: PCM_16, IEEE float
+
+
+def wav_layout(head: bytes) -> Optional[tuple[int, int, int, int, str]]:
+    """(data offset, data bytes, channels, rate, sample dtype) of a 16-bit PCM or 32-bit float RIFF/WAVE
+    header, else None."""
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
     pos, fmt = 12, None
@@ -166,16 +171,18 @@ def _wav16_layout(head: bytes) -> Optional[tuple[int, int, int, int]]:
                 tag = struct.unpack_from("<H", head, body + 24)[0]
             fmt = (tag, channels, rate, bits)
         elif chunk == b"data":
-            if fmt is None or fmt[0] != 1 or fmt[3] != 16 or fmt[1] < 1:
+            dtype = _WAV_DTYPES.get((fmt[0], fmt[3])) if fmt is not None else None
+            if dtype is None or fmt[1] < 1:
                 return None
-            return body, size, fmt[1], fmt[2]
+            return body, size, fmt[1], fmt[2], dtype
         pos = body + size + (size & 1)
     return None
 
 
-def _read_wav16(path: str | os.PathLike, start: int, frames: int) -> Optional[tuple[np.ndarray, int, int, int]]:
-    """The soundfile-free path for 16-bit PCM WAV (plain or packed); None when it does not apply (other
-    formats, unusual headers, missing or truncated files: soundfile then reads or reports them)."""
+def _read_wav(path: str | os.PathLike, start: int, frames: int) -> Optional[tuple[np.ndarray, int, int, int]]:
+    """The soundfile-free path for 16-bit PCM and 32-bit float WAV (plain or packed); None when it does
+    not apply (other formats, unusual headers, missing or truncated files: soundfile then reads or
+    reports them)."""
     member = parse_packed(path)
     file, base = (member.shard, member.offset) if member else (str(path), 0)
     try:
@@ -187,18 +194,18 @@ def _read_wav16(path: str | os.PathLike, start: int, frames: int) -> Optional[tu
         limit = member.length if member else size
         if base + limit > size:
             return None
-        layout = _wav16_layout(os.pread(fd, min(4096, limit), base))
+        layout = wav_layout(os.pread(fd, min(4096, limit), base))
         if layout is None or layout[0] + layout[1] > limit:
             return None
-        data, nbytes, channels, rate = layout
-        frame_bytes = 2 * channels
+        data, nbytes, channels, rate, dtype = layout
+        frame_bytes = (2 if dtype == "<i2" else 4) * channels
         total = nbytes // frame_bytes
         start = min(max(start, 0), total)
         count = total - start if frames < 0 else min(frames, total - start)
         raw = os.pread(fd, count * frame_bytes, base + data + start * frame_bytes)
     finally:
         os.close(fd)
-    return np.frombuffer(raw, dtype="<i2").reshape(-1, channels), channels, rate, total
+    return np.frombuffer(raw, dtype=dtype).reshape(-1, channels), channels, rate, total
 
 
 def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -40,33 +40,93 @@ class DataError(ValueError):
 
 
 # ----------------------------------------------------------------------------- offset index
+_DECIMAL_TEXT = np.zeros(256, dtype=bool)  # bytes of a line of decimal codes: digits, whitespace
+_DECIMAL_TEXT[[9, 10, 11, 12, 13, 32, *range(48, 58)]] = True
+_MAX_CODE = 10**18  # codes of up to 18 digits (parse_uints's limit; longer ones go the exact way)
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _popcount(words: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (np.bitwise_count where numpy has it, numpy >= 2)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(words)
+    return _POPCOUNT8[words.view(np.uint8)].reshape(*words.shape, 8).sum(axis=-1, dtype=np.uint8)
+
+
+def _token_starts(tok: np.ndarray, prev_tok: bool = False) -> np.ndarray:
+    """Bool mask of the first bytes of tokens, given the token-byte mask `tok` (and whether the byte
+    before it was a token byte)."""
+    starts = np.empty(len(tok), dtype=bool)
+    if len(tok):
+        starts[0] = tok[0] and not prev_tok
+        np.greater(tok[1:], tok[:-1], out=starts[1:])
+    return starts
+
+
+def _bit_words(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A bool mask packed into uint64 words (plus one spare zero word), and cumulative[k] = number of True
+    entries in words[:k]."""
+    bits = np.packbits(mask, bitorder="little")
+    words = np.concatenate([bits, np.zeros(-len(bits) % 8 + 8, np.uint8)]).view("<u8")
+    return words, np.concatenate([[0], np.cumsum(_popcount(words), dtype=np.int64)])
+
+
+def _count_before(mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Number of True entries of the bool array `mask` before each position (int64 array, 0..len(mask)),
+    from the mask packed to 64-bit words: no array of True positions is built."""
+    words, cumulative = _bit_words(mask)
+    k, r = positions >> 6, (positions & 63).astype(np.uint64)
+    below = np.left_shift(np.uint64(1), r) - np.uint64(1)  # the r low bits of word k
+    return cumulative[k] + _popcount(words[k] & below).astype(np.int64)
+
+
+def _nth_true(mask: np.ndarray, ns: Sequence[int]) -> list[int]:
+    """Index of the n-th True entry of `mask` (0-based) for each n in `ns`; len(mask) where it has fewer."""
+    words, cumulative = _bit_words(mask)
+    out = []
+    for n in ns:
+        if n >= cumulative[-1]:
+            out.append(len(mask))
+            continue
+        k = int(np.searchsorted(cumulative, n, side="right")) - 1  # cumulative[k] <= n < cumulative[k + 1]
+        bits = np.flatnonzero(np.unpackbits(words[k: k + 1].view(np.uint8), bitorder="little"))
+        out.append(64 * k + int(bits[n - cumulative[k]]))
+    return out
+
+
 def scan_text_labels(path: str) -> dict:
     """One pass over a text label file -> {"offsets": int64 [rows + 1], "counts": int64 [rows]}.
 
     Line r is blob[offsets[r] : offsets[r + 1] - 1] (the newline excluded); counts[r] is its number of
-    whitespace-separated tokens. A last line without a newline counts as a line (like str.splitlines)."""
-    newlines, tokens_before = [], []  # per chunk: newline positions, tokens in the file before each newline
-    total, prev_tok, base, size = 0, False, 0, os.path.getsize(path)
+    whitespace-separated tokens. A last line without a newline counts as a line (like str.splitlines).
+    Per chunk, tokens are counted from a bit-packed mask of their first bytes (`_count_before`), never
+    listing token positions (about a quarter of all bytes)."""
+    newlines, counts = [], []  # per chunk: newline positions, tokens of the lines they end
+    carry, prev_tok, base, size = 0, False, 0, os.path.getsize(path)
     with open(path, "rb") as f:
         while True:
             chunk = np.frombuffer(f.read(_CHUNK), dtype=np.uint8)
             if not len(chunk):
                 break
             tok = chunk > 32  # anything but space, tab, newline, CR, ...
-            starts = np.flatnonzero(tok[1:] & ~tok[:-1]) + 1  # first bytes of tokens
-            if tok[0] and not prev_tok:
-                starts = np.concatenate([[0], starts])
+            starts = _token_starts(tok, prev_tok)
             nl = np.flatnonzero(chunk == 10)
+            before = _count_before(starts, np.concatenate([[0], nl, [len(chunk)]]))
+            per_line = np.diff(before[:-1])  # tokens of the lines ended by each newline of this chunk
+            if len(nl):
+                per_line[0] += carry
+                carry = 0
+            carry += int(before[-1] - before[-2])  # the open line after the last newline
             newlines.append(nl + base)
-            tokens_before.append(total + np.searchsorted(starts, nl))
-            total, prev_tok, base = total + len(starts), bool(tok[-1]), base + len(chunk)
+            counts.append(per_line)
+            prev_tok, base = bool(tok[-1]), base + len(chunk)
     newlines = np.concatenate(newlines) if newlines else np.zeros(0, np.int64)
-    cumulative = np.concatenate(tokens_before) if tokens_before else np.zeros(0, np.int64)
+    counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
     offsets = np.concatenate([[0], newlines + 1]).astype(np.int64)
     if size and (not len(newlines) or newlines[-1] != size - 1):  # unterminated last line
         offsets = np.append(offsets, size + 1)
-        cumulative = np.append(cumulative, total)
-    return {"offsets": offsets, "counts": np.diff(cumulative, prepend=0).astype(np.int64)}
+        counts = np.append(counts, carry)
+    return {"offsets": offsets, "counts": counts.astype(np.int64)}
 
 
 def npy_row_lengths(path: str, rows_per_step: int = 4096) -> np.ndarray:
@@ -152,6 +212,10 @@ class LabelStream:
             self._check_rows(self.array.shape[0], num_rows)
             if self.lut is None:
                 raise DataError(f"{self.path}: .npy labels need a dictionary of integer codes")
+            size = self.array.dtype.itemsize  # 64-bit indices wrap back to negative ones: checked apart
+            self.unsigned = np.dtype(f"u{size}") if size < 8 else None
+            self.first_id = dictionary.nspecial  # code ids are nspecial.., unk (a special) is below
+            assert self.unk < self.first_id, "fairseq dictionaries add unk among the first nspecial symbols"
             counts = cached_index(self.path, lambda p: {"counts": npy_row_lengths(p)})["counts"]
         else:
             index = cached_index(self.path, scan_text_labels)
@@ -177,21 +241,30 @@ class LabelStream:
         start = min(start, stop)
         if self.array is not None:  # rows are left-aligned codes >= 0, padded with -1 after `length`
             codes = self.array[self.rows[i], start:stop]
-            try:
-                ids = self.lut[codes]
+            try:  # unsigned view (up to 32 bits): a negative code indexes past the table (IndexError)
+                ids = self.lut[codes.view(self.unsigned) if self.unsigned else codes]
             except IndexError:
                 ids = None
-            if ids is None or (ids == self.unk).any() or (codes.size and codes.min() < 0):
+            # codes absent from the dictionary map to unk, the only id below nspecial in the table
+            if ids is None or (ids.size and (ids.min() < self.first_id or (not self.unsigned and codes.min() < 0))):
                 return self._lookup(codes.astype(np.int64), i)  # raises, naming the bad code
             return torch.from_numpy(ids)
         row = self.rows[i]
         begin, end = int(self.offsets[row]), int(self.offsets[row + 1]) - 1  # without the newline
-        with open(self.path, "rb") as f:
-            f.seek(begin)
-            line = np.frombuffer(f.read(end - begin), dtype=np.uint8)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            line = np.frombuffer(os.pread(fd, end - begin, begin), dtype=np.uint8)
+        finally:
+            os.close(fd)
         tok = line > 32
-        edges = np.flatnonzero(np.diff(np.concatenate([[False], tok, [False]]).astype(np.int8)))
-        first, last = edges[0::2][start:stop], edges[1::2][start:stop]  # token byte ranges
+        # bytes [a, b): from the first byte of token `start` to that of token `stop` (or the line's end)
+        a, b = _nth_true(_token_starts(tok), (start, stop)) if stop > start else (0, 0)
+        if self.lut is not None and b > a and _DECIMAL_TEXT[line[a:b]].all():  # digits and whitespace only
+            codes = np.fromstring(line[a:b].tobytes(), dtype=np.int64, sep=" ")  # C parser, no list of words
+            if len(codes) == stop - start and codes.max() < _MAX_CODE:
+                return self._lookup(codes, i)
+        edges = np.flatnonzero(np.diff(np.concatenate([[False], tok[a:b], [False]]).astype(np.int8))) + a
+        first, last = edges[0::2], edges[1::2]  # byte ranges of tokens start .. stop - 1
         if self.lut is not None:
             codes = parse_uints(line, first, last)
             if codes is not None:

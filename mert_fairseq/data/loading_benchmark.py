@@ -9,6 +9,9 @@ of this process (`time.process_time`), i.e. per core of one worker. A "window re
 format times the audio window reads alone (decode + seek), without labels and collater, and a
 "soundfile window (reference)" row the same windows through plain soundfile (float32), the method
 of the issue's measurements: comparing it across runs shows how loaded the machine was.
+Format "flac-pcm" is the FLAC corpus packed with `pack_audio.py --pcm` (decoded once into 16-bit WAV
+members of a ZIP shard): what a FLAC collection delivers after packing; `disk_mb` in the results
+compares the bytes on disk.
 
 Open cost (`--rows N`): a synthetic manifest of N rows and one label stream (text and .npy) in a
 temporary folder; each variant is opened in a fresh subprocess that reports the resident-memory
@@ -34,7 +37,8 @@ import numpy as np
 
 SR, LABEL_RATE, N_CODES = 24000, 75, 1024
 FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III")}
-TARGETS = {"wav": 10_000, "flac": 3_000}  # audio-seconds/s per core, windowed reads
+PACKED_PCM = {"flac-pcm": "flac", "mp3-pcm": "mp3"}  # corpus packed with pack_audio --pcm -> its source format
+TARGETS = {"wav": 10_000, "flac": 3_000, "flac-pcm": 3_000}  # audio-seconds/s per core, windowed reads
 
 
 # ---------------------------------------------------------------------------------------------- corpus
@@ -42,7 +46,17 @@ def available_formats() -> List[str]:
     import soundfile as sf
 
     have = sf.available_formats()
-    return [ext for ext, (fmt, _) in FORMATS.items() if fmt in have]
+    plain = [ext for ext, (fmt, _) in FORMATS.items() if fmt in have]
+    return plain + [ext for ext, src in PACKED_PCM.items() if src in plain]
+
+
+def pack_pcm_corpus(root: Path, ext: str) -> float:
+    """Pack `{source}.tsv` with --pcm into `{ext}_00000.zip` + `{ext}.tsv` under root (kept when done)
+    -> MB on disk of the shards."""
+    from mert_fairseq.data.pack import pack_manifest
+
+    pack_manifest(root / f"{PACKED_PCM[ext]}.tsv", root, prefix=ext, pcm=True)
+    return sum(p.stat().st_size for p in root.glob(f"{ext}_*.zip")) / 1e6
 
 
 def write_corpus(root: Path, n_tracks: int, seconds: float, formats: Sequence[str], n_streams: int,
@@ -166,15 +180,22 @@ def run_throughput(args: argparse.Namespace) -> dict:
         raise SystemExit(f"--formats {args.formats}: none of these can be written here "
                          f"(available: {','.join(available_formats())})")
     root.mkdir(parents=True, exist_ok=True)
-    write_corpus(root, args.tracks, args.seconds, formats, max(args.streams))
+    sources = list(dict.fromkeys(PACKED_PCM.get(f, f) for f in formats))
+    write_corpus(root, args.tracks, args.seconds, sources, max(args.streams))
+    disk_mb = {ext: sum((root / ext / f"track_{i:03d}.{ext}").stat().st_size for i in range(args.tracks)) / 1e6
+               for ext in sources}
     rows = []
     for ext in formats:
+        if ext in PACKED_PCM:
+            disk_mb[ext] = pack_pcm_corpus(root, ext)
         ds = dataset_for(root, ext, 1, task_cfg, True, True)
-        rows.append({"format": ext, "read": "soundfile window (reference)", "labels": "-", "streams": 0,
-                     **measure_soundfile_reads(ds, args.min_batches, args.min_cpu_s / 2)})
+        if ext not in PACKED_PCM:  # plain soundfile cannot open packed rows
+            rows.append({"format": ext, "read": "soundfile window (reference)", "labels": "-", "streams": 0,
+                         **measure_soundfile_reads(ds, args.min_batches, args.min_cpu_s / 2)})
+            print(_row_text(rows[-1]), file=sys.stderr, flush=True)
         rows.append({"format": ext, "read": "window read only", "labels": "-", "streams": 0,
                      **measure_reads(ds, args.min_batches, args.min_cpu_s / 2)})
-        print(_row_text(rows[-2]) + "\n" + _row_text(rows[-1]), file=sys.stderr, flush=True)
+        print(_row_text(rows[-1]), file=sys.stderr, flush=True)
         for windowed in (False, True):
             for npy in (False, True):
                 for streams in args.streams:
@@ -186,7 +207,7 @@ def run_throughput(args: argparse.Namespace) -> dict:
                     print(_row_text(rows[-1]), file=sys.stderr, flush=True)
     return {"kind": "throughput", "config": args.config, "crop_s": int(task_cfg.max_sample_size) / SR,
             "normalize": bool(task_cfg.get("normalize", False)), "track_s": args.seconds, "tracks": args.tracks,
-            "batch_size": args.batch_size, "formats_available": available_formats(), "rows": rows,
+            "batch_size": args.batch_size, "formats_available": available_formats(), "rows": rows, "disk_mb": disk_mb,
             "targets": TARGETS, "load_average": os.getloadavg(), "workdir": str(root)}
 
 
@@ -303,7 +324,8 @@ def open_table(res: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="MERT_RVQ-VAE_CQT_95M", help="pretraining YAML for the task settings")
-    p.add_argument("--formats", default="wav,flac,mp3", help="audio formats (those libsndfile can write)")
+    p.add_argument("--formats", default="wav,flac,flac-pcm,mp3",
+                   help="audio formats (those libsndfile can write; flac-pcm: FLAC packed with pack_audio --pcm)")
     p.add_argument("--tracks", type=int, default=8)
     p.add_argument("--seconds", type=float, default=240.0, help="track length")
     p.add_argument("--streams", default="8,1", help="label stream counts to measure")
@@ -326,6 +348,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         res = run_throughput(args)
         table = throughput_table(res)
+        table += "\n\ndisk MB of the tracks: " + ", ".join(f"{k} {v:.1f}" for k, v in res["disk_mb"].items())
     print(table)
     print(f"load average {res['load_average']}")
     if args.out:

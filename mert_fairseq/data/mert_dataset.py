@@ -22,6 +22,7 @@ rows cost tens of MB, shared by forked data-loader workers.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -36,6 +37,7 @@ from mert_fairseq.data import allocator
 from mert_fairseq.data.audio_reader import read_window
 from mert_fairseq.data.labels import DataError, LabelStream
 from mert_fairseq.data.manifest_index import ManifestIndex, read_manifest_index
+from mert_fairseq.data.seeded_draw import seeded_integer
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,11 @@ def _mute(wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     out = wav.copy()
     out[start : start + n] = 0.0
     return out
+
+
+def _long_tensor(values: List[int]) -> torch.Tensor:
+    """torch.LongTensor(values), through numpy (4x cheaper for a batch's few ints)."""
+    return torch.from_numpy(np.array(values, dtype=np.int64))
 
 
 class MERTDataset(FairseqDataset):
@@ -170,13 +177,17 @@ class MERTDataset(FairseqDataset):
     def _rng(self, index: int, *stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index, *stream])
 
+    def _draw(self, high: int, index: int, *stream: int) -> int:
+        """`self._rng(index, *stream).integers(0, high)`, computed without building the generator."""
+        return seeded_integer((self.seed, self.epoch, index, *stream), high)
+
     def window(self, index: int) -> tuple[int, int]:
         """(start, frames) of the audio to read for item `index`: the whole clip (frames -1) when it fits
         max_sample_size, else the crop the collater would have drawn from the whole clip."""
         size = int(self.sizes[index])
         if not self.windowed_reads or size <= self.max_sample_size:
             return 0, -1
-        start = int(self._rng(index).integers(0, size - self.max_sample_size + 1)) if self.random_crop else 0
+        start = self._draw(size - self.max_sample_size + 1, index) if self.random_crop else 0
         return start, self.max_sample_size
 
     def load_audio(self, index: int, start: int = 0, frames: int = -1) -> np.ndarray:
@@ -217,7 +228,7 @@ class MERTDataset(FairseqDataset):
                     wav = AUGMENTATIONS[name](wav, rng)
         s2f = self.label_rate / self.sample_rate
         label_start = int(round(start * s2f))
-        label_count = None if frames < 0 else int(np.ceil(frames * s2f)) + 2
+        label_count = None if frames < 0 else math.ceil(frames * s2f) + 2
         return {
             "id": index,
             "source": torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)),
@@ -230,15 +241,15 @@ class MERTDataset(FairseqDataset):
 
     # ------------------------------------------------------------------ batching
     def collater(self, samples: List[Optional[dict]]) -> dict:
-        samples = [s for s in samples if s is not None and len(s["source"]) > 0]
+        samples = [s for s in samples if s is not None and s["source"].shape[0] > 0]
         if not samples:
             return {}
-        sizes = [len(s["source"]) for s in samples]
+        sizes = [s["source"].shape[0] for s in samples]
         audio_size = min(max(sizes) if self.pad_audio else min(sizes), self.max_sample_size)
         audios, padding_mask, starts = self._collate_audio(samples, audio_size)
         targets, lengths, ntokens = self._collate_labels(samples, audio_size, starts)
         batch = {
-            "id": torch.LongTensor([s["id"] for s in samples]),
+            "id": _long_tensor([s["id"] for s in samples]),
             "net_input": {"source": audios, "padding_mask": padding_mask},
         }
         if self.single_target:
@@ -251,8 +262,8 @@ class MERTDataset(FairseqDataset):
         """Start of the batch crop inside `source` (diff = len(source) - crop size > 0)."""
         if not self.random_crop:
             return 0
-        rng = self._rng(sample["id"], 1) if sample.get("windowed") else self._rng(sample["id"])
-        return int(rng.integers(0, diff + 1))
+        stream = (1,) if sample.get("windowed") else ()
+        return self._draw(diff + 1, sample["id"], *stream)
 
     def _collate_audio(self, samples: List[dict], size: int):
         """-> (audio B x size, padding mask B x size, crop start of each row in its full clip).
@@ -300,7 +311,7 @@ class MERTDataset(FairseqDataset):
                 for i, t in enumerate(cropped):
                     padded[i, : len(t)] = torch.from_numpy(t)
             targets.append(padded)
-            lengths.append(torch.LongTensor(length))
+            lengths.append(_long_tensor(length))
             ntokens.append(sum(length))
         return targets, lengths, ntokens
 
