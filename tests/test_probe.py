@@ -143,8 +143,16 @@ def test_random_init_is_seeded_and_differs_from_trained(models, ckpt_source):
 
 
 def test_cli_writes_table_json_and_png(models, tmp_path, capsys):
-    rc = main([str(models / "ckpt.pt"), "mfcc", "--labels", str(models / "labels.csv"),
-               "--tasks", "pitch,tempo:regression", "--folds", "3", "--out-dir", str(tmp_path / "out"), "--no-progress"])
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        rc = main([str(models / "ckpt.pt"), "mfcc", "--labels", str(models / "labels.csv"), "--tasks",
+                   "pitch,tempo:regression", "--folds", "3", "--out-dir", str(tmp_path / "out"), "--no-progress",
+                   "--threads", "1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert rc == 0
     out = capsys.readouterr().out
     assert "| pitch | accuracy |" in out and "| tempo | r2 |" in out
@@ -153,3 +161,4 @@ def test_cli_writes_table_json_and_png(models, tmp_path, capsys):
     png = (tmp_path / "out" / "probe_layers.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert main(["nosuch.pt", "--labels", str(models / "labels.csv"), "--out-dir", str(tmp_path / "x")]) == 2
+    assert main(["mfcc", "--labels", str(models / "labels.csv"), "--threads", "-1"]) == 2
