@@ -73,7 +73,7 @@ run_demo() {
   say_t "5/5 probes on the held-out clips: demo model vs the same model at random init vs MFCC statistics"
   "$PY" "$ROOT/scripts/probe.py" "demo=$ckpt" "random-init=random-init:$ckpt" mfcc --labels "$probe/metadata.csv" \
     --tasks "${DEMO_PROBE_TASKS:-timbre,chord_timbre,key,mode,percussion,tempo_bpm:regression}" --folds 5 \
-    --out-dir "$save/probe" --no-progress --threads 1
+    --out-dir "$save/probe" --no-progress --threads 1 --pool mean+std
   "$PY" "$ROOT/scripts/plot_training.py" "$log" --out "$save/training.png" --title "MERT_demo_cpu"
   say_t "done."
   echo "  corpus:      $corpus (probe clips: $probe)"

@@ -132,6 +132,16 @@ def test_checkpoint_and_hf_folder_give_the_same_features_and_cache_is_used(model
     assert not extract_pooled(ckpt_source, files, tmp_path / "cache", progress=False).any()
 
 
+def test_mean_std_pooling_appends_the_std_to_the_mean(models, ckpt_source):
+    files = sorted(models.glob("c*.wav"))[:3]
+    mean = extract_pooled(ckpt_source, files, progress=False)
+    both = extract_pooled(feature_source(str(models / "ckpt.pt"), pool="mean+std"), files, progress=False)
+    assert both.shape == (3, 3, 64) and np.abs(both[..., :32] - mean).max() < 1e-5
+    assert (both[..., 32:] > 0).all()  # per-dimension standard deviations over time
+    with pytest.raises(ProbeError, match="pool='max'"):
+        feature_source(str(models / "ckpt.pt"), pool="max")
+
+
 def test_random_init_is_seeded_and_differs_from_trained(models, ckpt_source):
     files = sorted(models.glob("c*.wav"))[:3]
     r1 = extract_pooled(feature_source(f"random-init:{models / 'ckpt.pt'}"), files, progress=False)
