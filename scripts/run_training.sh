@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # MERT pretraining launcher.
 #
-# No arguments: the demo, end to end in about 5 minutes on 2 CPU cores (measured 4 min 52 s; docs/probing.md):
+# No arguments: the demo, end to end in about 5 minutes on 2 CPU cores (measured 4 min 59 s; docs/probing.md):
 #   demo corpus (+ held-out probe clips) -> manifest -> K-means labels (MFCC; DEMO_KMEANS_FEATURE=chroma for
 #   CQT-chroma codes) -> MERT_demo_cpu training (with
 #   online probes) -> probe table of the model vs random init vs MFCC on the held-out clips + PNGs.
