@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # MERT pretraining launcher.
 #
-# No arguments: the demo, end to end on 2 CPU cores (training about 2-3 minutes on idle cores, probes a few more; not timed end to end):
+# No arguments: the demo, end to end in about 5 minutes on 2 CPU cores (measured 4 min 59 s; docs/probing.md):
 #   demo corpus (+ held-out probe clips) -> manifest -> K-means labels (MFCC; DEMO_KMEANS_FEATURE=chroma for
 #   CQT-chroma codes) -> MERT_demo_cpu training (with
 #   online probes) -> probe table of the model vs random init vs MFCC on the held-out clips + PNGs.
@@ -37,30 +37,33 @@ fi
 CONFIG_DIR="$ROOT/configs/pretrain"
 USER_DIR="$ROOT/mert_fairseq"
 say() { printf '\n[run_training] %s\n' "$*"; }
+say_t() { printf '\n[run_training %ds] %s\n' "$SECONDS" "$*"; }  # demo: seconds since the start
 
 run_demo() {
   local demo="${DEMO_DIR:-$ROOT/data/demo}"
   local corpus="$demo/corpus" probe="$demo/probe" audio="$demo/audio24k" manifest="$demo/manifest"
   local feature="${DEMO_KMEANS_FEATURE:-mfcc}" save="${SAVE_DIR:-$ROOT/runs/demo}" labels="$demo/labels"
   [[ "$feature" == mfcc ]] || labels+="_$feature"
-  say "1/5 demo corpus -> $corpus; held-out probe clips (another seed, never trained on) -> $probe"
+  SECONDS=0
+  say_t "1/5 demo corpus -> $corpus; held-out probe clips (another seed, never trained on) -> $probe"
   "$PY" "$ROOT/scripts/make_demo_corpus.py" --out-dir "$corpus" --num-clips "${DEMO_CLIPS:-200}" --seconds 6
   "$PY" "$ROOT/scripts/make_demo_corpus.py" --out-dir "$probe" --num-clips "${DEMO_PROBE_CLIPS:-200}" --seconds 6 --seed 1
   if [[ -s "$manifest/train.tsv" && -s "$manifest/valid.tsv" ]]; then
-    say "2/5 manifest: already in $manifest"
+    say_t "2/5 manifest: already in $manifest"
   else
-    say "2/5 manifest -> $manifest"
+    say_t "2/5 manifest -> $manifest"
     "$PY" "$ROOT/scripts/prepare_manifest.py" --root-dir "$corpus" --converted-root-dir "$audio" \
       --out-dir "$manifest" --target-rate 24000 --valid-percent 0.1 --seed 1
   fi
   if [[ -s "$labels/train.kmeans" && -s "$labels/valid.kmeans" && -s "$labels/dict.kmeans.txt" ]]; then
-    say "3/5 K-means labels: already in $labels"
+    say_t "3/5 K-means labels: already in $labels"
   else
-    say "3/5 K-means labels ($feature features, 100 clusters) -> $labels"
-    "$PY" "$ROOT/scripts/prepare_kmeans_labels.py" all --manifest-dir "$manifest" --label-dir "$labels" \
-      --kmeans-model "$labels/kmeans.joblib" --name kmeans --n-clusters 100 --feature "$feature"
+    say_t "3/5 K-means labels ($feature features, 100 clusters fitted on 20k frames) -> $labels"
+    OMP_NUM_THREADS=1 "$PY" "$ROOT/scripts/prepare_kmeans_labels.py" all --manifest-dir "$manifest" \
+      --label-dir "$labels" --kmeans-model "$labels/kmeans.joblib" --name kmeans --n-clusters 100 \
+      --feature "$feature" --max-fit-frames 20000
   fi
-  say "4/5 training MERT_demo_cpu -> $save (resumes from checkpoint_last.pt when present)"
+  say_t "4/5 training MERT_demo_cpu -> $save (resumes from checkpoint_last.pt when present)"
   local log="$save/train.log" ckpt="$save/checkpoints/checkpoint_last.pt"
   mkdir -p "$save"
   "${TRAIN[@]}" --config-dir "$CONFIG_DIR" --config-name MERT_demo_cpu \
@@ -70,12 +73,12 @@ run_demo() {
   [[ "${PIPESTATUS[0]}" == 0 ]] || { echo "training failed; see $log" >&2; exit 1; }
   local acc
   acc=$(grep -E "\]\[valid\]" "$log" | tail -1 | grep -oE "correct_m_0 [0-9.]+" | awk '{print $2}')
-  say "5/5 probes on the held-out clips: demo model vs the same model at random init vs MFCC statistics"
+  say_t "5/5 probes on the held-out clips: demo model vs the same model at random init vs MFCC statistics"
   "$PY" "$ROOT/scripts/probe.py" "demo=$ckpt" "random-init=random-init:$ckpt" mfcc --labels "$probe/metadata.csv" \
     --tasks "${DEMO_PROBE_TASKS:-timbre,chord_timbre,key,mode,percussion,tempo_bpm:regression}" --folds 5 \
-    --out-dir "$save/probe" --no-progress
+    --out-dir "$save/probe" --no-progress --threads 1 --pool mean+std
   "$PY" "$ROOT/scripts/plot_training.py" "$log" --out "$save/training.png" --title "MERT_demo_cpu"
-  say "done."
+  say_t "done."
   echo "  corpus:      $corpus (probe clips: $probe)"
   echo "  manifests:   $manifest"
   echo "  labels:      $labels"

@@ -132,6 +132,16 @@ def test_checkpoint_and_hf_folder_give_the_same_features_and_cache_is_used(model
     assert not extract_pooled(ckpt_source, files, tmp_path / "cache", progress=False).any()
 
 
+def test_mean_std_pooling_appends_the_std_to_the_mean(models, ckpt_source):
+    files = sorted(models.glob("c*.wav"))[:3]
+    mean = extract_pooled(ckpt_source, files, progress=False)
+    both = extract_pooled(feature_source(str(models / "ckpt.pt"), pool="mean+std"), files, progress=False)
+    assert both.shape == (3, 3, 64) and np.abs(both[..., :32] - mean).max() < 1e-5
+    assert (both[..., 32:] > 0).all()  # per-dimension standard deviations over time
+    with pytest.raises(ProbeError, match="pool='max'"):
+        feature_source(str(models / "ckpt.pt"), pool="max")
+
+
 def test_random_init_is_seeded_and_differs_from_trained(models, ckpt_source):
     files = sorted(models.glob("c*.wav"))[:3]
     r1 = extract_pooled(feature_source(f"random-init:{models / 'ckpt.pt'}"), files, progress=False)
@@ -143,8 +153,16 @@ def test_random_init_is_seeded_and_differs_from_trained(models, ckpt_source):
 
 
 def test_cli_writes_table_json_and_png(models, tmp_path, capsys):
-    rc = main([str(models / "ckpt.pt"), "mfcc", "--labels", str(models / "labels.csv"),
-               "--tasks", "pitch,tempo:regression", "--folds", "3", "--out-dir", str(tmp_path / "out"), "--no-progress"])
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        rc = main([str(models / "ckpt.pt"), "mfcc", "--labels", str(models / "labels.csv"), "--tasks",
+                   "pitch,tempo:regression", "--folds", "3", "--out-dir", str(tmp_path / "out"), "--no-progress",
+                   "--threads", "1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert rc == 0
     out = capsys.readouterr().out
     assert "| pitch | accuracy |" in out and "| tempo | r2 |" in out
@@ -153,3 +171,4 @@ def test_cli_writes_table_json_and_png(models, tmp_path, capsys):
     png = (tmp_path / "out" / "probe_layers.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert main(["nosuch.pt", "--labels", str(models / "labels.csv"), "--out-dir", str(tmp_path / "x")]) == 2
+    assert main(["mfcc", "--labels", str(models / "labels.csv"), "--threads", "-1"]) == 2

@@ -7,7 +7,8 @@
     print(format_table(results))
 
 Features: every hidden state of a MERT model (fairseq checkpoint or exported HF folder, through
-`mert_fairseq.features`), mean-pooled over time -> one (layers + 1) x D array per clip; the `mfcc`
+`mert_fairseq.features`), mean-pooled over time -> one (layers + 1) x D array per clip (`pool="mean+std"`:
+mean and standard deviation, (layers + 1) x 2D, the pooling of the MFCC baseline); the `mfcc`
 baseline is the mean and standard deviation over time of MFCCs + deltas (one "layer"); `random-init:CKPT`
 is the checkpoint's architecture re-initialised from its own seed (what training started from).
 
@@ -36,6 +37,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 KINDS = ("class", "multilabel", "regression")
+POOLS = ("mean", "mean+std")  # time pooling of MERT hidden states (MFCC statistics are always mean+std)
 METRIC = {"class": "accuracy", "multilabel": "roc_auc", "regression": "r2"}
 SPLITS = ("train", "valid", "test")
 
@@ -255,12 +257,16 @@ class FeatureSource:
 
 
 class MERTSource(FeatureSource):
-    """Every hidden state of a MERT model (checkpoint, HF folder or random init), mean over time."""
+    """Every hidden state of a MERT model (checkpoint, HF folder or random init), pooled over time:
+    `pool` "mean" -> L x D, "mean+std" -> L x 2D (mean, then standard deviation)."""
 
-    def __init__(self, name: str, path: str, kind: str, window_seconds: float = 30.0, device: str = "cpu") -> None:
+    def __init__(self, name: str, path: str, kind: str, window_seconds: float = 30.0, device: str = "cpu",
+                 pool: str = "mean") -> None:
         from mert_fairseq.features import MERTFeatureExtractor, load_feature_extractor
 
-        self.name, self.path, self.kind, self.window_seconds = name, Path(path), kind, window_seconds
+        if pool not in POOLS:
+            raise ProbeError(f"pool={pool!r}: expected one of {', '.join(POOLS)}")
+        self.name, self.path, self.kind, self.window_seconds, self.pool = name, Path(path), kind, window_seconds, pool
         if kind == "random-init":
             from mert_fairseq.checkpoint import load_mert_model
             from mert_fairseq.config_values import parse_conv_layers
@@ -279,10 +285,13 @@ class MERTSource(FeatureSource):
     def identity(self) -> dict:
         files = sorted(self.path.rglob("*")) if self.path.is_dir() else [self.path]
         return {"source": self.kind, "files": [_file_identity(f) for f in files if f.is_file()],
-                "layers": self.extractor.num_layers, "window_seconds": self.window_seconds, "pool": "mean"}
+                "layers": self.extractor.num_layers, "window_seconds": self.window_seconds, "pool": self.pool}
 
     def pooled(self, path: Path) -> np.ndarray:
-        return self.extractor.extract_file(path, reduce="mean", window_seconds=self.window_seconds)
+        if self.pool == "mean":
+            return self.extractor.extract_file(path, reduce="mean", window_seconds=self.window_seconds)
+        frames = self.extractor.extract_file(path, reduce="frame", window_seconds=self.window_seconds)  # L x T x D
+        return np.concatenate([frames.mean(1), frames.std(1)], axis=1)  # L x 2D
 
 
 class MFCCSource(FeatureSource):
@@ -305,8 +314,9 @@ class MFCCSource(FeatureSource):
         return np.concatenate([frames.mean(0), frames.std(0)])[None].astype(np.float32)
 
 
-def feature_source(spec: str, device: str = "cpu") -> FeatureSource:
-    """`mfcc`, `random-init:CKPT`, a checkpoint file or an HF folder; `name=spec` sets the display name."""
+def feature_source(spec: str, device: str = "cpu", pool: str = "mean") -> FeatureSource:
+    """`mfcc`, `random-init:CKPT`, a checkpoint file or an HF folder; `name=spec` sets the display name;
+    `pool` is the time pooling of MERT layers ("mean" or "mean+std")."""
     name, _, body = spec.partition("=") if re.match(r"^[\w.-]+=", spec) else ("", "", spec)
     if body == "mfcc":
         return MFCCSource(name or "mfcc")
@@ -314,14 +324,14 @@ def feature_source(spec: str, device: str = "cpu") -> FeatureSource:
         path = body[len("random-init:"):]
         if not Path(path).is_file():
             raise ProbeError(f"{path}: checkpoint for random-init not found")
-        return MERTSource(name or "random-init", path, "random-init", device=device)
+        return MERTSource(name or "random-init", path, "random-init", device=device, pool=pool)
     path = Path(body)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ProbeError(f"{path}: folder without config.json (not an exported HF model)")
-        return MERTSource(name or path.name, body, "hf", device=device)
+        return MERTSource(name or path.name, body, "hf", device=device, pool=pool)
     if path.is_file():
-        return MERTSource(name or path.stem, body, "fairseq", device=device)
+        return MERTSource(name or path.stem, body, "fairseq", device=device, pool=pool)
     raise ProbeError(f"{spec}: not 'mfcc', 'random-init:CKPT', a checkpoint file or an HF folder")
 
 
@@ -421,7 +431,7 @@ def plot_layers(results: Dict[str, List[dict]], path: str | os.PathLike) -> None
 def build_parser():
     import argparse
 
-    p = argparse.ArgumentParser(description="Probe frozen features (per layer, mean-pooled) on labelled clips.")
+    p = argparse.ArgumentParser(description="Probe frozen features (per layer, pooled over time) on labelled clips.")
     p.add_argument("models", nargs="+", help="checkpoint .pt files, exported HF folders, 'mfcc', "
                    "'random-init:CKPT'; prefix with NAME= to name a column (e.g. demo=ckpt.pt)")
     p.add_argument("--labels", required=True, help="CSV with a file column and task columns")
@@ -437,6 +447,11 @@ def build_parser():
     p.add_argument("--out-dir", default="probe_results", help="writes probe.json, probe.md and probe_layers.png")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: OUT_DIR/cache)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--pool", default="mean", choices=POOLS, help="time pooling of MERT layers (MARBLE: mean); "
+                   "mean+std matches the mfcc baseline's statistics")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads for extraction (0: torch's default). "
+                   "Clips go through the model one at a time, so on a small or busy machine 1 thread is the "
+                   "cheapest (demo: 5x less CPU than 2 threads on 2 shared cores)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--verbose", action="store_true", help="log INFO messages (cache hits, model loading)")
     return p
@@ -448,10 +463,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    if args.threads < 0:
+        logger.error("--threads %d: must be >= 0", args.threads)
+        return 2
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         probe_set = read_probe_csv(args.labels, args.tasks.split(",") if args.tasks else None, args.file_column,
                                    args.split_column, args.audio_root)
-        sources = [feature_source(m, args.device) for m in args.models]
+        sources = [feature_source(m, args.device, args.pool) for m in args.models]
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
             raise ProbeError(f"two models share a name ({', '.join(names)}); name them with NAME=path")
@@ -464,6 +486,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     table = format_table(results)
     evaluation = f"split column {args.split_column!r}" if args.split_column else f"{args.folds}-fold CV"
+    evaluation += f", MERT layers pooled {args.pool}"
     write_json(results, out / "probe.json", {"labels": str(args.labels), "clips": len(probe_set.files),
                                              "evaluation": evaluation, "models": list(args.models)})
     atomic_write_text(out / "probe.md", table + "\n")
