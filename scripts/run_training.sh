@@ -3,7 +3,7 @@
 #
 # No arguments: the demo, end to end in about 5 minutes on 2 CPU cores (measured 4 min 59 s; docs/probing.md):
 #   demo corpus (+ held-out probe clips) -> manifest -> K-means labels (MFCC; DEMO_KMEANS_FEATURE=chroma for
-#   CQT-chroma codes) -> MERT_demo_cpu training (with
+#   CQT-chroma codes, =mfcc+chroma for both as two label streams) -> MERT_demo_cpu training (with
 #   online probes) -> probe table of the model vs random init vs MFCC on the held-out clips + PNGs.
 #   Steps already done are skipped; training resumes from checkpoint_last.pt.
 #     bash scripts/run_training.sh
@@ -55,20 +55,28 @@ run_demo() {
     "$PY" "$ROOT/scripts/prepare_manifest.py" --root-dir "$corpus" --converted-root-dir "$audio" \
       --out-dir "$manifest" --target-rate 24000 --valid-percent 0.1 --seed 1
   fi
-  if [[ -s "$labels/train.kmeans" && -s "$labels/valid.kmeans" && -s "$labels/dict.kmeans.txt" ]]; then
-    say_t "3/5 K-means labels: already in $labels"
-  else
-    say_t "3/5 K-means labels ($feature features, 100 clusters fitted on 20k frames) -> $labels"
-    OMP_NUM_THREADS=1 "$PY" "$ROOT/scripts/prepare_kmeans_labels.py" all --manifest-dir "$manifest" \
-      --label-dir "$labels" --kmeans-model "$labels/kmeans.joblib" --name kmeans --n-clusters 100 \
-      --feature "$feature" --max-fit-frames 20000
-  fi
+  # one label stream per feature: "mfcc" -> kmeans; "chroma" -> kmeans; "mfcc+chroma" -> kmeans + chroma
+  local streams=() stream feat
+  if [[ "$feature" == mfcc+chroma ]]; then streams=(kmeans:mfcc chroma:chroma); else streams=("kmeans:$feature"); fi
+  for stream in "${streams[@]}"; do
+    feat="${stream#*:}"; stream="${stream%%:*}"
+    if [[ -s "$labels/train.$stream" && -s "$labels/valid.$stream" && -s "$labels/dict.$stream.txt" ]]; then
+      say_t "3/5 K-means labels: already in $labels ($stream)"
+    else
+      say_t "3/5 K-means labels ($feat features, 100 clusters fitted on 20k frames) -> $labels ($stream)"
+      OMP_NUM_THREADS=1 "$PY" "$ROOT/scripts/prepare_kmeans_labels.py" all --manifest-dir "$manifest" \
+        --label-dir "$labels" --kmeans-model "$labels/$stream.joblib" --name "$stream" --n-clusters 100 \
+        --feature "$feat" --max-fit-frames 20000
+    fi
+  done
+  local stream_args=()
+  [[ "${#streams[@]}" == 1 ]] || stream_args=("task.labels=[kmeans,chroma]" model.untie_final_proj=true)
   say_t "4/5 training MERT_demo_cpu -> $save (resumes from checkpoint_last.pt when present)"
   local log="$save/train.log" ckpt="$save/checkpoints/checkpoint_last.pt"
   mkdir -p "$save"
   "${TRAIN[@]}" --config-dir "$CONFIG_DIR" --config-name MERT_demo_cpu \
     common.user_dir="$USER_DIR" task.data="$manifest" task.label_dir="$labels" task.probe_csv="$probe/metadata.csv" \
-    checkpoint.save_dir="$save/checkpoints" hydra.run.dir="$save" "$@" 2>&1 | tee -a "$log" \
+    checkpoint.save_dir="$save/checkpoints" hydra.run.dir="$save" "${stream_args[@]}" "$@" 2>&1 | tee -a "$log" \
     | grep --line-buffered -E "\]\[(train_inner|train|valid)\]|Loaded checkpoint|done training|online probe \(|Error|error" || true
   [[ "${PIPESTATUS[0]}" == 0 ]] || { echo "training failed; see $log" >&2; exit 1; }
   local acc

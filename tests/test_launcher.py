@@ -37,6 +37,23 @@ def test_demo_runs_end_to_end_then_resumes(tmp_path):
     assert "Loaded checkpoint" in out and "@ 4 updates" in out  # resumed, not restarted
 
 
+def test_demo_with_mfcc_and_chroma_streams(tmp_path):
+    from mert_fairseq.checkpoint_io import load_checkpoint_state
+
+    demo, save = tmp_path / "demo", tmp_path / "run"
+    rc, out = run("optimization.max_update=2", "dataset.validate_interval_updates=2", "task.probe_interval_updates=100",
+                  DEMO_DIR=demo, SAVE_DIR=save, DEMO_CLIPS=12, DEMO_PROBE_CLIPS=10, DEMO_KMEANS_FEATURE="mfcc+chroma")
+    assert rc == 0, out[-4000:]
+    labels = demo / "labels_mfcc+chroma"
+    for name in ("train.kmeans", "train.chroma", "dict.kmeans.txt", "dict.chroma.txt"):
+        assert (labels / name).stat().st_size > 0, name
+    assert (labels / "train.kmeans").read_text() != (labels / "train.chroma").read_text()
+    state = load_checkpoint_state(save / "checkpoints" / "checkpoint_last.pt")
+    assert list(state["cfg"]["task"]["labels"]) == ["kmeans", "chroma"]
+    assert state["cfg"]["model"]["untie_final_proj"] is True
+    assert "| key | accuracy |" in out
+
+
 def test_original_call_form_single_node_cpu(tmp_path):
     data = make_tone_dataset(tmp_path / "data", n_clips=8)
     rc, out = run("0", "local", "MERT_demo_cpu", "mysetting", "127.0.0.1", "39999",
