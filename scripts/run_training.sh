@@ -69,8 +69,9 @@ run_demo() {
         --feature "$feat" --max-fit-frames 20000
     fi
   done
-  local stream_args=()
-  [[ "${#streams[@]}" == 1 ]] || stream_args=("task.labels=[kmeans,chroma]" model.untie_final_proj=true)
+  local stream_args=() names
+  names="$(IFS=,; echo "${streams[*]%%:*}")"  # kmeans,chroma
+  [[ "${#streams[@]}" == 1 ]] || stream_args=("task.labels=[$names]" model.untie_final_proj=true)
   say_t "4/5 training MERT_demo_cpu -> $save (resumes from checkpoint_last.pt when present)"
   local log="$save/train.log" ckpt="$save/checkpoints/checkpoint_last.pt"
   mkdir -p "$save"

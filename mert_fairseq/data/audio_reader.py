@@ -151,7 +151,8 @@ def _read_soundfile(path: str | os.PathLike, start: int, frames: int) -> tuple[n
             shard.close()
 
 
-_WAV_DTYPES = {(1, 16): "<i2", (3, 32): "<f4"}  # (format tag, bits) -> sample dtype: PCM_16, IEEE float
+WAV_SUBTYPES = {"PCM_16": (1, "<i2"), "FLOAT": (3, "<f4")}  # the WAV samples read here: (format tag, dtype)
+_WAV_DTYPES = {(tag, 8 * np.dtype(dtype).itemsize): dtype for tag, dtype in WAV_SUBTYPES.values()}  # (tag, bits)
 
 
 def wav_layout(head: bytes) -> Optional[tuple[int, int, int, int, str]]:
@@ -198,7 +199,7 @@ def _read_wav(path: str | os.PathLike, start: int, frames: int) -> Optional[tupl
         if layout is None or layout[0] + layout[1] > limit:
             return None
         data, nbytes, channels, rate, dtype = layout
-        frame_bytes = (2 if dtype == "<i2" else 4) * channels
+        frame_bytes = np.dtype(dtype).itemsize * channels
         total = nbytes // frame_bytes
         start = min(max(start, 0), total)
         count = total - start if frames < 0 else min(frames, total - start)

@@ -41,7 +41,7 @@ from typing import Optional
 import numpy as np
 import soundfile as sf
 
-from mert_fairseq.data.audio_reader import parse_packed, wav_layout
+from mert_fairseq.data.audio_reader import WAV_SUBTYPES, parse_packed, wav_layout
 from mert_fairseq.data.manifest_index import read_manifest_index
 from mert_fairseq.fileio import atomic_open
 
@@ -50,8 +50,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_SHARD_BYTES = 2 << 30  # 2 GiB
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same input gives the same shard bytes
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # ZIP local file header, 30 bytes
-PCM_SUBTYPES = ("auto", "PCM_16", "FLOAT")
-_SAMPLE = {"PCM_16": (1, 2, "<i2"), "FLOAT": (3, 4, "<f4")}  # subtype -> (WAV format tag, bytes, dtype)
+PCM_SUBTYPES = ("auto", *WAV_SUBTYPES)  # auto: 16-bit sources as PCM_16, the others as FLOAT
 _BLOCK_FRAMES = 1 << 16  # frames decoded per step when converting to PCM
 
 
@@ -110,7 +109,8 @@ class Source:
 def wav_header(frames: int, channels: int, rate: int, subtype: str) -> bytes:
     """A canonical RIFF/WAVE header for `frames` frames of 16-bit PCM or 32-bit float samples
     (float files get the `fact` chunk the WAVE spec asks for)."""
-    tag, width, _ = _SAMPLE[subtype]
+    tag, dtype = WAV_SUBTYPES[subtype]
+    width = np.dtype(dtype).itemsize
     data = frames * channels * width
     fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * channels * width, channels * width, 8 * width)
     if subtype == "FLOAT":
@@ -145,18 +145,18 @@ def describe_source(src: Path, where: str, num_samples: int, pcm: bool, pcm_subt
                         "(file changed after the manifest was written?)")
     subtype = pcm_subtype if pcm_subtype != "auto" else ("PCM_16" if info.subtype == "PCM_16" else "FLOAT")
     header = wav_header(info.frames, info.channels, info.samplerate, subtype)
-    size = len(header) + info.frames * info.channels * _SAMPLE[subtype][1]
+    size = len(header) + info.frames * info.channels * np.dtype(WAV_SUBTYPES[subtype][1]).itemsize
     return Source(src, size, where, subtype, info.frames, info.channels, info.samplerate)
 
 
 def _dtype_subtype(dtype: str) -> str:
-    return next(k for k, v in _SAMPLE.items() if v[2] == dtype)
+    return next(k for k, (_, d) in WAV_SUBTYPES.items() if d == dtype)
 
 
 def _write_pcm(src: Source, out) -> None:
     """Decode `src` block by block into `out` as a WAV file of `src.subtype` (header first)."""
     out.write(wav_header(src.frames, src.channels, src.rate, src.subtype))
-    dtype, written = _SAMPLE[src.subtype][2], 0
+    dtype, written = WAV_SUBTYPES[src.subtype][1], 0
     try:
         snd = sf.SoundFile(str(src.path))
     except (sf.SoundFileError, RuntimeError) as exc:

@@ -256,6 +256,11 @@ class FeatureSource:
         raise NotImplementedError
 
 
+def mean_std(frames: np.ndarray, axis: int) -> np.ndarray:
+    """Mean and standard deviation over the time `axis`, concatenated on the last axis."""
+    return np.concatenate([frames.mean(axis), frames.std(axis)], axis=-1)
+
+
 class MERTSource(FeatureSource):
     """Every hidden state of a MERT model (checkpoint, HF folder or random init), pooled over time:
     `pool` "mean" -> L x D, "mean+std" -> L x 2D (mean, then standard deviation)."""
@@ -291,7 +296,7 @@ class MERTSource(FeatureSource):
         if self.pool == "mean":
             return self.extractor.extract_file(path, reduce="mean", window_seconds=self.window_seconds)
         frames = self.extractor.extract_file(path, reduce="frame", window_seconds=self.window_seconds)  # L x T x D
-        return np.concatenate([frames.mean(1), frames.std(1)], axis=1)  # L x 2D
+        return mean_std(frames, axis=1)  # L x 2D
 
 
 class MFCCSource(FeatureSource):
@@ -311,7 +316,7 @@ class MFCCSource(FeatureSource):
         from mert_fairseq.audio import load_mono
 
         frames = self.mfcc(load_mono(path, self.sample_rate))  # T x 39
-        return np.concatenate([frames.mean(0), frames.std(0)])[None].astype(np.float32)
+        return mean_std(frames, axis=0)[None].astype(np.float32)
 
 
 def feature_source(spec: str, device: str = "cpu", pool: str = "mean") -> FeatureSource:
