@@ -15,7 +15,7 @@ import argparse
 import logging
 import sys
 
-from mert_fairseq.features import (AUDIO_EXTENSIONS, FeatureExtractionError, extract_to_folder,
+from mert_fairseq.evaluation.features import (AUDIO_EXTENSIONS, FeatureExtractionError, extract_to_folder,
                                    load_feature_extractor, parse_layers)
 
 

@@ -13,7 +13,7 @@ cd "$ROOT"
 if [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 rc=0
-"$PY" -m mert_fairseq.gpu_check "$@" || rc=$?
+"$PY" -m mert_fairseq.perf.gpu_check "$@" || rc=$?
 if [[ " $* " != *" --cpu-smoke "* ]]; then
   "$PY" -m pytest -q -m gpu tests/test_gpu.py || rc=1
 fi

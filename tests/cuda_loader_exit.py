@@ -26,7 +26,7 @@ dataloader._MultiProcessingDataLoaderIter.__init__ = _init_with_cuda_exit_hooks
 if __name__ == "__main__":
     if "--without-plugin-shutdown" in sys.argv:  # the behaviour before the fix, to show the test can fail
         sys.argv.remove("--without-plugin-shutdown")
-        from mert_fairseq import loader_shutdown
+        from mert_fairseq.data import loader_shutdown
 
         loader_shutdown.track = lambda epoch_iterator: None
     from fairseq_cli.hydra_train import cli_main

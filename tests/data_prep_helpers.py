@@ -35,7 +35,8 @@ def write_wav(path: Path, wav: np.ndarray, sr: int = SR, **kwargs) -> Path:
 
 def make_prepared_dataset(root: Path, lengths=TINY_LENGTHS, valid_rows: int = 2) -> Path:
     """24 kHz mono wavs under root/audio and root/manifest/{train,valid}.tsv; returns the manifest dir."""
-    from mert_fairseq.data_prep.manifest import ManifestRow, write_manifest
+    from mert_fairseq.data.manifest import ManifestRow
+    from mert_fairseq.prep.manifest import write_manifest
 
     rows = []
     for i, n in enumerate(lengths):
@@ -81,9 +82,9 @@ class _FullDiskFile:
 
 
 def full_disk(monkeypatch, name_contains: str, free_bytes: int = 0) -> None:
-    """Simulate a full disk for atomically written files (mert_fairseq.fileio.atomic_open) whose
+    """Simulate a full disk for atomically written files (mert_fairseq.common.atomic_files.atomic_open) whose
     temporary name contains `name_contains`: writes beyond `free_bytes` raise ENOSPC."""
-    from mert_fairseq import fileio
+    from mert_fairseq.common import atomic_files as fileio
 
     real_open, budget = builtins.open, [free_bytes]
 
@@ -103,6 +104,6 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 @functools.lru_cache(maxsize=None)
 def random_encodec(seed: int = 0):
     """The seeded random-weight EnCodec model, built once per test process (it takes seconds)."""
-    from mert_fairseq.data_prep.encodec_labels import load_encodec
+    from mert_fairseq.prep.encodec_labels import load_encodec
 
     return load_encodec(random_init=True, seed=seed)

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from mert_fairseq.audio import AudioError
+from mert_fairseq.data.audio import AudioError
 from mert_fairseq.data.mert_dataset import DataError
 from synthetic import make_tone_dataset
 from test_dataset import task_for

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mert_fairseq.checkpoint_io import CheckpointError, checkpoint_damage, checkpoint_num_updates
-from mert_fairseq.reliability.checkpoints import remove_stale_temp_files, resume_checkpoint
+from mert_fairseq.checkpoint.safe_load import CheckpointError, checkpoint_damage, checkpoint_num_updates
+from mert_fairseq.checkpoint.resume import remove_stale_temp_files, resume_checkpoint
 from test_training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,11 +138,11 @@ def _cmd(data, run, *overrides):
 # ---------------------------------------------------------------- atomic writes under SIGKILL
 KILLED_WRITER = """
 import sys, torch
-import mert_fairseq  # installs the atomic writers
 from fairseq import checkpoint_utils
-from fairseq.file_io import PathManager
-if sys.argv[1] == "copy":
-    PathManager.copy(sys.argv[2], sys.argv[3], overwrite=True)
+from mert_fairseq.tasks import fairseq_patches
+fairseq_patches.install()  # as the task's setup does: atomic writers
+if sys.argv[1] == "copy":  # as fairseq's save_checkpoint copies checkpoint_N to checkpoint_last
+    checkpoint_utils.PathManager.copy(sys.argv[2], sys.argv[3], overwrite=True)
 else:
     checkpoint_utils.torch_persistent_save({"w": torch.arange(300_000.0)}, sys.argv[3])
 print("not killed")

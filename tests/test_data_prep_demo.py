@@ -7,7 +7,7 @@ import numpy as np
 import soundfile as sf
 
 from data_prep_helpers import run_script
-from mert_fairseq.data_prep.demo_corpus import TIMBRES, make_demo_corpus
+from mert_fairseq.prep.demo_corpus import TIMBRES, make_demo_corpus
 
 
 def _bytes(root):

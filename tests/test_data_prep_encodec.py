@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from data_prep_helpers import TINY_LENGTHS, make_prepared_dataset, random_encodec, read_label_lines, run_script
-from mert_fairseq.data_prep.demo_corpus import clip_spec, render_clip
-from mert_fairseq.data_prep.encodec_labels import (
+from mert_fairseq.prep.demo_corpus import clip_spec, render_clip
+from mert_fairseq.prep.encodec_labels import (
     EncodecSettings, chunk_pieces, encode_batch, encode_manifest, encode_waveform, load_encodec,
 )
-from mert_fairseq.data_prep.manifest import read_manifest
+from mert_fairseq.data.manifest import read_manifest
 
 SR = 24000
 
@@ -141,7 +141,7 @@ def test_partial_work_from_other_settings_is_discarded(tmp_path, model):
 
 
 def test_bad_arguments_fail_clearly(tmp_path, capsys):
-    from mert_fairseq.data_prep.encodec_labels import main
+    from mert_fairseq.prep.encodec_labels import main
 
     manifest_dir = make_prepared_dataset(tmp_path)
     common = ["--manifest_path", str(manifest_dir), "--out_root", str(tmp_path / "o")]

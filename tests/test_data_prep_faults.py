@@ -13,17 +13,18 @@ import pytest
 from data_prep_helpers import (
     REPO, full_disk, make_prepared_dataset, random_encodec, tone, tree_bytes, write_wav,
 )
-from mert_fairseq.data_prep.common import OutputError
-from mert_fairseq.data_prep.encodec_labels import EncodecSettings, encode_manifest
-from mert_fairseq.data_prep.kmeans_labels import FeatureSpec, MfccFeatures, apply_kmeans, fit_kmeans, sample_fit_frames
-from mert_fairseq.data_prep.manifest import JOURNAL_NAME, prepare_manifest, read_manifest
+from mert_fairseq.prep.common import OutputError
+from mert_fairseq.prep.encodec_labels import EncodecSettings, encode_manifest
+from mert_fairseq.prep.kmeans_labels import FeatureSpec, MfccFeatures, apply_kmeans, fit_kmeans, sample_fit_frames
+from mert_fairseq.data.manifest import read_manifest
+from mert_fairseq.prep.manifest import JOURNAL_NAME, prepare_manifest
 
 SR = 24000
 
 # Runs a prepare_kmeans_labels command and SIGKILLs itself once the first shard is saved.
 KILL_AFTER_FIRST_SHARD = """
 import os, signal, sys
-from mert_fairseq.data_prep import kmeans_labels as K
+from mert_fairseq.prep import kmeans_labels as K
 args = K.build_parser().parse_args(sys.argv[1:])
 run = K.run_fit if args.command == "fit" else K.run_apply
 run(args, on_shard_done=lambda shard: os.kill(os.getpid(), signal.SIGKILL))
@@ -42,7 +43,7 @@ def manifest_dir(tmp_path_factory):
 
 
 def test_kmeans_fit_and_apply_resume_after_sigkill_byte_identical(tmp_path, manifest_dir):
-    from mert_fairseq.data_prep.kmeans_labels import main
+    from mert_fairseq.prep.kmeans_labels import main
 
     common = ["--manifest-dir", manifest_dir, "--n-clusters", 8, "--max-fit-frames", 1500, "--shard-seconds", 1]
     clean, resumed = tmp_path / "clean", tmp_path / "resumed"
@@ -175,7 +176,7 @@ def test_full_disk_manifest_clear_error_no_partial_file(tmp_path, many_files, mo
 
 
 def test_full_disk_manifest_cli_names_the_file(tmp_path, many_files, monkeypatch, capsys):
-    from mert_fairseq.data_prep.manifest import main
+    from mert_fairseq.prep.manifest import main
 
     full_disk(monkeypatch, "valid.tsv")
     argv = ["--root-dir", str(many_files), "--converted-root-dir", str(tmp_path / "c"), "--out-dir", str(tmp_path / "o"),
@@ -202,7 +203,7 @@ def test_full_disk_encodec_labels_clear_error_then_resume(tmp_path, manifest_dir
 
 
 def test_full_disk_kmeans_labels_and_model(tmp_path, manifest_dir, monkeypatch, capsys):
-    from mert_fairseq.data_prep.kmeans_labels import main
+    from mert_fairseq.prep.kmeans_labels import main
 
     manifest, extract = read_manifest(manifest_dir / "train.tsv"), MfccFeatures(FeatureSpec())
     km = fit_kmeans(sample_fit_frames(manifest, extract, 1000, 0), 8)

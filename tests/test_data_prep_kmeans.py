@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from data_prep_helpers import TINY_LENGTHS, make_prepared_dataset, read_label_lines, run_script, tone
-from mert_fairseq.data_prep.kmeans_labels import (
+from mert_fairseq.prep.kmeans_labels import (
     FeatureSpec, MertFeatures, MfccFeatures, apply_kmeans, fit_kmeans, load_model, sample_fit_frames,
 )
-from mert_fairseq.data_prep.manifest import read_manifest
+from mert_fairseq.data.manifest import read_manifest
 
 SR = 24000
 
@@ -71,7 +71,7 @@ def test_fit_is_deterministic_and_rejects_too_few_frames(manifest_dir):
 
 
 def test_apply_rejects_a_file_that_is_not_a_model(tmp_path, manifest_dir, capsys):
-    from mert_fairseq.data_prep.kmeans_labels import main
+    from mert_fairseq.prep.kmeans_labels import main
 
     (tmp_path / "x.joblib").write_bytes(b"nonsense")
     argv = ["apply", "--manifest-dir", str(manifest_dir), "--kmeans-model", str(tmp_path / "x.joblib"),
@@ -105,9 +105,9 @@ def test_mert_features_are_frame_aligned_across_chunks():
 
 
 def test_mert_checkpoint_path_end_to_end(tmp_path, manifest_dir):
-    checkpoint = pytest.importorskip("mert_fairseq.checkpoint")
+    checkpoint = pytest.importorskip("mert_fairseq.checkpoint.model_loading")
     if not hasattr(checkpoint, "load_mert_model"):
-        pytest.skip("mert_fairseq.checkpoint.load_mert_model not available yet")
+        pytest.skip("mert_fairseq.checkpoint.model_loading.load_mert_model not available yet")
     from omegaconf import OmegaConf
 
     model = _tiny_mert()
@@ -131,7 +131,7 @@ def test_mert_checkpoint_path_end_to_end(tmp_path, manifest_dir):
 
 
 def test_chroma_frames_follow_the_label_rule_and_peak_at_the_pitch_class():
-    from mert_fairseq.data_prep.kmeans_labels import ChromaFeatures
+    from mert_fairseq.prep.kmeans_labels import ChromaFeatures
 
     chroma, mfcc = ChromaFeatures(FeatureSpec("chroma")), MfccFeatures(FeatureSpec())
     t = np.arange(SR) / SR

@@ -6,7 +6,8 @@ import pytest
 import soundfile as sf
 
 from data_prep_helpers import run_script, tone, write_wav
-from mert_fairseq.data_prep.manifest import ManifestRow, read_manifest, split_rows
+from mert_fairseq.data.manifest import ManifestRow, read_manifest
+from mert_fairseq.prep.manifest import split_rows
 
 
 @pytest.fixture()
@@ -47,7 +48,7 @@ def test_converts_good_files_and_reports_bad_ones(messy_dir, tmp_path):
 
 
 def test_converted_audio_keeps_the_signal(messy_dir, tmp_path):
-    from mert_fairseq.data_prep.manifest import prepare_manifest
+    from mert_fairseq.prep.manifest import prepare_manifest
 
     prepare_manifest(messy_dir, tmp_path / "conv", tmp_path / "m", valid_percent=0)
     got, _ = sf.read(str(tmp_path / "conv" / "b" / "mono16k.wav"), dtype="float32")
@@ -56,7 +57,7 @@ def test_converted_audio_keeps_the_signal(messy_dir, tmp_path):
 
 
 def test_rerun_reuses_converted_files(messy_dir, tmp_path):
-    from mert_fairseq.data_prep.manifest import prepare_manifest
+    from mert_fairseq.prep.manifest import prepare_manifest
 
     first = prepare_manifest(messy_dir, tmp_path / "conv", tmp_path / "m", valid_percent=0)
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "conv").rglob("*.wav")}
@@ -67,7 +68,7 @@ def test_rerun_reuses_converted_files(messy_dir, tmp_path):
 
 
 def test_converted_root_inside_root_is_not_rescanned(messy_dir, tmp_path):
-    from mert_fairseq.data_prep.manifest import prepare_manifest
+    from mert_fairseq.prep.manifest import prepare_manifest
 
     for _ in range(2):
         summary = prepare_manifest(messy_dir, messy_dir / "converted", tmp_path / "m", valid_percent=0)

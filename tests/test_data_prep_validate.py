@@ -6,9 +6,9 @@ import math
 import pytest
 
 from data_prep_helpers import make_prepared_dataset, run_script, tone, write_wav
-from mert_fairseq.data_prep.common import write_dictionary
-from mert_fairseq.data_prep.manifest import read_manifest
-from mert_fairseq.data_prep.validate import validate
+from mert_fairseq.prep.common import write_dictionary
+from mert_fairseq.data.manifest import read_manifest
+from mert_fairseq.prep.validate import validate
 
 
 @pytest.fixture()

@@ -7,9 +7,9 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
-from mert_fairseq.audio import AudioError
+from mert_fairseq.data.audio import AudioError
 from mert_fairseq.data.mert_dataset import DataError, MERTDataset
-from mert_fairseq.data_prep.manifest import ManifestError
+from mert_fairseq.data.manifest import ManifestError
 from mert_fairseq.tasks.mert_pretraining import MERTPretrainingConfig, MERTPretrainingTask
 from synthetic import make_tone_dataset
 

@@ -14,7 +14,7 @@ from fairseq.data.dictionary import Dictionary
 from mert_fairseq.data.labels import LabelStream, scan_text_labels
 from mert_fairseq.data.manifest_index import read_manifest_index
 from mert_fairseq.data.mert_dataset import MERTDataset
-from mert_fairseq.labels_npy import labels_to_npy
+from mert_fairseq.prep.labels_npy import labels_to_npy
 
 SR, RATE, CROP = 24000, 75, 24000
 
@@ -199,7 +199,7 @@ def test_opening_a_split_builds_no_per_row_python_objects(tmp_path):
 
 
 def test_manifest_index_matches_the_line_reader_and_its_errors(tmp_path):
-    from mert_fairseq.data_prep.manifest import ManifestError, read_manifest
+    from mert_fairseq.data.manifest import ManifestError, read_manifest
 
     tsv = tmp_path / "m.tsv"
     tsv.write_text("/root\na/b c.wav\t10\nd.flac\t20\n")
@@ -220,7 +220,7 @@ def test_manifest_index_matches_the_line_reader_and_its_errors(tmp_path):
 def test_loading_benchmark_runs_on_a_tiny_corpus(tmp_path):
     import json
 
-    from mert_fairseq.data.loading_benchmark import main
+    from mert_fairseq.perf.data_loading import main
 
     out = tmp_path / "bench.json"
     assert main(["--tracks", "2", "--seconds", "6", "--formats", "wav,flac-pcm", "--streams", "1",

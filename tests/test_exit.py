@@ -1,7 +1,7 @@
 """A training run exits within 10 s of its last log line, with DataLoader worker processes.
 
 fairseq keeps persistent DataLoader workers; on a GPU torch joins each of them with a 5 s timeout at
-exit unless they were shut down (see mert_fairseq/loader_shutdown.py). tests/cuda_loader_exit.py
+exit unless they were shut down (see mert_fairseq/data/loader_shutdown.py). tests/cuda_loader_exit.py
 switches that CUDA-only exit path on, so CPU runs test it; tests/test_gpu.py repeats it on a GPU."""
 import subprocess
 import sys

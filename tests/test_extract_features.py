@@ -9,8 +9,8 @@ import soundfile as sf
 import torch
 
 from export_helpers import build_model, save_checkpoint
-from mert_fairseq.audio import load_mono
-from mert_fairseq.features import (FeatureExtractionError, collect_inputs, conv_output_length, extract_to_folder,
+from mert_fairseq.data.audio import load_mono
+from mert_fairseq.evaluation.features import (FeatureExtractionError, collect_inputs, conv_output_length, extract_to_folder,
                                    load_feature_extractor, parse_layers)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 checkpoint write, half-way through a checkpoint copy, at a random time after the first update), each
 followed by the same command; the final weights, optimizer state and iterator position must be
 bit-identical to an uninterrupted run. The full run: python scripts/fault_injection.py --kills 20."""
-from mert_fairseq.reliability.fault_injection import main
+from mert_fairseq.testing.fault_injection import main
 
 
 def test_three_kills_resume_to_a_bit_identical_run(tone_data, tmp_path, capsys):

@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from mert_fairseq.fileio import atomic_open, atomic_write_text
+from mert_fairseq.common.atomic_files import atomic_open, atomic_write_text
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])

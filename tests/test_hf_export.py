@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from export_helpers import build_model, save_checkpoint
-from mert_fairseq.checkpoint import load_mert_model
+from mert_fairseq.checkpoint.model_loading import load_mert_model
 from mert_fairseq.export import convert
 from mert_fairseq.export.convert import VerificationError, convert_checkpoint, verify_export
 

@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 
 from export_helpers import build_model, checkpoint_dict
-from mert_fairseq.checkpoint_io import UnsafeCheckpointError, load_checkpoint_state
+from mert_fairseq.checkpoint.safe_load import UnsafeCheckpointError, load_checkpoint_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def test_the_payload_is_real(hostile):
 
 
 def test_load_checkpoint_state_and_load_mert_model_refuse(hostile):
-    from mert_fairseq.checkpoint import load_mert_model
+    from mert_fairseq.checkpoint.model_loading import load_mert_model
 
     for load in (load_checkpoint_state, load_mert_model):
         with pytest.raises(UnsafeCheckpointError) as err:
@@ -95,7 +95,7 @@ def test_extract_features_refuses(hostile, tmp_path, capsys):
 
 
 def test_kmeans_with_mert_features_refuses(hostile, tmp_path):
-    from mert_fairseq.data_prep.kmeans_labels import FeatureSpec, make_extractor
+    from mert_fairseq.prep.kmeans_labels import FeatureSpec, make_extractor
 
     with pytest.raises(UnsafeCheckpointError) as err:
         make_extractor(FeatureSpec(kind="mert", checkpoint=str(hostile["path"]), layer=1))

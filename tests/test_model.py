@@ -7,7 +7,7 @@ import torch
 from fairseq.criterions.hubert_criterion import HubertCriterion
 from fairseq.models.wav2vec.wav2vec2 import TransformerEncoder as FairseqTransformerEncoder
 
-from mert_fairseq.models.cqt_teacher import CQTTeacher
+from mert_fairseq.models.teachers.cqt import CQTTeacher
 from mert_fairseq.models.masked_prediction import cosine_logits, direct_cosine_logits
 from mert_fairseq.models.noise_mixture import mix_in_batch_noise
 from tiny_models import STREAMS, tiny_model

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import torch
 
-from mert_fairseq.checkpoint_io import load_checkpoint_state
+from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
 from test_training import ROOT, TRAIN, metric
 
 COMMON = ["dataset.max_tokens=192000", "dataset.disable_validation=true", "lr_scheduler.warmup_updates=2",

@@ -5,7 +5,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mert_fairseq.models.random_projection_targets import RandomProjectionTargets, code_dictionary
+from mert_fairseq.models.teachers.random_projection import RandomProjectionTargets, code_dictionary
 from test_training import load_params, metric, train
 from tiny_models import tiny_model
 

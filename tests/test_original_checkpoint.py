@@ -56,7 +56,7 @@ def original_model_cfg() -> dict:
 def original_state_dict(seed: int = 0) -> dict:
     """The original's state-dict keys and shapes, written out independently of this project's model
     (old-style weight norm `weight_g`/`weight_v`, nnAudio CQT kernels stored as buffers)."""
-    from mert_fairseq.models.cqt_teacher import build_nnaudio_cqt
+    from mert_fairseq.perf.reference import build_nnaudio_cqt
 
     g = torch.Generator().manual_seed(seed)
 
@@ -148,7 +148,7 @@ def original_ckpt(tmp_path_factory) -> Path:
 
 
 def test_original_layout_loads_strictly_and_drops_only_the_cqt_buffers(original_ckpt):
-    from mert_fairseq.checkpoint import load_mert_model
+    from mert_fairseq.checkpoint.model_loading import load_mert_model
 
     model, task_cfg = load_mert_model(original_ckpt)
     saved = torch.load(original_ckpt, weights_only=False)["model"]
@@ -202,7 +202,7 @@ def test_original_checkpoint_restores_for_continued_pretraining(original_ckpt, t
     assert proc.returncode == 0, log[-5000:]
     assert re.search(r"Loaded checkpoint .*MERT-v1-95M_fairseq\.pt", log), log[-3000:]
 
-    from mert_fairseq.checkpoint import load_checkpoint_state
+    from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
 
     new = load_checkpoint_state(run / "checkpoints" / "checkpoint_last.pt")
     assert new["optimizer_history"][-1]["num_updates"] == 2

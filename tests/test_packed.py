@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from mert_fairseq.audio import AudioError
+from mert_fairseq.data.audio import AudioError
 from mert_fairseq.data.audio_reader import read_window
-from mert_fairseq.data.pack import member_ranges, pack_manifest
+from mert_fairseq.prep.pack import member_ranges, pack_manifest
 from test_dataset_windowed import CROP, LENGTHS, dataset, write_corpus
 
 
@@ -95,7 +95,7 @@ def test_window_reads_from_a_shard_match_the_file(packed):
 
 
 def test_validator_accepts_packed_rows_and_reports_a_truncated_shard(packed):
-    from mert_fairseq.data_prep.validate import validate
+    from mert_fairseq.prep.validate import validate
 
     out, root = packed["out"], packed["data"]["root"]
     for s in packed["data"]["streams"]:
@@ -113,7 +113,7 @@ def test_validator_accepts_packed_rows_and_reports_a_truncated_shard(packed):
 
 def test_features_from_packed_and_plain_manifests_are_the_same(packed, tmp_path):
     from export_helpers import build_model, save_checkpoint
-    from mert_fairseq.features import extract_to_folder, load_feature_extractor
+    from mert_fairseq.evaluation.features import extract_to_folder, load_feature_extractor
 
     fx = load_feature_extractor(checkpoint=str(save_checkpoint(build_model("95m", seed=4), tmp_path / "m.pt")))
     plain = extract_to_folder(fx, [str(packed["data"]["root"] / "train.tsv")], tmp_path / "a", layers=[0, 1],

@@ -13,9 +13,10 @@ from fairseq.criterions.hubert_criterion import HubertCriterion
 from fairseq.data.dictionary import Dictionary
 from tiny_models import tiny_model
 
-from mert_fairseq.benchmark import music_like, reference_formulation
-from mert_fairseq.labels_npy import labels_to_npy
-from mert_fairseq.models.cqt_teacher import CQTTeacher, SpectralCQT, build_cqt, build_nnaudio_cqt
+from mert_fairseq.perf.reference import build_nnaudio_cqt, reference_formulation
+from mert_fairseq.perf.step_benchmark import music_like
+from mert_fairseq.prep.labels_npy import labels_to_npy
+from mert_fairseq.models.teachers.cqt import CQTTeacher, SpectralCQT, build_cqt
 from mert_fairseq.models.masked_prediction import cosine_logits, direct_cosine_logits
 from mert_fairseq.models.transformer_encoder import SelfAttention
 
@@ -175,7 +176,7 @@ def test_npy_labels_give_identical_batches(tmp_path):
 
 
 def test_labels_to_npy_int32_and_cli(tmp_path):
-    from mert_fairseq.labels_npy import main
+    from mert_fairseq.prep.labels_npy import main
 
     (tmp_path / "x.lab").write_text("1 2 3\n40000\n\n5 6\n")
     assert main([str(tmp_path / "x.lab")]) == 0
@@ -217,7 +218,7 @@ def test_training_step_under_bf16_autocast_on_cpu():
 
 def test_reference_formulation_same_loss_and_restores_model():
     import mert_fairseq.models.mert_model as mm
-    from mert_fairseq.models.cqt_teacher import SpectralCQT
+    from mert_fairseq.models.teachers.cqt import SpectralCQT
 
     model = tiny_model("rvq_95m").train()
     sample = _sample(model)
@@ -240,7 +241,7 @@ def test_reference_formulation_same_loss_and_restores_model():
 
 
 def test_benchmark_smoke(tmp_path):
-    from mert_fairseq.benchmark import build_parser, format_table, run
+    from mert_fairseq.perf.step_benchmark import build_parser, format_table, run
 
     args = build_parser().parse_args([
         "--config", "MERT_demo_cpu", "--device", "cpu", "--batch-size", "2", "--seconds", "1", "--warmup", "0",
@@ -364,7 +365,7 @@ def test_all_false_padding_mask_gives_the_same_loss_and_gradients_as_before():
 
 # ------------------------------------------------------------------------------------------ FLOPs / MFU
 def test_flop_count_of_attention_is_the_textbook_count():
-    from mert_fairseq.mfu import count_step_flops
+    from mert_fairseq.perf.mfu import count_step_flops
 
     B, T, D, H = 2, 10, 32, 4
     attn = SelfAttention(D, H, dropout=0.0).eval()
@@ -378,7 +379,7 @@ def test_flop_count_of_attention_is_the_textbook_count():
 
 
 def test_train_log_parsing_simple_and_json(tmp_path):
-    from mert_fairseq.mfu import parse_train_inner, read_train_log, train_log_report
+    from mert_fairseq.perf.mfu import parse_train_inner, read_train_log, train_log_report
 
     simple = ("[2026-11-27 09:15:50,730][train_inner][INFO] - epoch 001:      2 / 2 loss=7.176, ppl=144.65, "
               "wps=98.6, ups={ups}, wpb=640, bsz=16, num_updates={n}, lr=5e-05, gnorm=3.879, train_wall=6, wall=19")
@@ -403,7 +404,7 @@ def test_train_log_parsing_simple_and_json(tmp_path):
 
 
 def test_benchmark_train_log_mode_counts_flops_of_the_config(tmp_path, capsys):
-    from mert_fairseq.benchmark import main
+    from mert_fairseq.perf.step_benchmark import main
 
     log = tmp_path / "hydra_train.log"
     log.write_text("".join(
@@ -454,7 +455,7 @@ def test_fairseq_bf16_weights_with_fp32_master_and_adamw_torch_train_end_to_end(
     1% of the fp32 run's, and the optimizer state advanced."""
     from test_training import metric, train
 
-    from mert_fairseq.checkpoint import load_checkpoint_state
+    from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
 
     common = ["dataset.disable_validation=true", "common.log_interval=1", "optimizer._name=adamw_torch"]
     bf16 = train(tone_data, tmp_path / "bf16", "optimization.max_update=2", "common.bf16=true", *common)

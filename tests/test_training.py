@@ -33,7 +33,7 @@ def metric(log: str, kind: str, name: str) -> list:
 
 
 def load_params(run_dir: Path) -> dict:
-    from mert_fairseq.checkpoint import load_checkpoint_state
+    from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
 
     state = load_checkpoint_state(run_dir / "checkpoints" / "checkpoint_last.pt")
     return state

@@ -19,7 +19,7 @@ from typing import IO, Optional
 import numpy as np
 import soundfile as sf
 
-from mert_fairseq.audio import AudioError
+from mert_fairseq.data.audio import AudioError
 
 _PACKED = re.compile(r"^(?P<shard>.+\.zip):(?P<offset>\d+):(?P<length>\d+)$")
 

@@ -27,7 +27,7 @@ import torch
 from fairseq.data.dictionary import Dictionary
 
 from mert_fairseq.data.manifest_index import parse_uints
-from mert_fairseq.fileio import atomic_open
+from mert_fairseq.common.atomic_files import atomic_open
 
 logger = logging.getLogger(__name__)
 

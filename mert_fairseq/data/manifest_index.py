@@ -10,7 +10,7 @@ with vectorised numpy on the file's bytes: no Python object per row. The index k
 
 so one million rows cost about (file size + 24 bytes/row) of memory, shared copy-on-write by forked
 data-loader workers. Anything the fast path does not accept (empty lines, a missing tab, a non-digit
-size, CR line ends, ...) is handed to `mert_fairseq.data_prep.manifest.read_manifest`, whose errors name
+size, CR line ends, ...) is handed to `mert_fairseq.prep.manifest.read_manifest`, whose errors name
 the file and line; a manifest that it accepts after all is converted from its rows.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mert_fairseq.data_prep.manifest import ManifestError, read_manifest
+from mert_fairseq.data.manifest import ManifestError, read_manifest
 
 NEWLINE, TAB, ZERO = 10, 9, 48
 _MAX_DIGITS = 18  # int64 holds every 18-digit number

@@ -32,8 +32,7 @@ import torch.nn.functional as F
 from fairseq.data import FairseqDataset
 from fairseq.data.dictionary import Dictionary
 
-from mert_fairseq.audio import AudioError
-from mert_fairseq.data import allocator
+from mert_fairseq.data.audio import AudioError
 from mert_fairseq.data.audio_reader import read_window
 from mert_fairseq.data.labels import DataError, LabelStream
 from mert_fairseq.data.manifest_index import ManifestIndex, read_manifest_index
@@ -108,14 +107,10 @@ class MERTDataset(FairseqDataset):
         skip_bad_audio: bool = False,
         seed: int = 1,
         windowed_reads: bool = True,
-        keep_freed_memory: bool = True,
         max_bad_audio_fraction: float = 1.0,
     ) -> None:
         """`store_labels` has no effect any more (labels are read by byte offset or from a memmap);
-        `windowed_reads=False` reads every clip whole (the original behaviour; for comparisons);
-        `keep_freed_memory` tunes glibc malloc to reuse freed memory (`data/allocator.py`)."""
-        if keep_freed_memory:
-            allocator.keep_freed_memory()
+        `windowed_reads=False` reads every clip whole (the original behaviour; for comparisons)."""
         self.manifest_path = manifest_path
         self.manifest, self.kept_rows, num_rows = load_manifest(manifest_path, min_keep_sample_size,
                                                                 max_keep_sample_size)

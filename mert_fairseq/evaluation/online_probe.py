@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mert_fairseq.audio import load_mono
+from mert_fairseq.data.audio import load_mono
 from mert_fairseq.evaluation.probe import ProbeSet, probe_all, read_probe_csv
 
 logger = logging.getLogger(__name__)

@@ -124,7 +124,7 @@ def plot_run(series: Series, out_png: str | os.PathLike, title: str = "", crop_s
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its DEBUG font search floods verbose roots
     import matplotlib.pyplot as plt
 
-    from mert_fairseq.fileio import atomic_open
+    from mert_fairseq.common.atomic_files import atomic_open
 
     def curves(pattern: str, kinds=("train_inner", "valid")):
         return [(kind, key, pts) for kind in kinds for key, pts in sorted(series.get(kind, {}).items())

@@ -7,7 +7,7 @@
     print(format_table(results))
 
 Features: every hidden state of a MERT model (fairseq checkpoint or exported HF folder, through
-`mert_fairseq.features`), mean-pooled over time -> one (layers + 1) x D array per clip (`pool="mean+std"`:
+`mert_fairseq.evaluation.features`), mean-pooled over time -> one (layers + 1) x D array per clip (`pool="mean+std"`:
 mean and standard deviation, (layers + 1) x 2D, the pooling of the MFCC baseline); the `mfcc`
 baseline is the mean and standard deviation over time of MFCCs + deltas (one "layer"); `random-init:CKPT`
 is the checkpoint's architecture re-initialised from its own seed (what training started from).
@@ -267,14 +267,14 @@ class MERTSource(FeatureSource):
 
     def __init__(self, name: str, path: str, kind: str, window_seconds: float = 30.0, device: str = "cpu",
                  pool: str = "mean") -> None:
-        from mert_fairseq.features import MERTFeatureExtractor, load_feature_extractor
+        from mert_fairseq.evaluation.features import MERTFeatureExtractor, load_feature_extractor
 
         if pool not in POOLS:
             raise ProbeError(f"pool={pool!r}: expected one of {', '.join(POOLS)}")
         self.name, self.path, self.kind, self.window_seconds, self.pool = name, Path(path), kind, window_seconds, pool
         if kind == "random-init":
-            from mert_fairseq.checkpoint import load_mert_model
-            from mert_fairseq.config_values import parse_conv_layers
+            from mert_fairseq.checkpoint.model_loading import load_mert_model
+            from mert_fairseq.common.config_values import parse_conv_layers
 
             model, task_cfg = load_mert_model(path, random_init=True)
             conv = parse_conv_layers(model.cfg.conv_feature_layers)
@@ -303,8 +303,8 @@ class MFCCSource(FeatureSource):
     """MFCC + deltas + delta-deltas (the K-means teacher's features): mean and std over time, one layer."""
 
     def __init__(self, name: str = "mfcc") -> None:
-        from mert_fairseq.data_prep.common import SAMPLE_RATE
-        from mert_fairseq.data_prep.kmeans_labels import FeatureSpec, MfccFeatures
+        from mert_fairseq.prep.common import SAMPLE_RATE
+        from mert_fairseq.prep.kmeans_labels import FeatureSpec, MfccFeatures
 
         self.name, self.sample_rate, self.spec = name, SAMPLE_RATE, FeatureSpec()
         self.mfcc = MfccFeatures(self.spec)
@@ -313,7 +313,7 @@ class MFCCSource(FeatureSource):
         return {"source": "mfcc", "spec": repr(self.spec), "pool": "mean+std"}
 
     def pooled(self, path: Path) -> np.ndarray:
-        from mert_fairseq.audio import load_mono
+        from mert_fairseq.data.audio import load_mono
 
         frames = self.mfcc(load_mono(path, self.sample_rate))  # T x 39
         return mean_std(frames, axis=0)[None].astype(np.float32)
@@ -357,7 +357,7 @@ def extract_pooled(source: FeatureSource, files: Sequence[Path], cache_dir: Opti
     feats = np.stack([source.pooled(Path(f)) for f in tqdm(files, desc=f"features {source.name}", unit="clip",
                                                            disable=not progress)])
     if cache is not None:
-        from mert_fairseq.features import save_npy_atomic
+        from mert_fairseq.evaluation.features import save_npy_atomic
 
         save_npy_atomic(cache, feats)
     return feats
@@ -389,7 +389,7 @@ def format_table(results: Dict[str, List[dict]]) -> str:
 
 
 def write_json(results: Dict[str, List[dict]], path: str | os.PathLike, extra: Optional[dict] = None) -> None:
-    from mert_fairseq.fileio import atomic_write_text
+    from mert_fairseq.common.atomic_files import atomic_write_text
 
     atomic_write_text(path, json.dumps({"results": results, **(extra or {})}, indent=1) + "\n")
 
@@ -402,7 +402,7 @@ def plot_layers(results: Dict[str, List[dict]], path: str | os.PathLike) -> None
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib.pyplot as plt
 
-    from mert_fairseq.fileio import atomic_open
+    from mert_fairseq.common.atomic_files import atomic_open
 
     tasks = [r["task"] for r in next(iter(results.values()))]
     cols = min(3, len(tasks))
@@ -463,7 +463,7 @@ def build_parser():
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from mert_fairseq.fileio import atomic_write_text
+    from mert_fairseq.common.atomic_files import atomic_write_text
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from mert_fairseq.fileio import atomic_open, atomic_write_text
+from mert_fairseq.common.atomic_files import atomic_open, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class VerificationError(RuntimeError):
 # ------------------------------------------------------------------------------------------------ config
 def hf_config_dict(model, task_cfg) -> dict:
     """MERTConfig fields (HuBERT names) describing the fairseq `mert` model `model`."""
-    from mert_fairseq.config_values import parse_conv_layers
+    from mert_fairseq.common.config_values import parse_conv_layers
 
     cfg = model.cfg
     if cfg.activation_fn not in _ACTIVATION_NAMES:
@@ -373,7 +373,7 @@ def verify_export(model, folder: str | os.PathLike, atol: float = DEFAULT_ATOL, 
 def convert_checkpoint(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike, verify: bool = True,
                        atol: float = DEFAULT_ATOL, expected_layout: Optional[str] = None) -> dict:
     """fairseq checkpoint -> HF folder (+ verification). Returns {"config", "layout", "notes", "report"}."""
-    from mert_fairseq.checkpoint import load_mert_model
+    from mert_fairseq.checkpoint.model_loading import load_mert_model
 
     model, task_cfg = load_mert_model(checkpoint_path)
     model = model.float().eval()
@@ -417,7 +417,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from mert_fairseq.checkpoint import load_mert_model
+    from mert_fairseq.checkpoint.model_loading import load_mert_model
 
     try:
         if args.verify_only:

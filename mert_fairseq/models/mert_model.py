@@ -22,14 +22,14 @@ from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 from fairseq.modules import GradMultiply
 from torch import nn
 
-from mert_fairseq.checkpoint_io import load_checkpoint_state
-from mert_fairseq.config_values import parse_conv_layers, parse_list_literal
-from mert_fairseq.models.cqt_teacher import CQTTeacher, build_cqt, cqt_frames
+from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
+from mert_fairseq.common.config_values import parse_conv_layers, parse_list_literal
+from mert_fairseq.models.teachers.cqt import CQTTeacher, build_cqt, cqt_frames
 from mert_fairseq.models.masked_prediction import cosine_logits
-from mert_fairseq.models.mel_teacher import MelTeacher
+from mert_fairseq.models.teachers.mel import MelTeacher
 from mert_fairseq.models.mert_config import NO_EFFECT_FIELDS, MERTConfig
 from mert_fairseq.models.noise_mixture import mix_in_batch_noise
-from mert_fairseq.models.random_projection_targets import build_online_targets
+from mert_fairseq.models.teachers.random_projection import build_online_targets
 from mert_fairseq.models.transformer_encoder import TransformerEncoder
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
 
-from mert_fairseq.config_values import parse_list_literal
+from mert_fairseq.common.config_values import parse_list_literal
 
 
 @dataclass

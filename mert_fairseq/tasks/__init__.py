@@ -1,0 +1,1 @@
+"""The `mert_pretraining` task and the fairseq patches it installs when it is set up (`fairseq_patches`)."""

@@ -22,11 +22,12 @@ from fairseq.tasks import register_task
 from fairseq.tasks.fairseq_task import FairseqTask
 from omegaconf import II, MISSING
 
-from mert_fairseq import loader_shutdown
-from mert_fairseq.config_values import parse_list_literal
+from mert_fairseq.data import allocator, loader_shutdown
+from mert_fairseq.common.config_values import parse_list_literal
 from mert_fairseq.data.mert_dataset import DataError, MERTDataset
-from mert_fairseq.models.random_projection_targets import code_dictionary
-from mert_fairseq.reliability.numerics import NonFiniteGuard, clean_logging_outputs
+from mert_fairseq.models.teachers.random_projection import code_dictionary
+from mert_fairseq.optim.non_finite import NonFiniteGuard, clean_logging_outputs
+from mert_fairseq.tasks import fairseq_patches
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class MERTPretrainingConfig(FairseqDataclass):
     probe_max_clips: int = field(default=100, metadata={"help": "probe at most this many clips (first rows)"})
     probe_clip_seconds: float = field(default=4.0, metadata={"help": "probe the first N seconds of each clip"})
     probe_folds: int = field(default=3, metadata={"help": "cross-validation folds of the online probe"})
-    # ---- targets computed by the model instead of label files (models/random_projection_targets.py)
+    # ---- targets computed by the model instead of label files (models/teachers/random_projection.py)
     online_targets: Optional[str] = field(
         default=None, metadata={"help": "'random_projection': BEST-RQ codes of the clean audio, computed on the "
                                         "fly (no label files; `labels` only names the streams)"})
@@ -183,6 +184,9 @@ class MERTPretrainingTask(FairseqTask):
 
     @classmethod
     def setup_task(cls, cfg: MERTPretrainingConfig, **kwargs) -> "MERTPretrainingTask":
+        """The task, with mert-fairseq's patches of fairseq's checkpoint handling installed
+        (`fairseq_patches`: atomic checkpoint files, resume past a damaged checkpoint_last.pt)."""
+        fairseq_patches.install()
         return cls(cfg)
 
     @property
@@ -237,6 +241,8 @@ class MERTPretrainingTask(FairseqTask):
                 name = f"{split}_{self.shard_for_epoch(epoch)}_{self.cfg.sharding_data}"
                 logger.info("epoch %d: training on shard %s", epoch, name)
         dicts = [self.target_dictionary] if self.cfg.fine_tuning else self.dictionaries
+        if self.cfg.keep_freed_memory:  # before the loader workers fork: they inherit the setting
+            allocator.keep_freed_memory()
         self.datasets[split] = MERTDataset(
             os.path.join(self.cfg.data, f"{name}.tsv"),
             sample_rate=self.cfg.sample_rate,
@@ -259,7 +265,6 @@ class MERTPretrainingTask(FairseqTask):
             max_bad_audio_fraction=self.cfg.max_bad_audio_fraction,
             seed=self.cfg.seed,
             windowed_reads=self.cfg.windowed_reads,
-            keep_freed_memory=self.cfg.keep_freed_memory,
         )
 
     # ------------------------------------------------------------------ steps
@@ -287,7 +292,7 @@ class MERTPretrainingTask(FairseqTask):
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         """fairseq's step (with `bf16_autocast`: forward and loss under bf16 autocast); a non-finite loss or
-        gradient marks the update to be skipped (mert_fairseq.reliability.numerics)."""
+        gradient marks the update to be skipped (mert_fairseq.optim.non_finite)."""
         self.maybe_probe(model, update_num)
         if not self.cfg.bf16_autocast:
             loss, sample_size, logging_output = super().train_step(

@@ -1,0 +1,290 @@
+"""Per-layer MERT features for audio files, from a fairseq checkpoint or an exported HF folder.
+
+    extractor = load_feature_extractor(checkpoint="ckpt.pt")          # or hf_model="exported_folder"
+    feats = extractor.extract_file("song.flac", layers=[0, 6, 12])    # (3, frames, D) float32
+
+Audio of any sampling rate and channel count is read with soundfile (channel mean, band-limited
+resampling to the model's rate); packed manifest rows (`shard.zip:offset:length`) are read in place.
+When the model was trained with `task.normalize`, every waveform given to the model (each window, or
+the whole file with window_seconds <= 0) is normalised to zero mean / unit variance, as training
+normalises each crop the model sees and as the exported HF preprocessor (`do_normalize`) normalises
+each input it is given.
+
+Long files are processed in windows of `window_seconds` and the frames concatenated. Window i covers
+samples [i*W, (i+1)*W + (receptive field - stride)) with W a multiple of the CNN stride, so window i yields
+exactly W / stride frames and the concatenation has the same number of frames, at the same positions,
+as processing the whole file at once. The CNN output of a layer-norm CNN is then identical away from the
+seams; the transformer attends only within a window, so deeper layers see less context than in one pass
+(the models were pretrained on 5 s crops; 30 s windows are well within what they handle). A last window
+shorter than half a window is merged into the previous one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mert_fairseq.data.audio import resample
+from mert_fairseq.data.audio_reader import parse_packed, read_window
+from mert_fairseq.prep.pack import member_names
+
+logger = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".aiff", ".aif")
+
+
+class FeatureExtractionError(RuntimeError):
+    """Extraction failed for one input; the message names the file."""
+
+
+def conv_output_length(length: int, kernels: Sequence[int], strides: Sequence[int]) -> int:
+    for k, s in zip(kernels, strides):
+        length = (length - k) // s + 1
+    return length
+
+
+def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
+    field, jump = 1, 1
+    for k, s in zip(kernels, strides):
+        field += (k - 1) * jump
+        jump *= s
+    return field
+
+
+class MERTFeatureExtractor:
+    """Wraps a fairseq `mert` model or an HF MERT model; `hidden_states(wav)` gives (N+1) x T x D."""
+
+    def __init__(self, backend: str, model: torch.nn.Module, sample_rate: int, normalize: bool,
+                 conv_kernels: Sequence[int], conv_strides: Sequence[int], num_layers: int,
+                 device: str | torch.device = "cpu") -> None:
+        self.backend, self.model = backend, model.eval().to(device)
+        self.sample_rate, self.normalize, self.device = int(sample_rate), bool(normalize), torch.device(device)
+        self.conv_kernels, self.conv_strides = list(conv_kernels), list(conv_strides)
+        self.stride = int(np.prod(self.conv_strides))
+        self.receptive_field = receptive_field(self.conv_kernels, self.conv_strides)
+        self.num_layers = int(num_layers)
+
+    # ------------------------------------------------------------------ model call
+    @torch.no_grad()
+    def hidden_states(self, wav: np.ndarray) -> torch.Tensor:
+        """Mono waveform [L] (already at the model rate, normalised if needed) -> (N+1) x T x D on CPU, fp32."""
+        x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None].to(self.device)
+        if self.backend == "fairseq":
+            states, _ = self.model.extract_hidden_states(x)
+        else:
+            states = self.model(x, output_hidden_states=True).hidden_states
+        return torch.stack([s[0].float() for s in states]).cpu()
+
+    def num_frames(self, num_samples: int) -> int:
+        return conv_output_length(num_samples, self.conv_kernels, self.conv_strides)
+
+    def windows(self, num_samples: int, window_seconds: Optional[float]) -> List[Tuple[int, int]]:
+        """Sample ranges [start, end) of the windows (see the module docstring)."""
+        if not window_seconds or window_seconds <= 0:
+            return [(0, num_samples)]
+        W = max(1, round(window_seconds * self.sample_rate / self.stride)) * self.stride
+        W = max(W, self.stride * max(1, -(-self.receptive_field // self.stride)))  # at least one receptive field
+        lookahead = self.receptive_field - self.stride
+        starts = list(range(0, num_samples, W))
+        if len(starts) > 1 and num_samples - starts[-1] < max(W // 2, self.receptive_field):
+            starts.pop()  # merge a short tail into the previous window
+        return [(s, min(s + W + lookahead, num_samples) if i + 1 < len(starts) else num_samples)
+                for i, s in enumerate(starts)]
+
+    # ------------------------------------------------------------------ public API
+    def prepare(self, wav: np.ndarray) -> np.ndarray:
+        """Apply the training-time waveform normalisation (over this waveform) when the model used it."""
+        wav = np.asarray(wav, dtype=np.float32)
+        if self.normalize:
+            wav = F.layer_norm(torch.from_numpy(wav), wav.shape).numpy()
+        return wav
+
+    def extract(self, wav: np.ndarray, layers: Optional[Sequence[int]] = None, reduce: str = "frame",
+                window_seconds: Optional[float] = 30.0) -> np.ndarray:
+        """Mono waveform at the model rate -> (len(layers), T, D) ("frame") or (len(layers), D) ("mean")."""
+        layers = self.check_layers(layers)
+        if reduce not in ("frame", "mean"):
+            raise ValueError(f"reduce={reduce!r}: expected 'frame' or 'mean'")
+        wav = np.asarray(wav, dtype=np.float32)
+        if wav.ndim != 1:
+            raise ValueError(f"expected a mono waveform [samples], got shape {wav.shape}")
+        if len(wav) < self.receptive_field:
+            raise ValueError(f"audio too short: {len(wav)} samples < the model's receptive field "
+                             f"({self.receptive_field} samples at {self.sample_rate} Hz)")
+        chunks = []
+        for start, end in self.windows(len(wav), window_seconds):
+            chunks.append(self.hidden_states(self.prepare(wav[start:end]))[layers])
+        feats = torch.cat(chunks, dim=1)  # len(layers) x T x D
+        expected = self.num_frames(len(wav))
+        if feats.shape[1] != expected:  # the window arithmetic guarantees this; keep it checked
+            raise RuntimeError(f"windowed extraction produced {feats.shape[1]} frames, expected {expected}")
+        if reduce == "mean":
+            feats = feats.mean(dim=1)
+        return feats.numpy().astype(np.float32, copy=False)
+
+    def extract_file(self, path: str | os.PathLike, **kwargs) -> np.ndarray:
+        """Any audio file (any rate, any channel count) -> features; errors name the file."""
+        self.check_layers(kwargs.get("layers"))  # usage errors are not the file's fault
+        if kwargs.get("reduce", "frame") not in ("frame", "mean"):
+            raise ValueError(f"reduce={kwargs['reduce']!r}: expected 'frame' or 'mean'")
+        try:
+            wav, sr = read_window(path)
+            return self.extract(resample(wav, sr, self.sample_rate), **kwargs)
+        except Exception as exc:
+            raise FeatureExtractionError(f"{path}: {exc}") from exc
+
+    def check_layers(self, layers: Optional[Sequence[int]]) -> List[int]:
+        if layers is None:
+            return list(range(self.num_layers + 1))
+        bad = [l for l in layers if not 0 <= l <= self.num_layers]
+        if bad:
+            raise ValueError(f"layers {bad} out of range: this model has hidden states 0..{self.num_layers}")
+        return list(layers)
+
+
+def load_feature_extractor(checkpoint: Optional[str] = None, hf_model: Optional[str] = None,
+                           device: str = "cpu") -> MERTFeatureExtractor:
+    """From a fairseq checkpoint (`checkpoint`) or an exported HF folder (`hf_model`), in eval mode, fp32."""
+    if (checkpoint is None) == (hf_model is None):
+        raise ValueError("give exactly one of checkpoint / hf_model")
+    if checkpoint is not None:
+        from mert_fairseq.checkpoint.model_loading import load_mert_model
+        from mert_fairseq.common.config_values import parse_conv_layers
+
+        model, task_cfg = load_mert_model(checkpoint)
+        conv = parse_conv_layers(model.cfg.conv_feature_layers)
+        return MERTFeatureExtractor("fairseq", model.float(), task_cfg.sample_rate, task_cfg.normalize,
+                                    [c[1] for c in conv], [c[2] for c in conv], model.cfg.encoder_layers, device)
+    from transformers import AutoModel
+
+    folder = Path(hf_model)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no config.json (not an exported HF folder)")
+    model = AutoModel.from_pretrained(str(folder), trust_remote_code=True).float()
+    cfg = model.config
+    sample_rate, normalize = getattr(cfg, "sample_rate", None), False
+    pre = folder / "preprocessor_config.json"
+    if pre.is_file():
+        pre_cfg = json.loads(pre.read_text())
+        sample_rate = pre_cfg.get("sampling_rate", sample_rate)
+        normalize = bool(pre_cfg.get("do_normalize", False))
+    if sample_rate is None:
+        raise ValueError(f"{folder}: no sampling rate in preprocessor_config.json or config.json")
+    return MERTFeatureExtractor("hf", model, sample_rate, normalize, cfg.conv_kernel, cfg.conv_stride,
+                                cfg.num_hidden_layers, device)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def collect_inputs(inputs: Iterable[str | os.PathLike],
+                   extensions: Sequence[str] = AUDIO_EXTENSIONS) -> List[Tuple[Path, Path]]:
+    """Audio files, folders (searched recursively) or manifest .tsv files (line 1 = root, then
+    `relpath<TAB>...`) -> [(audio path, output path relative to the output folder, ending in .npy)].
+    Folders and manifests mirror their relative paths; single files use their base name."""
+    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    items: List[Tuple[Path, Path]] = []
+    for inp in map(Path, inputs):
+        if inp.is_dir():
+            found = sorted(p for p in inp.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+            if not found:
+                raise FeatureExtractionError(f"{inp}: no audio files ({', '.join(exts)}) in this folder")
+            items += [(p, p.relative_to(inp).with_suffix(".npy")) for p in found]
+        elif inp.suffix.lower() == ".tsv":
+            if not inp.is_file():
+                raise FeatureExtractionError(f"{inp}: manifest not found")
+            lines = inp.read_text().splitlines()
+            if not lines or not lines[0].strip():
+                raise FeatureExtractionError(f"{inp}: empty manifest (line 1 must be the audio root folder)")
+            root, shards = Path(lines[0].strip()), {}
+            for n, line in enumerate(lines[1:], start=2):
+                if not line.strip():
+                    continue
+                rel = Path(line.split("\t")[0])
+                if rel.is_absolute() or ".." in rel.parts:
+                    raise FeatureExtractionError(f"{inp}:{n}: path {rel} must be relative to the root, inside it")
+                items.append((root / rel, _output_name(root, rel, f"{inp}:{n}", shards)))
+        elif inp.is_file():
+            items.append((inp, Path(inp.name).with_suffix(".npy")))
+        else:
+            raise FeatureExtractionError(f"{inp}: no such file or folder")
+    seen = {}
+    for audio, out in items:
+        if out in seen and seen[out] != audio:
+            raise FeatureExtractionError(f"{audio} and {seen[out]} would both be written to {out}")
+        seen[out] = audio
+    return items
+
+
+def _output_name(root: Path, rel: Path, where: str, shards: dict) -> Path:
+    """Output .npy name of a manifest row: its relpath, or for a packed row the member's name in its shard
+    (the original relpath), so packed and unpacked manifests write the same files."""
+    member = parse_packed(rel)
+    if member is None:
+        return rel.with_suffix(".npy")
+    if member.shard not in shards:
+        try:
+            shards[member.shard] = member_names(root / member.shard)
+        except Exception as exc:
+            raise FeatureExtractionError(f"{where}: {root / member.shard}: cannot read shard ({exc})") from exc
+    name = shards[member.shard].get((member.offset, member.length))
+    if name is None:
+        raise FeatureExtractionError(f"{where}: {rel}: no member of {member.shard} at that byte range")
+    return Path(name).with_suffix(".npy")
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    from mert_fairseq.common.atomic_files import atomic_open
+
+    with atomic_open(path, "wb") as f:
+        np.save(f, array)
+
+
+def parse_layers(text: str) -> Optional[List[int]]:
+    """"all" -> None; "0,6,12" -> [0, 6, 12]; "4-6" ranges allowed."""
+    if text.strip().lower() == "all":
+        return None
+    layers: List[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = part.split("-", 1)
+            layers += list(range(int(a), int(b) + 1))
+        elif part:
+            layers.append(int(part))
+    if not layers:
+        raise ValueError(f"--layers {text!r}: no layer given")
+    return layers
+
+
+def extract_to_folder(extractor: MERTFeatureExtractor, inputs: Sequence[str], output_dir: str | os.PathLike,
+                      layers: Optional[Sequence[int]] = None, reduce: str = "frame",
+                      window_seconds: Optional[float] = 30.0, overwrite: bool = False, skip_errors: bool = False,
+                      extensions: Sequence[str] = AUDIO_EXTENSIONS, progress: bool = True) -> dict:
+    """Write one .npy per input under output_dir. Returns {"written", "skipped", "failed": [messages]}."""
+    from tqdm import tqdm
+
+    layers = extractor.check_layers(layers)
+    items = collect_inputs(inputs, extensions)
+    out_root = Path(output_dir)
+    summary = {"written": 0, "skipped": 0, "failed": []}
+    for audio, rel in tqdm(items, desc="MERT features", unit="file", disable=not progress):
+        target = out_root / rel
+        if target.exists() and not overwrite:
+            summary["skipped"] += 1
+            continue
+        try:
+            feats = extractor.extract_file(audio, layers=layers, reduce=reduce, window_seconds=window_seconds)
+        except FeatureExtractionError as exc:
+            if not skip_errors:
+                raise
+            logger.error("%s", exc)
+            summary["failed"].append(str(exc))
+            continue
+        save_npy_atomic(target, feats)
+        summary["written"] += 1
+    return summary

@@ -1,0 +1,384 @@
+"""HuBERT-recipe k-means labels: frame features -> MiniBatchKMeans -> one label line per audio.
+
+Features, one vector per label frame (75 Hz at 24 kHz; a file of n samples has ``ceil(n / 320)``
+frames, frame j centred on sample 320 j):
+
+- ``mfcc`` (first iteration): ``n_mfcc`` MFCCs of log-mel energies (window 600 samples = 25 ms,
+  hop 320, centred frames) with deltas and delta-deltas (3 x 13 = 39 dims by default). Centred
+  STFT frames number ``n // 320 + 1``; the last is dropped when 320 divides n.
+- ``chroma``: 12 pitch classes of the CQT teacher's transform (``models/teachers/cqt.build_cqt``: 7
+  octaves from C1 at 12 bins per octave, hop 320, frames centred on 320 j): magnitudes summed over
+  octaves, ``log(1 + chroma_gain x)``, L2-normalised per frame (frames quieter than the norm floor
+  stay small: silence clusters at the origin). MFCC codes are nearly pitch-blind; chroma codes carry
+  pitch class (key, chords), and the CQT loss still carries timbre.
+- ``mert`` (later iterations): hidden states of layer N of a trained MERT checkpoint
+  (``mert_fairseq.checkpoint.model_loading.load_mert_model``). Long files are cut in chunks of whole frames;
+  the conv front end yields ``floor((n - 400) / 320) + 1`` frames, one fewer than the rule, so the
+  last frame is repeated (or extra frames cut) to give ``ceil(n / 320)``.
+
+``fit`` samples at most ``--max-fit-frames`` frames uniformly at random from a split (memory:
+frames x dims x 4 bytes), fits k-means and saves it with its feature settings (joblib, written
+atomically). ``apply`` labels splits with a saved model: ``{label_dir}/{split}.{name}`` and
+``dict.{name}.txt`` (every cluster id with its count in that split). ``all`` does both.
+
+Resuming after a kill (same command): ``fit`` saves the sampled frames of every ~``--shard-seconds``
+of audio in ``.{model}.fit.partial/`` and extracts only the rest; the fit itself is seeded and
+deterministic, so the model file is the one an uninterrupted run writes (a model already saved
+for the same inputs and settings is kept). ``apply`` saves the labels of each shard in
+``{label_dir}/.{split}.{name}.partial/`` and writes the final files at the end. ``apply`` also
+runs as job i of n (``--shard-id/--num-shards``, a Slurm array or torchrun rank): it labels rows
+``[i * N // n, (i + 1) * N // n)`` into ``{split}.{name}.part{i}of{n}`` for
+``scripts/merge_label_parts.py --name {name}`` (see ``merge_parts``).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+import torch
+from sklearn.cluster import MiniBatchKMeans
+from tqdm import tqdm
+
+from mert_fairseq.data.audio import AudioError, load_mono
+from mert_fairseq.prep.common import (
+    LABEL_HOP, SAMPLE_RATE, OutputError, Part, PartialWork, add_shard_args, file_sha256, num_label_frames,
+    output_file, parse_list, plan_blocks, resolve_part, setup_logging,
+)
+from mert_fairseq.data.manifest import Manifest, ManifestError, check_audio, read_manifest
+from mert_fairseq.prep.merge_parts import LabelOutputs, write_labels
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "mert-fairseq-kmeans/1"
+Extractor = Callable[[np.ndarray], np.ndarray]  # mono 24 kHz [n] -> [ceil(n / 320), dims]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which features to cluster; saved with the k-means model and reused when applying it."""
+
+    kind: str = "mfcc"  # "mfcc", "chroma" or "mert"
+    n_mfcc: int = 13
+    n_mels: int = 40
+    checkpoint: str | None = None
+    layer: int | None = None
+    max_chunk_seconds: float = 30.0
+    chroma_gain: float = 10.0  # chroma: log(1 + gain x) of the octave-summed CQT magnitudes
+
+
+def fit_to_frames(features: np.ndarray, num_samples: int) -> np.ndarray:
+    """Cut or pad (repeating the last frame) [T, D] features to ``ceil(num_samples / 320)`` frames."""
+    target = num_label_frames(num_samples)
+    if len(features) >= target:
+        return features[:target]
+    return np.concatenate([features, np.repeat(features[-1:], target - len(features), axis=0)])
+
+
+class MfccFeatures:
+    """MFCC + deltas + delta-deltas at 75 Hz."""
+
+    def __init__(self, spec: FeatureSpec):
+        import torchaudio
+
+        self.transform = torchaudio.transforms.MFCC(
+            sample_rate=SAMPLE_RATE, n_mfcc=spec.n_mfcc, log_mels=True,
+            melkwargs=dict(n_fft=1024, win_length=600, hop_length=LABEL_HOP, n_mels=spec.n_mels, center=True),
+        )
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        import torchaudio.functional as AF
+
+        x = torch.from_numpy(np.pad(wav, (0, max(0, 1024 - len(wav)))))  # reflect padding needs > n_fft/2
+        with torch.inference_mode():
+            mfcc = self.transform(x)  # [n_mfcc, T]
+            delta = AF.compute_deltas(mfcc)
+            feats = torch.cat([mfcc, delta, AF.compute_deltas(delta)]).T
+        return fit_to_frames(feats.numpy().astype(np.float32), len(wav))
+
+
+class ChromaFeatures:
+    """12-bin chroma at 75 Hz from the CQT teacher's transform (pitch class 0 = C)."""
+
+    OCTAVES, BINS_PER_OCTAVE, NORM_FLOOR = 7, 12, 0.1
+
+    def __init__(self, spec: FeatureSpec):
+        from mert_fairseq.models.teachers.cqt import build_cqt  # fmin 32.7 Hz = C1, so bin k is pitch class k % 12
+
+        self.cqt = build_cqt(SAMPLE_RATE, LABEL_HOP, self.OCTAVES * self.BINS_PER_OCTAVE)
+        self.gain = spec.chroma_gain
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        from mert_fairseq.models.teachers.cqt import cqt_frames
+
+        mag = cqt_frames(self.cqt, torch.from_numpy(wav).float()[None])[0]  # [n // 320 + 1, 84]
+        chroma = torch.log1p(self.gain * mag.reshape(len(mag), self.OCTAVES, self.BINS_PER_OCTAVE).sum(1))  # [T, 12]
+        chroma = chroma / chroma.norm(dim=1, keepdim=True).clamp_min(self.NORM_FLOOR)
+        return fit_to_frames(chroma.numpy().astype(np.float32), len(wav))
+
+
+class MertFeatures:
+    """Hidden states of one layer of a MERT model (``model.extract_hidden_states``)."""
+
+    def __init__(self, spec: FeatureSpec, device: str = "cpu", model=None, normalize: bool | None = None):
+        if model is None:
+            from mert_fairseq.checkpoint.model_loading import load_mert_model  # heavy (fairseq); only on this path
+
+            model, task_cfg = load_mert_model(spec.checkpoint, device=device)
+            normalize = bool(getattr(task_cfg, "normalize", False)) if normalize is None else normalize
+        self.model, self.layer, self.device = model, spec.layer, device
+        self.normalize = bool(normalize)
+        self.chunk = max(1, int(spec.max_chunk_seconds * SAMPLE_RATE) // LABEL_HOP) * LABEL_HOP
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(wav).float()
+        if self.normalize:  # as the training task does with task.normalize
+            x = torch.nn.functional.layer_norm(x, x.shape)
+        # Each chunk also gets the 80 samples that complete its last 400-sample conv window, so
+        # chunk c yields exactly the frames starting at c * chunk / 320 ... (whole frames only).
+        parts = [self._layer(x[s : s + self.chunk + 80]) for s in range(0, len(x), self.chunk)]
+        return fit_to_frames(np.concatenate([p for p in parts if len(p)]), len(wav))
+
+    def _layer(self, x: torch.Tensor) -> np.ndarray:
+        if len(x) < 400:  # shorter than one conv window: zero-pad to one frame
+            x = torch.nn.functional.pad(x, (0, 400 - len(x)))
+        with torch.inference_mode():
+            hidden, _ = self.model.extract_hidden_states(x[None].to(self.device))
+        return hidden[self.layer][0].float().cpu().numpy()
+
+
+def make_extractor(spec: FeatureSpec, device: str = "cpu") -> Extractor:
+    if spec.kind == "mfcc":
+        return MfccFeatures(spec)
+    if spec.kind == "chroma":
+        return ChromaFeatures(spec)
+    if spec.kind == "mert":
+        if not spec.checkpoint or spec.layer is None:
+            raise ValueError("--feature mert needs --checkpoint and --layer")
+        return MertFeatures(spec, device)
+    raise ValueError(f"unknown feature kind {spec.kind!r} (mfcc, chroma or mert)")
+
+
+# ----------------------------------------------------------------------------- fit and apply
+
+
+def sample_fit_frames(
+    manifest: Manifest, extractor: Extractor, max_frames: int, seed: int, work: PartialWork | None = None,
+    shard_samples: int = 600 * SAMPLE_RATE, on_shard_done: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """A uniform random sample of at most `max_frames` frames of the split -> [N, D] float32.
+
+    With `work`, the frames picked from each shard of about `shard_samples` of audio are saved
+    there and a re-run extracts only the shards not saved yet (same sample either way).
+    """
+    counts = np.array([num_label_frames(r.num_samples) for r in manifest.rows])
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    chosen = np.sort(np.random.default_rng(seed).choice(offsets[-1], min(max_frames, offsets[-1]), replace=False))
+    bounds = np.searchsorted(chosen, offsets)  # chosen[bounds[i]:bounds[i+1]] fall in row i
+    rows = [i for i in range(len(counts)) if bounds[i + 1] > bounds[i]]
+    bar = tqdm(total=len(rows), desc="features (fit)", unit="file")
+
+    def pick(shard: range) -> list[np.ndarray]:  # [D, frames picked] per row of the shard
+        picked = []
+        for i in (rows[s] for s in shard):
+            feats = extractor(load_mono(manifest.audio_path(manifest.rows[i])))
+            picked.append(np.ascontiguousarray(feats[chosen[bounds[i] : bounds[i + 1]] - offsets[i]].T, np.float32))
+            bar.update()
+        return picked
+
+    shards = plan_blocks([manifest.rows[i].num_samples for i in rows], shard_samples)
+    with bar:
+        if work is None:
+            picked = [p for shard in shards for p in pick(shard)]
+        else:
+            bar.update(sum(len(shards[k]) for k in range(len(shards)) if work.done(k)))
+            work.run(shards, pick, on_shard_done)
+            picked = [p for k in range(len(shards)) for p in work.load(k)]
+    return np.ascontiguousarray(np.concatenate(picked, axis=1).T, dtype=np.float32)
+
+
+def fit_kmeans(
+    frames: np.ndarray, n_clusters: int, seed: int = 0, batch_size: int = 10_000, n_init: int = 3
+) -> MiniBatchKMeans:
+    if len(frames) < n_clusters:
+        raise ValueError(f"only {len(frames)} frames to fit {n_clusters} clusters; lower --n-clusters")
+    km = MiniBatchKMeans(
+        n_clusters=n_clusters, init="k-means++", batch_size=batch_size, n_init=n_init, max_iter=100,
+        max_no_improvement=100, reassignment_ratio=0.0, random_state=seed,
+    )
+    return km.fit(frames)
+
+
+def save_model(path: str | Path, km: MiniBatchKMeans, spec: FeatureSpec, fitted_on: str, identity: dict | None = None) -> None:
+    saved = {"format": MODEL_FORMAT, "kmeans": km, "feature": asdict(spec), "fitted_on": fitted_on, "identity": identity}
+    with output_file(path, "wb") as f:
+        joblib.dump(saved, f)
+
+
+def saved_identity(path: str | Path) -> dict | None:
+    """The inputs and settings a saved model was fitted with (None when unknown or unreadable)."""
+    try:
+        saved = joblib.load(path)
+    except Exception:
+        return None
+    return saved.get("identity") if isinstance(saved, dict) and saved.get("format") == MODEL_FORMAT else None
+
+
+def load_model(path: str | Path) -> tuple[MiniBatchKMeans, FeatureSpec]:
+    try:
+        saved = joblib.load(path)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot load k-means model ({exc})") from exc
+    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: not a k-means model written by prepare_kmeans_labels.py")
+    return saved["kmeans"], FeatureSpec(**saved["feature"])
+
+
+def kmeans_outputs(label_dir: str | Path, split: str, name: str, n_clusters: int, part: Part = Part()) -> LabelOutputs:
+    return LabelOutputs(Path(label_dir), split, name, (name,), n_clusters, part)
+
+
+def apply_kmeans(
+    manifest: Manifest, extractor: Extractor, km: MiniBatchKMeans, label_dir: str | Path, name: str, split: str,
+    part: Part = Part(), shard_samples: int = 600 * SAMPLE_RATE, spec: FeatureSpec | None = None,
+    on_shard_done: Callable[[int], None] | None = None,
+) -> list[int] | None:
+    """Write ``{label_dir}/{split}.{name}`` and ``dict.{name}.txt`` (or job `part`'s part files),
+    resuming the shards saved by a killed run; returns the shards labelled now (None: complete)."""
+    rows = part.slice(len(manifest.rows))
+    centers = np.ascontiguousarray(km.cluster_centers_)
+    identity = {"manifest": str(manifest.path.resolve()), "manifest_sha256": file_sha256(manifest.path),
+                "centers_sha256": hashlib.sha256(centers.tobytes()).hexdigest(), "n_clusters": int(km.n_clusters),
+                "feature": asdict(spec) if spec else None, "shard_samples": int(shard_samples)}
+    out = kmeans_outputs(label_dir, split, name, km.n_clusters, part)
+    if out.finished(identity):
+        log.info("%s: k-means labels %s.%s%s are complete; nothing to do", label_dir, split, name, part.suffix)
+        return None
+    part_rows = manifest.rows[rows.start : rows.stop]
+    check_audio(Manifest(manifest.path, manifest.root, part_rows), SAMPLE_RATE)
+    shards = [range(rows.start + s.start, rows.start + s.stop)
+              for s in plan_blocks([r.num_samples for r in part_rows], shard_samples)]
+    bar = tqdm(total=len(rows), desc=f"k-means labels {split}{part.suffix}", unit="file")
+
+    def label(shard: range) -> list[np.ndarray]:  # [1, frames] cluster ids per row
+        out = []
+        for j in shard:
+            feats = extractor(load_mono(manifest.audio_path(manifest.rows[j])))
+            out.append(km.predict(feats.astype(centers.dtype)).astype(np.int32)[None])
+            bar.update()
+        return out
+
+    with bar:
+        return write_labels(out, identity, manifest, rows, shards, label, on_shard_done)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def load_split(manifest_dir: str | Path, split: str) -> Manifest:
+    manifest = read_manifest(Path(manifest_dir) / f"{split}.tsv")
+    check_audio(manifest, SAMPLE_RATE)
+    return manifest
+
+
+def fit_partial_dir(model_path: str | Path) -> Path:
+    model_path = Path(model_path)
+    return model_path.parent / f".{model_path.name}.fit.partial"
+
+
+def run_fit(args: argparse.Namespace, on_shard_done: Callable[[int], None] | None = None) -> None:
+    spec = FeatureSpec(args.feature, args.n_mfcc, args.n_mels, args.checkpoint, args.layer, args.max_chunk_seconds,
+                       args.chroma_gain)
+    manifest = load_split(args.manifest_dir, args.split)
+    shard_samples = max(1, int(args.shard_seconds * SAMPLE_RATE))
+    identity = {"manifest": str(manifest.path.resolve()), "manifest_sha256": file_sha256(manifest.path),
+                "feature": asdict(spec), "n_clusters": args.n_clusters, "max_fit_frames": args.max_fit_frames,
+                "seed": args.seed, "shard_samples": shard_samples}
+    if Path(args.kmeans_model).is_file() and saved_identity(args.kmeans_model) == identity:
+        log.info("%s: already fitted on these inputs with these settings; kept", args.kmeans_model)
+        return
+    start = time.perf_counter()
+    work = PartialWork(fit_partial_dir(args.kmeans_model), identity)
+    extractor = make_extractor(spec, args.device)
+    frames = sample_fit_frames(manifest, extractor, args.max_fit_frames, args.seed, work, shard_samples, on_shard_done)
+    log.info("fitting %d clusters on %d frames x %d dims", args.n_clusters, *frames.shape)
+    km = fit_kmeans(frames, args.n_clusters, args.seed)
+    save_model(args.kmeans_model, km, spec, str(manifest.path.resolve()), identity)
+    work.remove()
+    log.info("saved %s (inertia %.4g, %.1f s)", args.kmeans_model, km.inertia_, time.perf_counter() - start)
+
+
+def run_apply(args: argparse.Namespace, on_shard_done: Callable[[int], None] | None = None) -> None:
+    km, spec = load_model(args.kmeans_model)
+    if args.checkpoint and spec.kind == "mert":
+        spec = FeatureSpec(**{**asdict(spec), "checkpoint": args.checkpoint})
+    part = resolve_part(args.shard_id, args.num_shards)
+    extractor = make_extractor(spec, args.device)
+    for split in parse_list(args.splits):
+        apply_kmeans(read_manifest(Path(args.manifest_dir) / f"{split}.tsv"), extractor, km, args.label_dir, args.name, split, part,
+                     max(1, int(args.shard_seconds * SAMPLE_RATE)), spec, on_shard_done)
+        log.info("wrote %s/%s.%s%s", args.label_dir, split, args.name, part.suffix)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest-dir", required=True, help="folder holding {split}.tsv")
+    p.add_argument("--kmeans-model", required=True, help="fitted model file (joblib)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--checkpoint", help="MERT checkpoint for --feature mert (apply: overrides the saved path)")
+    p.add_argument("--shard-seconds", type=float, default=600.0, help="audio per resumable shard")
+
+
+def _fit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default="train", help="split to fit on")
+    p.add_argument("--feature", choices=("mfcc", "chroma", "mert"), default="mfcc",
+                   help="frame features: MFCCs, CQT chroma (pitch class) or a MERT layer")
+    p.add_argument("--layer", type=int, help="MERT layer for --feature mert (0 = CNN/input projection)")
+    p.add_argument("--n-mfcc", type=int, default=13)
+    p.add_argument("--n-mels", type=int, default=40)
+    p.add_argument("--chroma-gain", type=float, default=10.0, help="chroma: log(1 + gain x) compression")
+    p.add_argument("--max-chunk-seconds", type=float, default=30.0, help="MERT input chunk length")
+    p.add_argument("--n-clusters", type=int, default=500)
+    p.add_argument("--max-fit-frames", type=int, default=500_000, help="frames sampled for fitting")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _apply_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--splits", default="train,valid", help="splits to label")
+    p.add_argument("--label-dir", required=True)
+    p.add_argument("--name", default="kmeans", help="label name: files {split}.{name}, dict.{name}.txt")
+    add_shard_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for command, adders, text in (
+        ("fit", (_fit_args,), "fit k-means on a split and save it"),
+        ("apply", (_apply_args,), "label splits with a saved model"),
+        ("all", (_fit_args, _apply_args), "fit, then label"),
+    ):
+        sp = sub.add_parser(command, help=text)
+        _common(sp)
+        for add in adders:
+            add(sp)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        if args.command in ("fit", "all"):
+            run_fit(args)
+        if args.command in ("apply", "all"):
+            run_apply(args)
+    except (ManifestError, AudioError, ValueError, FileNotFoundError, OutputError) as exc:
+        log.error("%s", exc)
+        return 1
+    return 0

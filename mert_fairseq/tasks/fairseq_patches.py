@@ -1,0 +1,129 @@
+"""Every change mert-fairseq makes to fairseq, in one place.
+
+`install()` is called by `MERTPretrainingTask.setup_task`, i.e. once fairseq has built the task, before
+it loads or saves a checkpoint. Importing the plugin changes nothing. Each patch replaces one attribute
+of `fairseq.checkpoint_utils` (fairseq-fixed 0.12.3.1) and affects that module's callers only:
+
+| attribute of checkpoint_utils | replaced by | why | fairseq internals it relies on |
+|---|---|---|---|
+| `torch_persistent_save` | `_persistent_save` | fairseq writes checkpoints in place: a kill or a full disk leaves a torn file | `save_checkpoint` calls the module-level name `torch_persistent_save(obj, filename, async_write)` |
+| `PathManager` | `_CheckpointPathManager` (fairseq's PathManager with an atomic local `copy`) | `save_checkpoint` copies the first file to `checkpoint_last.pt`, ... with a plain copy that a kill tears | `save_checkpoint` calls `PathManager.copy(src, dst, overwrite=True)` through the module-level name |
+| `load_checkpoint` | `_load_checkpoint` | resume past a damaged `checkpoint_last.pt`; stop at once when already at `max_update` | `fairseq_cli.train.main` calls `checkpoint_utils.load_checkpoint(cfg.checkpoint, trainer, ...)` through the module |
+| `load_checkpoint_to_cpu` | `_load_checkpoint_to_cpu` | read with `weights_only=True` and the allow-list whatever the environment says; errors name the file | the trainer's `load_checkpoint` and fairseq's model loading call `checkpoint_utils.load_checkpoint_to_cpu` through the module; the state is finished by fairseq's `_upgrade_state_dict` |
+
+With `MERT_FAULT_POINT` or `MERT_FAULT_NAN_UPDATES` set (the fault-injection harness), `install()` also arms
+the harness's kill points (`mert_fairseq.testing.fault_points.install`). `tests/test_fairseq_patches.py`
+fails when one of the internals above changes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import IO, Callable
+
+from fairseq import checkpoint_utils
+from fairseq.file_io import PathManager
+from omegaconf import OmegaConf
+
+from mert_fairseq.checkpoint import resume
+from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
+
+logger = logging.getLogger(__name__)
+
+_stock: dict = {}  # the replaced fairseq attributes, by name
+
+
+def _fault_wrap(point: str) -> Callable[[IO[bytes]], IO[bytes]]:
+    """The harness's half-way writer for `point` when a fault point is armed, else the file itself."""
+    if not os.environ.get("MERT_FAULT_POINT"):
+        return lambda f: f
+    from mert_fairseq.testing.fault_points import halfway_writer
+
+    return lambda f: halfway_writer(f, point)
+
+
+def _persistent_save(obj, filename, async_write: bool = False):
+    if async_write or not isinstance(filename, str) or not resume.is_local(filename):
+        return _stock["torch_persistent_save"](obj, filename, async_write)
+    resume.atomic_torch_save(obj, filename, _fault_wrap("checkpoint_write"))
+
+
+class _CheckpointPathManager:
+    """fairseq's PathManager for `checkpoint_utils` alone, with `copy` made atomic for local files."""
+
+    def __getattr__(self, name):
+        return getattr(PathManager, name)
+
+    @staticmethod
+    def copy(src_path: str, dst_path: str, overwrite: bool = False, **kwargs) -> bool:
+        if not (resume.is_local(src_path) and resume.is_local(dst_path)) or kwargs:
+            return PathManager.copy(src_path, dst_path, overwrite, **kwargs)
+        if os.path.exists(dst_path) and not overwrite:
+            return False
+        resume.atomic_copy(src_path, dst_path, _fault_wrap("checkpoint_copy"))
+        return True
+
+
+def _load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks: bool = False):
+    """fairseq's `load_checkpoint_to_cpu` for local files, read by `load_checkpoint_state` (weights_only,
+    allow-list; a damaged or hostile file is an error naming it), then finished as fairseq does."""
+    if not resume.is_local(path):
+        return _stock["load_checkpoint_to_cpu"](path, arg_overrides, load_on_all_ranks)
+    state = load_checkpoint_state(path)
+    if state.get("args") is not None and arg_overrides is not None:
+        for name, value in arg_overrides.items():
+            setattr(state["args"], name, value)
+    if state.get("cfg") is not None:  # as fairseq does with omegaconf >= 2.2 (pinned 2.3)
+        state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
+        if arg_overrides is not None:
+            checkpoint_utils.overwrite_args_by_name(state["cfg"], arg_overrides)
+    return checkpoint_utils._upgrade_state_dict(state)
+
+
+def _load_checkpoint(cfg, trainer, **passthrough_args):
+    """fairseq's `load_checkpoint`, after checking the checkpoint it will resume from."""
+    if trainer.is_data_parallel_master and os.path.isdir(cfg.save_dir):
+        resume.remove_stale_temp_files(cfg.save_dir)
+    path = resume.restore_path(cfg)
+    if path and resume.is_local(path) and os.path.exists(path):
+        fall_back = getattr(getattr(trainer.task, "cfg", None), "resume_from_intact_checkpoint", True)
+        chosen = resume.resume_checkpoint(path, cfg.save_dir, fall_back,
+                                          explicit=cfg.restore_file != "checkpoint_last.pt")
+        if chosen != path:
+            cfg = resume.with_restore_file(cfg, chosen)
+    extra_state, epoch_itr = _stock["load_checkpoint"](cfg, trainer, **passthrough_args)
+    resume.stop_if_already_complete(trainer.get_num_updates(), trainer.cfg.optimization.max_update, path)
+    return extra_state, epoch_itr
+
+
+REPLACEMENTS = {
+    "torch_persistent_save": _persistent_save,
+    "PathManager": _CheckpointPathManager(),
+    "load_checkpoint": _load_checkpoint,
+    "load_checkpoint_to_cpu": _load_checkpoint_to_cpu,
+}
+
+
+def installed() -> bool:
+    return bool(_stock)
+
+
+def install() -> None:
+    """Apply the patches above (idempotent)."""
+    if _stock:
+        return
+    for name, replacement in REPLACEMENTS.items():
+        _stock[name] = getattr(checkpoint_utils, name)
+        setattr(checkpoint_utils, name, replacement)
+    if os.environ.get("MERT_FAULT_POINT") or os.environ.get("MERT_FAULT_NAN_UPDATES"):
+        from mert_fairseq.testing import fault_points
+
+        fault_points.install()
+    logger.debug("patched fairseq.checkpoint_utils: %s", ", ".join(REPLACEMENTS))
+
+
+def uninstall() -> None:
+    """Put fairseq's own attributes back (tests)."""
+    for name, original in _stock.items():
+        setattr(checkpoint_utils, name, original)
+    _stock.clear()
