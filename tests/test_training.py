@@ -10,33 +10,9 @@ import pytest
 import torch
 
 from synthetic import make_tone_dataset
+from training_runs import ROOT, TRAIN, TRAINED_RUN_OVERRIDES, TRAINED_RUN_UPDATES, load_params, metric, train  # noqa: F401
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = str(Path(sys.executable).parent / "fairseq-hydra-train")
-
-
-def train(data: dict, run_dir: Path, *overrides: str, config: str = "MERT_demo_cpu") -> str:
-    cmd = [TRAIN, "--config-dir", str(ROOT / "configs/pretrain"), "--config-name", config,
-           f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",
-           f"task.label_dir={data['label_dir']}", f"task.labels=[{','.join(data['labels'])}]",
-           f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'checkpoints'}", *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-5000:]
-    return log
-
-
-def metric(log: str, kind: str, name: str) -> list:
-    """Values of `name` in the '[kind]' summary lines of a fairseq simple-format log."""
-    return [float(m) for line in log.splitlines() if f"][{kind}][" in line
-            for m in re.findall(rf"\b{name}[ =]([-0-9.e]+)", line)]
-
-
-def load_params(run_dir: Path) -> dict:
-    from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
-
-    state = load_checkpoint_state(run_dir / "checkpoints" / "checkpoint_last.pt")
-    return state
+# train, metric, load_params, ROOT and TRAIN live in training_runs.py; imported here by other modules too
 
 
 def test_loss_falls_and_masked_accuracy_rises_above_chance(tone_data, tmp_path):
@@ -51,17 +27,17 @@ def test_loss_falls_and_masked_accuracy_rises_above_chance(tone_data, tmp_path):
     assert acc[-1] > 0.35 and acc[-1] > acc[0], acc
 
 
-def test_stop_and_resume_continues_exactly(tone_data, tmp_path):
-    common = ["dataset.max_tokens=192000", "dataset.disable_validation=true",  # 4 clips/batch: 4 updates/epoch
-              "checkpoint.save_interval_updates=1000", "lr_scheduler.warmup_updates=6"]
+def test_stop_and_resume_continues_exactly(tone_data, trained_run, tmp_path):
+    """The session's run (stopped at update 6, mid-epoch 2) continued to 14 updates equals a run of 14."""
+    common = [*TRAINED_RUN_OVERRIDES, "task.probe_csv=null"]  # the probe does not touch training
     train(tone_data, tmp_path / "straight", "optimization.max_update=14", *common)
-    train(tone_data, tmp_path / "resumed", "optimization.max_update=10", *common, "+lr_scheduler.total_num_update=14")
-    first = load_params(tmp_path / "resumed")
-    assert first["optimizer_history"][-1]["num_updates"] == 10
-    assert first["extra_state"]["train_iterator"]["iterations_in_epoch"] == 2  # stopped mid-epoch 3
-    log = train(tone_data, tmp_path / "resumed", "optimization.max_update=14", *common)
-    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch 3 @ 10 updates\)", log), log[-3000:]
-    a, b = load_params(tmp_path / "straight"), load_params(tmp_path / "resumed")
+    resumed = trained_run.copy_to(tmp_path / "resumed")
+    first = load_params(resumed)
+    assert first["optimizer_history"][-1]["num_updates"] == TRAINED_RUN_UPDATES == 6
+    assert first["extra_state"]["train_iterator"]["iterations_in_epoch"] == 2  # stopped mid-epoch 2
+    log = train(tone_data, resumed, "optimization.max_update=14", *common)
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch 2 @ 6 updates\)", log), log[-3000:]
+    a, b = load_params(tmp_path / "straight"), load_params(resumed)
     assert b["optimizer_history"][-1]["num_updates"] == 14
     assert a["extra_state"]["train_iterator"] == b["extra_state"]["train_iterator"]
     assert a["last_optimizer_state"]["param_groups"][0]["lr"] == pytest.approx(
