@@ -12,14 +12,14 @@ of `fairseq.checkpoint_utils` (fairseq-fixed 0.12.3.1) and affects that module's
 | `load_checkpoint_to_cpu` | `_load_checkpoint_to_cpu` | read with `weights_only=True` and the allow-list whatever the environment says; errors name the file | the trainer's `load_checkpoint` and fairseq's model loading call `checkpoint_utils.load_checkpoint_to_cpu` through the module; the state is finished by fairseq's `_upgrade_state_dict` |
 
 With `MERT_FAULT_POINT` or `MERT_FAULT_NAN_UPDATES` set (the fault-injection harness), `install()` also arms
-the harness's kill points (`mert_fairseq.testing.fault_points.install`). `tests/test_fairseq_patches.py`
+the harness's kill points (`mert_fairseq.testing.fault_points.install`). `tests/test_layout.py`
 fails when one of the internals above changes.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import IO, Callable
+from typing import IO, Callable, Optional
 
 from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
@@ -108,17 +108,18 @@ def installed() -> bool:
     return bool(_stock)
 
 
-def install() -> None:
-    """Apply the patches above (idempotent)."""
+def install(task_class: Optional[type] = None, dataset_class: Optional[type] = None) -> None:
+    """Apply the patches above (idempotent). With the fault-injection variables set, also arm the harness's
+    points in `task_class` and `dataset_class` (the task passes its own classes)."""
     if _stock:
         return
     for name, replacement in REPLACEMENTS.items():
         _stock[name] = getattr(checkpoint_utils, name)
         setattr(checkpoint_utils, name, replacement)
-    if os.environ.get("MERT_FAULT_POINT") or os.environ.get("MERT_FAULT_NAN_UPDATES"):
+    if task_class is not None and (os.environ.get("MERT_FAULT_POINT") or os.environ.get("MERT_FAULT_NAN_UPDATES")):
         from mert_fairseq.testing import fault_points
 
-        fault_points.install()
+        fault_points.install(task_class, dataset_class)
     logger.debug("patched fairseq.checkpoint_utils: %s", ", ".join(REPLACEMENTS))
 
 
