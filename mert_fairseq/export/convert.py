@@ -44,7 +44,7 @@ REMOTE_CODE_FILES: Dict[str, Path] = {
     "cqt.py": EXPORT_DIR.parent / "models" / "teachers" / "cqt.py",
 }
 AUTO_MAP = {"AutoConfig": "configuration_mert.MERTConfig", "AutoModel": "modeling_mert.MERTModel"}
-DEFAULT_ATOL = 1e-4
+DEFAULT_ATOL = 1e-5
 _CONFIG_NOISE = ("id2label", "label2id", "_name_or_path", "problem_type", "dtype", "torch_dtype",
                  "chunk_size_feed_forward")
 

@@ -1,5 +1,7 @@
 """The musical teacher: a constant-Q transform of the clean audio that the model regresses at masked
-frames (`audio_cqt_loss_m`), and the optional CQT input front end (`feature_extractor_cqt`).
+frames (`audio_cqt_loss_m`), and the optional CQT input front end (`feature_extractor_cqt`). The Hugging
+Face export ships this very file as `cqt.py` beside its `modeling_mert.py`: keep it self-contained (the
+standard library, numpy and torch only; tests/test_hf_export.py checks).
 
 The transform is the one of nnAudio's CQT1992v2 with the original's settings (fmin 32.7 Hz, 7 octaves,
 periodic hann, L1-normalised kernels scaled by sqrt(length), centred with zero padding, magnitude):
