@@ -3,7 +3,7 @@
 
     python scripts/convert_to_hf.py --checkpoint_path CKPT.pt --pytorch_dump_folder OUT [--expect mert_base]
 
-Exit status 0 when the export reproduces every hidden state of the fairseq model within --atol (1e-4),
+Exit status 0 when the export reproduces every hidden state of the fairseq model within --atol (1e-5),
 1 when the verification fails (the report is in OUT/verification.json), 2 for other errors.
 """
 import sys

@@ -6,6 +6,8 @@ The folder holds:
                             names are HubertConfig's, so plain-HuBERT layouts also load with HubertModel
   configuration_mert.py     this project's remote code (copied from mert_fairseq/export)
   modeling_mert.py
+  cqt.py                    the fairseq model's CQT, mert_fairseq/models/teachers/cqt.py itself (the CQT
+                            input front end imports it as a sibling module)
   model.safetensors         fp32 weights, named as transformers' HubertModel names them
   preprocessor_config.json  Wav2Vec2FeatureExtractor: sampling_rate = task.sample_rate, do_normalize =
                             task.normalize, return_attention_mask only for the layer-norm CNN
@@ -13,7 +15,8 @@ The folder holds:
 
 Verification loads the folder with `AutoModel.from_pretrained(folder, trust_remote_code=True)` (and with
 `HubertModel` where the layout is plain HuBERT), runs fairseq and HF models in eval mode and fp32 on
-several inputs and compares every hidden state; any difference above `atol` (1e-4) fails.
+several inputs (music from the demo corpus's synthesiser and a tone-plus-noise clip) and compares every
+hidden state; any difference above `atol` (DEFAULT_ATOL) fails.
 """
 from __future__ import annotations
 
@@ -34,9 +37,14 @@ from mert_fairseq.common.atomic_files import atomic_open, atomic_write_text
 logger = logging.getLogger(__name__)
 
 EXPORT_DIR = Path(__file__).resolve().parent
-REMOTE_CODE_FILES = ("configuration_mert.py", "modeling_mert.py")
+# name in the exported folder -> source file (the CQT is the training model's own file, not a copy of it)
+REMOTE_CODE_FILES: Dict[str, Path] = {
+    "configuration_mert.py": EXPORT_DIR / "configuration_mert.py",
+    "modeling_mert.py": EXPORT_DIR / "modeling_mert.py",
+    "cqt.py": EXPORT_DIR.parent / "models" / "teachers" / "cqt.py",
+}
 AUTO_MAP = {"AutoConfig": "configuration_mert.MERTConfig", "AutoModel": "modeling_mert.MERTModel"}
-DEFAULT_ATOL = 1e-4
+DEFAULT_ATOL = 1e-5
 _CONFIG_NOISE = ("id2label", "label2id", "_name_or_path", "problem_type", "dtype", "torch_dtype",
                  "chunk_size_feed_forward")
 
@@ -99,6 +107,7 @@ def hf_config_dict(model, task_cfg) -> dict:
         conv_bias=bool(cfg.conv_bias),
         num_conv_pos_embeddings=int(cfg.conv_pos),
         num_conv_pos_embedding_groups=int(cfg.conv_pos_groups),
+        conv_pos_batch_norm=False,  # read by the original MERT remote code on transformers >= 4.48
         do_stable_layer_norm=bool(cfg.layer_norm_first),
         feat_proj_layer_norm=True,
         deepnorm=bool(cfg.deepnorm),
@@ -213,8 +222,8 @@ def write_hf_folder(model, task_cfg, out_dir: str | os.PathLike) -> dict:
     # every field written (HubertModel reads this file too, with its own defaults); no classifier-label noise
     config_dict = {k: v for k, v in config.to_dict().items() if k not in _CONFIG_NOISE}
     atomic_write_text(out / "config.json", json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
-    for name in REMOTE_CODE_FILES:
-        shutil.copyfile(EXPORT_DIR / name, out / name)
+    for name, source in REMOTE_CODE_FILES.items():
+        shutil.copyfile(source, out / name)
     tmp = out / ".model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, out / "model.safetensors")
@@ -229,17 +238,21 @@ def write_hf_folder(model, task_cfg, out_dir: str | os.PathLike) -> dict:
 
 # ------------------------------------------------------------------------------------------------ verifying
 def _test_signals(sample_rate: int, min_length: int, seed: int) -> Dict[str, torch.Tensor]:
-    """A few deterministic test waveforms (tones + noise, |x| < 1): 2 s, a short odd length, 1.3 s + odd."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = {"2 s": 2 * sample_rate, "short odd": max(min_length + 1, sample_rate // 3) | 1,
-               "1.3 s odd": int(1.3 * sample_rate) | 1}
+    """Deterministic test waveforms (|x| < 1): three clips of music from the demo corpus's synthesiser
+    (chords, bass, melody, onsets; 2 s, a short odd length, 1.3 s + odd) and a 2 s tone plus noise."""
+    from mert_fairseq.prep.demo_corpus import clip_spec, render_clip
+
+    lengths = {"music 2 s": 2 * sample_rate, "music short odd": max(min_length + 1, sample_rate // 3) | 1,
+               "music 1.3 s odd": int(1.3 * sample_rate) | 1}
     signals = {}
     for i, (name, n) in enumerate(lengths.items()):
-        t = torch.arange(n, dtype=torch.float64) / sample_rate
-        f0 = 110.0 * 2 ** (i / 3)
-        tone = sum(0.2 / k * torch.sin(2 * math.pi * k * f0 * t + k) for k in range(1, 5))
-        noise = 0.05 * torch.randn(n, generator=g, dtype=torch.float64)
-        signals[name] = (tone + noise).float()
+        clip = render_clip(clip_spec(i, math.ceil(n / sample_rate), sample_rate, seed))
+        signals[name] = torch.from_numpy(clip[:n].copy())
+    n = 2 * sample_rate
+    t = torch.arange(n, dtype=torch.float64) / sample_rate
+    tone = sum(0.2 / k * torch.sin(2 * math.pi * k * 110.0 * t + k) for k in range(1, 5))
+    noise = 0.05 * torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    signals["tone + noise 2 s"] = (tone + noise).float()
     return signals
 
 
@@ -313,9 +326,9 @@ def verify_export(model, folder: str | os.PathLike, atol: float = DEFAULT_ATOL, 
                   seed: int = 0, write_report: bool = True, source: Optional[str] = None) -> dict:
     """Compare every hidden state of the HF folder's model(s) with the fairseq `model` (eval, fp32).
 
-    Checks: single clips of three lengths (incl. a short odd one), an equal-length batch of two, and, when the
-    CNN is layer-normed (padding-invariant), a padded batch of the three clips with an attention mask, whose
-    real frames must equal the unpadded fairseq outputs. Returns the report (also written to
+    Checks: single clips (music of three lengths, incl. a short odd one, and a tone plus noise), an
+    equal-length batch of two, and, when the CNN is layer-normed (padding-invariant), a padded batch of
+    all the clips with an attention mask, whose real frames must equal the unpadded fairseq outputs. Returns the report (also written to
     verification.json); raises VerificationError when a difference exceeds `atol` or loading is not clean.
     """
     folder = Path(folder)
@@ -327,7 +340,7 @@ def verify_export(model, folder: str | os.PathLike, atol: float = DEFAULT_ATOL, 
     sr = config["sample_rate"]
     signals = _test_signals(sr, _receptive_field(config), seed)
     single = {name: _fairseq_reference(model, wav[None]) for name, wav in signals.items()}
-    pair = torch.stack([signals["2 s"], 0.5 * torch.roll(signals["2 s"], sr // 7)])
+    pair = torch.stack([signals["music 2 s"], 0.5 * torch.roll(signals["tone + noise 2 s"], sr // 7)])
     pair_ref, pair_raw = _fairseq_reference(model, pair)
     pair_items = [([h[b:b + 1] for h in pair_ref], pair_raw[b:b + 1]) for b in range(2)]
     lengths = [w.shape[0] for w in signals.values()]
