@@ -412,14 +412,15 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def build_parser():
     import argparse
 
     parser = argparse.ArgumentParser(
         description="Convert a MERT fairseq checkpoint to a Hugging Face folder and verify it numerically.")
-    parser.add_argument("--checkpoint_path", required=True, help="fairseq checkpoint (.pt) of a `mert` model")
-    parser.add_argument("--pytorch_dump_folder", "--pytorch_dump_folder_path", dest="out", required=True,
-                        help="output folder (created; existing export files are overwritten)")
+    parser.add_argument("--checkpoint", "--checkpoint-path", "--checkpoint_path", required=True,
+                        help="fairseq checkpoint (.pt) of a `mert` model")
+    parser.add_argument("--out-dir", "--pytorch-dump-folder", "--pytorch_dump_folder", "--pytorch_dump_folder_path",
+                        required=True, help="output folder (created; existing export files are overwritten)")
     parser.add_argument("--expect", choices=sorted(EXPECTED_LAYOUTS), default=None,
                         help="fail unless the checkpoint has this layout (post-LN/group-norm CNN for mert_base, "
                              "pre-LN/layer-norm CNN for mert_large)")
@@ -427,21 +428,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--no-verify", action="store_true", help="skip the numerical verification (not advised)")
     parser.add_argument("--verify-only", action="store_true",
                         help="do not write anything but verification.json: re-check an existing folder")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from mert_fairseq.checkpoint.model_loading import load_mert_model
 
     try:
         if args.verify_only:
-            model, _ = load_mert_model(args.checkpoint_path)
-            report = verify_export(model, args.out, atol=args.atol, source=args.checkpoint_path)
+            model, _ = load_mert_model(args.checkpoint)
+            report = verify_export(model, args.out_dir, atol=args.atol, source=args.checkpoint)
             print(format_report(report))
             return 0
-        result = convert_checkpoint(args.checkpoint_path, args.out, verify=not args.no_verify, atol=args.atol,
+        result = convert_checkpoint(args.checkpoint, args.out_dir, verify=not args.no_verify, atol=args.atol,
                                     expected_layout=args.expect)
     except VerificationError as exc:
-        report_path = Path(args.out) / "verification.json"
+        report_path = Path(args.out_dir) / "verification.json"
         if report_path.exists():
             print(format_report(json.loads(report_path.read_text())))
         print(f"ERROR: {exc}\n(report: {report_path})")
@@ -453,7 +458,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           + (f" -- matches {args.expect}" if args.expect else ""))
     for note in result["notes"]:
         print(f"note: {note}")
-    print(f"wrote {args.out}: config.json, model.safetensors, {', '.join(REMOTE_CODE_FILES)}, "
+    print(f"wrote {args.out_dir}: config.json, model.safetensors, {', '.join(REMOTE_CODE_FILES)}, "
           "preprocessor_config.json" + (", verification.json" if result["report"] else ""))
     if result["config"] and is_hubert_compatible(result["config"]):
         print("plain HuBERT layout: also loadable with transformers.HubertModel.from_pretrained(folder)")

@@ -62,8 +62,8 @@ def prepare_demo_data(root: Path, clips: int, seconds: float, device: str) -> Di
         [py, "scripts/make_demo_corpus.py", "--out-dir", corpus, "--num-clips", clips, "--seconds", seconds],
         [py, "scripts/prepare_manifest.py", "--root-dir", corpus, "--converted-root-dir", audio, "--out-dir",
          manifest, "--target-rate", 24000, "--valid-percent", 0.1, "--seed", 1],
-        [py, "scripts/prepare_codecs_from_manifest.py", "--manifest_path", manifest, "--manifest_file_name",
-         "train.tsv,valid.tsv", "--out_root", labels, "--random-init", "--device", device],
+        [py, "scripts/prepare_codecs_from_manifest.py", "--manifest-dir", manifest, "--splits", "train,valid",
+         "--label-dir", labels, "--random-init", "--device", device],
     ]
     if not (labels / "valid.encodec_7").is_file():
         for cmd in steps:
@@ -156,13 +156,13 @@ def run_all(out_dir: Path, smoke: bool, num_workers: int, quick: bool = False,
 
 
 def _train_log_mfu(log: Path, run: dict, smoke: bool) -> Optional[dict]:
-    from mert_fairseq.perf.step_benchmark import build_parser, run_train_log
+    from mert_fairseq.perf import step_benchmark
 
     args = ["--config", run["config"], "--train-log", str(log)] + (["--peak-tflops", "1.0"] if smoke else [])
     args += [x for o in run["overrides"] if o.lstrip("+").startswith("model.")
              for x in ("-o", o.lstrip("+"))]
     try:
-        return run_train_log(build_parser().parse_args(args))
+        return step_benchmark.run_train_log(step_benchmark.build_parser().parse_args(args))
     except Exception as exc:  # a failed run has no train_inner lines: reported in the table
         return {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -193,16 +193,20 @@ def format_results(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out-dir", default="runs/gpu_check")
+    p.add_argument("--out-dir", default="runs/gpu_check", help="folder for the logs, gpu_check.json and gpu_check.md")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU: checks the script itself")
     p.add_argument("--num-workers", type=int, default=4, help="dataset.num_workers of the training runs")
     p.add_argument("--quick", action="store_true",
                    help="3 benchmarks and 3 training runs (95M bf16, 95M fp16 adamw_torch, 330M bf16): ~6 min on an H100")
     p.add_argument("--deadline-s", type=float, default=float("inf"),
                    help="stop starting checks after this many seconds; a running one is killed at it")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     out = Path(args.out_dir).resolve()
     res = run_all(out, args.cpu_smoke, args.num_workers, args.quick, args.deadline_s)
     table = format_results(res)

@@ -679,12 +679,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="MERT_RVQ-VAE_CQT_95M", help="recipe name (in --config-dir) or a yaml path")
     p.add_argument("--config-dir", help="folder of recipe YAMLs (default: the project's configs/pretrain)")
     p.add_argument("--override", "-o", action="append", default=[], help="dotlist override, e.g. model.encoder_layers=4")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: cuda when available)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="autocast dtype (fp16 adds a GradScaler)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4, help="clips per step")
     p.add_argument("--seconds", type=float, default=5.0, help="clip length in seconds")
     p.add_argument("--codes", type=int, default=1024, help="codes per label stream (dictionary = codes + 4)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per formulation before timing")
     p.add_argument("--steps", type=int, default=5, help="timed steps per formulation (interleaved)")
     p.add_argument("--split-steps", type=int, default=2, help="extra synchronised steps for the phase split")
     p.add_argument("--no-reference", action="store_true", help="measure only our formulation")
@@ -692,9 +693,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the encoder layers as task.compile_encoder_layers=true (needs --no-reference)")
     p.add_argument("--skip-cqt", action="store_true", help="skip the CQT teacher micro-benchmark")
     p.add_argument("--skip-data-prep", action="store_true", help="skip EnCodec / k-means label throughput")
-    p.add_argument("--data-prep-seconds", type=float, default=30.0)
+    p.add_argument("--data-prep-seconds", type=float, default=30.0,
+                   help="audio length of the EnCodec / k-means label throughput measurement")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="seed of the weights and the synthetic corpus")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="device peak in TFLOP/s for MFU (default: a table of known GPUs; none on CPU)")
     p.add_argument("--train-log", help="instead of benchmarking, report steady-state throughput and MFU of this "
