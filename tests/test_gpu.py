@@ -19,25 +19,47 @@ def _to_cuda(x):
     return x.cuda() if torch.is_tensor(x) else x
 
 
-def _step(dtype):
+def expected_loss_scale(scaler: "torch.amp.GradScaler", init_scale: float, overflows) -> float:
+    """The scale GradScaler must hold after steps with these overflow flags, from its settings: an overflow
+    multiplies by the backoff factor and restarts the count; `growth_interval` clean steps in a row multiply
+    by the growth factor."""
+    scale, clean = init_scale, 0
+    for overflow in overflows:
+        clean = 0 if overflow else clean + 1
+        if overflow:
+            scale *= scaler.get_backoff_factor()
+        elif clean == scaler.get_growth_interval():
+            scale, clean = scale * scaler.get_growth_factor(), 0
+    return scale
+
+
+def _step(dtype, steps: int = 3):
+    """`steps` updates of a tiny model under autocast; fp16 with a GradScaler that grows every 2 clean steps."""
     from test_speedups import _criterion, _sample
     from tiny_models import tiny_model
 
     torch.manual_seed(0)
     model = tiny_model("rvq_95m").cuda().train()
     sample = _to_cuda(_sample(model))
-    scaler = torch.amp.GradScaler("cuda", init_scale=2.0 ** 16) if dtype == torch.float16 else None
+    init_scale = 2.0 ** 16
+    scaler = (torch.amp.GradScaler("cuda", init_scale=init_scale, growth_interval=2)
+              if dtype == torch.float16 else None)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    with torch.autocast("cuda", dtype=dtype):
-        loss, n, _ = _criterion()(model, sample)
-    assert math.isfinite(loss.item()) and n > 0
-    (scaler.scale(loss / n) if scaler else loss / n).backward()
-    if scaler:
-        scaler.step(opt)
-        scaler.update()
-        assert scaler.get_scale() in (2.0 ** 16, 2.0 ** 15)  # kept, or halved once on overflow
-    else:
-        opt.step()
+    overflows = []
+    for _ in range(steps):
+        with torch.autocast("cuda", dtype=dtype):
+            loss, n, _ = _criterion()(model, sample)
+        assert math.isfinite(loss.item()) and n > 0
+        (scaler.scale(loss / n) if scaler else loss / n).backward()
+        if scaler:
+            # a non-finite scaled gradient is what GradScaler counts as an overflow (it skips the step)
+            overflows.append(not all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None))
+            scaler.step(opt)
+            scaler.update()
+            assert scaler.get_scale() == expected_loss_scale(scaler, init_scale, overflows), overflows
+        else:
+            opt.step()
+        opt.zero_grad()
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

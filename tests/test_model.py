@@ -113,15 +113,46 @@ def test_training_step_each_family(family):
 
 
 def test_masked_loss_matches_manual_cross_entropy():
+    """The hubert criterion's masked loss equals a cross-entropy computed by hand: cosine of each masked
+    frame's projection with every label embedding, / logit_temp, explicit log-softmax over the C classes,
+    minus the target's log-probability, summed over the masked frames (agreement within 1e-5 per frame)."""
     torch.manual_seed(1)
     model = tiny_model("kmeans").eval()
     source, targets = batch(model, B=2)
-    out = model(source, target_list=targets)
-    logits = out["logit_m_list"][0]
+    seen = {}
+    model.register_forward_hook(lambda m, args, out: seen.update(out=out))
+    model.encoder.register_forward_hook(lambda m, args, out: seen.update(x=out[0]))  # B x T x D
+    apply_mask = model._apply_mask
+
+    def record_mask(*args):  # the real masking, its mask kept for the hand computation
+        x, mask, mask_np = apply_mask(*args)
+        seen["mask"] = mask
+        return x, mask, mask_np
+
+    model._apply_mask = record_mask
+    criterion = HubertCriterion(None, pred_masked_weight=1.0, pred_nomask_weight=0.0, loss_weights=None)
+    sample = {"net_input": {"source": source, "padding_mask": None}, "target_list": targets,
+              "id": torch.arange(len(source))}
+    with torch.no_grad():
+        loss, sample_size, log = criterion(model, sample)
+    logits = seen["out"]["logit_m_list"][0]
     assert logits.shape[1] == 1 + 20
     # column 0 is the target; equal to the target class column of a plain cosine / temp
     assert torch.all(logits[:, 0] <= 1.0 / model.cfg.logit_temp + 1e-4)
     assert torch.isinf(logits).sum() == logits.shape[0]
+
+    x, mask = seen["x"].double(), seen["mask"]  # B x T x D, B x T
+    assert model.feat2tar_ratio == 1 and mask.sum() == sample_size == logits.shape[0]
+    frames = x[mask]  # S x D, row-major like the model
+    target = targets[0][:, : x.shape[1]][mask]  # S dictionary indices
+    proj = frames @ model.final_proj.weight.double().t() + model.final_proj.bias.double()  # S x F
+    embs = model.label_embs_concat.double()  # C x F
+    cos = (proj @ embs.t()) / (proj.norm(dim=1, keepdim=True) * embs.norm(dim=1))  # S x C
+    scores = cos / model.cfg.logit_temp
+    log_probs = scores - torch.log(torch.exp(scores).sum(dim=1, keepdim=True))  # log-softmax over C
+    manual = -log_probs.gather(1, target.long().unsqueeze(1)).sum()
+    assert abs(loss.item() - manual.item()) / sample_size < 1e-5, (loss.item(), manual.item())
+    assert log["loss_m_0"] == pytest.approx(manual.item(), rel=1e-6)
 
 
 def test_mixture_only_in_training():

@@ -23,7 +23,7 @@ from fairseq.modules import GradMultiply
 from torch import nn
 
 from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
-from mert_fairseq.common.config_values import parse_conv_layers, parse_list_literal
+from mert_fairseq.common.config_values import parse_conv_layers, parse_list_literal, warn_fields_without_effect
 from mert_fairseq.models.teachers.cqt import CQTTeacher, build_cqt, cqt_frames
 from mert_fairseq.models.masked_prediction import cosine_logits
 from mert_fairseq.models.teachers.mel import MelTeacher
@@ -140,11 +140,7 @@ class MERTModel(BaseFairseqModel):
 
     @staticmethod
     def _warn_no_effect_fields(cfg: MERTConfig) -> None:
-        defaults = MERTConfig()
-        for name, why in NO_EFFECT_FIELDS.items():
-            value, default = getattr(cfg, name, None), getattr(defaults, name)
-            if value is not None and np.atleast_1d(value).tolist() != np.atleast_1d(default).tolist():
-                logger.warning("model.%s=%r has no effect in mert-fairseq: %s", name, value, why)
+        warn_fields_without_effect(cfg, MERTConfig(), NO_EFFECT_FIELDS, "model")
         if cfg.wav_normalize:
             logger.warning("model.wav_normalize normalises each waveform separately (the original normalised "
                            "the whole batch jointly)")

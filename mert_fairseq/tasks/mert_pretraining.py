@@ -23,7 +23,7 @@ from fairseq.tasks.fairseq_task import FairseqTask
 from omegaconf import II, MISSING
 
 from mert_fairseq.data import allocator, loader_shutdown
-from mert_fairseq.common.config_values import parse_list_literal
+from mert_fairseq.common.config_values import parse_list_literal, warn_fields_without_effect
 from mert_fairseq.data.mert_dataset import DataError, MERTDataset
 from mert_fairseq.models.teachers.random_projection import code_dictionary
 from mert_fairseq.optim.non_finite import NonFiniteGuard, clean_logging_outputs
@@ -43,7 +43,7 @@ class MERTPretrainingConfig(FairseqDataclass):
     label_rate: float = field(default=-1.0, metadata={"help": "label frames per second (75 for EnCodec at 24 kHz)"})
     sample_rate: int = field(default=16_000, metadata={"help": "audio sample rate; files must already have it"})
     normalize: bool = field(default=False, metadata={"help": "normalise each clip to zero mean, unit variance"})
-    enable_padding: bool = field(default=False, metadata={"help": "legacy HuBERT field (use pad_audio)"})
+    enable_padding: bool = field(default=False, metadata={"help": "no effect: legacy HuBERT field (use pad_audio)"})
     max_keep_size: Optional[int] = field(default=None, metadata={"help": "drop clips longer than this (samples)"})
     max_sample_size: Optional[int] = field(default=None, metadata={"help": "crop clips to at most this (samples)"})
     min_sample_size: Optional[int] = field(default=None, metadata={"help": "drop clips shorter than this (samples)"})
@@ -62,13 +62,13 @@ class MERTPretrainingConfig(FairseqDataclass):
     )
     augmentation_probs: Optional[str] = field(default="[]", metadata={"help": "probability of each effect"})
     inbatch_noise_augment_len_range: Optional[str] = field(
-        default="[8000, 24000]", metadata={"help": "informational copy; the model's field is used"}
+        default="[8000, 24000]", metadata={"help": "no effect: the model's field of this name is used"}
     )
     inbatch_noise_augment_number_range: Optional[str] = field(
-        default="[1, 3]", metadata={"help": "informational copy; the model's field is used"}
+        default="[1, 3]", metadata={"help": "no effect: the model's field of this name is used"}
     )
     inbatch_noise_augment_volume: float = field(
-        default=1.0, metadata={"help": "informational copy; the model's field is used"}
+        default=1.0, metadata={"help": "no effect: the model's field of this name is used"}
     )
     dynamic_crops: Optional[str] = field(
         default="[]", metadata={"help": "max clip seconds per stage, e.g. [5, 10]"}
@@ -148,6 +148,18 @@ class MERTPretrainingConfig(FairseqDataclass):
     online_targets_seed: int = field(default=0, metadata={"help": "seed of the projections and codebooks"})
 
 
+# field -> why it does nothing; the task warns once when one differs from its default
+# (common.config_values.warn_fields_without_effect; the model's table: models.mert_config.NO_EFFECT_FIELDS).
+NO_EFFECT_FIELDS = {
+    "enable_padding": "legacy HuBERT field; task.pad_audio pads to the longest clip",
+    "store_labels": "labels are read by byte offset (text) or memory-mapped (.npy), never held in memory",
+    "cqt_loss_bin_dataloader": "the model computes CQT targets in fp32",
+    "inbatch_noise_augment_len_range": "the model's field model.inbatch_noise_augment_len_range is used",
+    "inbatch_noise_augment_number_range": "the model's field model.inbatch_noise_augment_number_range is used",
+    "inbatch_noise_augment_volume": "the model's field model.inbatch_noise_augment_volume is used",
+}
+
+
 def compile_encoder_layers(model) -> None:
     """torch.compile every encoder layer in place (nn.Module.compile keeps parameter names)."""
     for layer in model.encoder.layers:
@@ -173,8 +185,7 @@ class MERTPretrainingTask(FairseqTask):
             raise ValueError("task.dynamic_crops_epoches must start at epoch 1")
         self.nonfinite_guard = NonFiniteGuard(cfg.max_consecutive_bad_updates)
         self._online_probe, self._probed_at, self._probe_scores = None, -1, None  # task.probe_csv
-        if (cfg.cqt_loss_bin_dataloader or -1) > 0:
-            logger.warning("task.cqt_loss_bin_dataloader has no effect: the model computes CQT targets in fp32")
+        warn_fields_without_effect(cfg, MERTPretrainingConfig(), NO_EFFECT_FIELDS, "task")
 
     def build_model(self, cfg, from_checkpoint: bool = False):
         model = super().build_model(cfg, from_checkpoint)
