@@ -108,6 +108,21 @@ class MERTPretrainingConfig(FairseqDataclass):
         metadata={"help": "torch.compile each transformer layer in place (same state-dict keys); first steps "
                           "compile (tens of seconds); a GPU lever, slower on CPU"},
     )
+    draws_in_collater: bool = field(
+        default=True,
+        metadata={"help": "draw masks, noise mixture, layerdrop and random codebooks in the data loader (fixed "
+                          "shapes, no host sync in the step); false: the model draws them (as before)"},
+    )
+    compile_step: bool = field(
+        default=False,
+        metadata={"help": "torch.compile the mert criterion's step (forward + loss; fullgraph, inductor); "
+                          "the first steps compile; a GPU lever"},
+    )
+    cuda_graphs: bool = field(
+        default=False,
+        metadata={"help": "with compile_step: capture the compiled step in CUDA graphs (inductor's "
+                          "reduce-overhead mode; fixed batch shapes: cropped batches of one size)"},
+    )
     seed: int = II("common.seed")
     resume_from_intact_checkpoint: bool = field(
         default=True,
@@ -155,6 +170,16 @@ def compile_encoder_layers(model) -> None:
     logger.info("compiled %d encoder layers with torch.compile", len(model.encoder.layers))
 
 
+def compile_step(criterion, cuda_graphs: bool = False) -> None:
+    """task.compile_step: torch.compile the mert criterion's step (forward + loss) as one graph of fixed shapes
+    (`fullgraph=True, dynamic=False`); `cuda_graphs` also captures it in CUDA graphs (reduce-overhead)."""
+    if not hasattr(criterion, "step_tensors"):
+        raise ValueError(f"task.compile_step needs criterion mert, not {type(criterion).__name__}")
+    mode = "reduce-overhead" if cuda_graphs else None
+    criterion.compiled_step = torch.compile(criterion.step_tensors, fullgraph=True, dynamic=False, mode=mode)
+    logger.info("compiled the training step (torch.compile fullgraph%s)", ", CUDA graphs" if cuda_graphs else "")
+
+
 @register_task("mert_pretraining", dataclass=MERTPretrainingConfig)
 class MERTPretrainingTask(FairseqTask):
     cfg: MERTPretrainingConfig
@@ -180,7 +205,17 @@ class MERTPretrainingTask(FairseqTask):
         model = super().build_model(cfg, from_checkpoint)
         if self.cfg.compile_encoder_layers:
             compile_encoder_layers(model)
+        # what the collater draws for this model (datasets are loaded after the model is built); not with a
+        # mask schedule (the workers do not know the update) or online targets (labels made by the model)
+        self.draw_spec = (model.draw_spec() if self.cfg.draws_in_collater and not model.has_mask_schedule
+                          and not self.cfg.online_targets and hasattr(model, "draw_spec") else None)
         return model
+
+    def build_criterion(self, cfg, from_checkpoint: bool = False):
+        criterion = super().build_criterion(cfg, from_checkpoint)
+        if self.cfg.compile_step:
+            compile_step(criterion, self.cfg.cuda_graphs)
+        return criterion
 
     @classmethod
     def setup_task(cls, cfg: MERTPretrainingConfig, **kwargs) -> "MERTPretrainingTask":
@@ -265,6 +300,7 @@ class MERTPretrainingTask(FairseqTask):
             max_bad_audio_fraction=self.cfg.max_bad_audio_fraction,
             seed=self.cfg.seed,
             windowed_reads=self.cfg.windowed_reads,
+            draw_spec=getattr(self, "draw_spec", None),
         )
 
     # ------------------------------------------------------------------ steps
