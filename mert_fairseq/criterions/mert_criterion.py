@@ -65,8 +65,8 @@ class MertCriterion(FairseqCriterion):
         weight = net_output.get("codebook_weight")
         out: Dict[str, torch.Tensor] = {}
         loss = logits.new_zeros(())
-        for kind, coef, skip in (("m", self.pred_masked_weight, model.cfg.skip_masked),
-                                 ("u", self.pred_nomask_weight, model.cfg.skip_nomask)):
+        for kind, coef, skip in (("m", self.pred_masked_weight, model.opts.skip_masked),
+                                 ("u", self.pred_nomask_weight, model.opts.skip_nomask)):
             if skip:
                 continue
             frames = net_output["masked" if kind == "m" else "unmasked"].reshape(N).to(ce.dtype)

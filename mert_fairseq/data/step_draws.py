@@ -96,7 +96,7 @@ def _span_mask(spec: DrawSpec, rng: np.random.Generator, B: int, T: int, pad: Op
     return compute_mask_indices(
         (B, T), None if pad is None else torch.from_numpy(pad), spec.mask_prob, spec.mask_length,
         spec.mask_selection, spec.mask_other, min_masks=2, no_overlap=spec.no_mask_overlap,
-        min_space=spec.mask_min_space, seed=int(rng.integers(2**31 - 1)), epoch=0, indices=torch.arange(B))
+        min_space=spec.mask_min_space, seed=int(rng.integers(2**31 - 1)), epoch=0, indices=np.arange(B))
 
 
 def _mask_fill_choices(spec: DrawSpec, rng: np.random.Generator, mask: np.ndarray,

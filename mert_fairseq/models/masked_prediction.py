@@ -21,11 +21,11 @@ def cosine_logits(proj: torch.Tensor, label_embs: torch.Tensor, targets: torch.T
     """
     proj = F.normalize(proj.float(), dim=-1, eps=1e-8)
     embs = F.normalize(label_embs.float(), dim=-1, eps=1e-8)
-    cos = proj @ embs.t()  # S x C
+    cos = (proj @ embs.t()) * scale  # S x C; scaled before the -inf goes in (else a learned scale's grad is NaN)
     index = targets.long().unsqueeze(1)  # S x 1
     pos = cos.gather(1, index)
     negs = cos.scatter(1, index, float("-inf"))
-    return torch.cat([pos, negs], dim=1) * scale
+    return torch.cat([pos, negs], dim=1)
 
 
 def direct_cosine_logits(proj: torch.Tensor, label_embs: torch.Tensor, targets: torch.Tensor,

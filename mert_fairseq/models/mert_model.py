@@ -14,6 +14,7 @@ State-dict keys are those of the original MERT (see tests/test_checkpoint_compat
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -24,6 +25,7 @@ from fairseq.data.dictionary import Dictionary
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 from fairseq.modules import GradMultiply
+from omegaconf import OmegaConf
 from torch import nn
 
 from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
@@ -61,6 +63,10 @@ class MERTModel(BaseFairseqModel):
     def __init__(self, cfg: MERTConfig, task_cfg, dictionaries: List[Optional[Dictionary]]) -> None:
         super().__init__()
         self.cfg = cfg
+        # plain copy of the config for the forward path (torch.compile traces attribute reads of it; DictConfig's
+        # own attribute machinery would break the graph)
+        self.opts = SimpleNamespace(**(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+                                       if OmegaConf.is_config(cfg) else vars(cfg)))
         self._warn_no_effect_fields(cfg)
         sample_rate = int(task_cfg.sample_rate)
         conv_layers = parse_conv_layers(cfg.conv_feature_layers)
@@ -192,12 +198,12 @@ class MERTModel(BaseFairseqModel):
     # ------------------------------------------------------------------ forward pieces
     def forward_features(self, source: torch.Tensor) -> torch.Tensor:
         """B x L -> CNN features B x C x T (gradient scaled by feature_grad_mult; frozen if <= 0)."""
-        if self.cfg.wav_normalize:
+        if self.opts.wav_normalize:
             source = F.layer_norm(source, source.shape[-1:])
-        if self.cfg.feature_grad_mult > 0:
+        if self.opts.feature_grad_mult > 0:
             features = self.feature_extractor(source)
-            if self.cfg.feature_grad_mult != 1.0:
-                features = GradMultiply.apply(features, self.cfg.feature_grad_mult)
+            if self.opts.feature_grad_mult != 1.0:
+                features = GradMultiply.apply(features, self.opts.feature_grad_mult)
             return features
         self.feature_extractor.eval()
         with torch.no_grad():
@@ -221,7 +227,7 @@ class MERTModel(BaseFairseqModel):
     # ------------------------------------------------------------------ random draws
     def draw_spec(self) -> DrawSpec:
         """What a step draws (at the current mask schedule): `data/step_draws.py`."""
-        c = self.cfg
+        c = self.opts
         return DrawSpec(
             conv_layers=self.conv_layers, feat2tar_ratio=self.feat2tar_ratio, mask_prob=self.mask_prob,
             mask_length=self.mask_length, mask_selection=c.mask_selection, mask_other=c.mask_other,
@@ -259,9 +265,9 @@ class MERTModel(BaseFairseqModel):
         seed = int(np.random.SeedSequence([torch.initial_seed() % 2**63, self.num_updates,
                                            self._calls_this_update, 1]).generate_state(1)[0])
         ch = compute_mask_indices(
-            (B, D), None, self.cfg.mask_channel_prob, self.cfg.mask_channel_length,
-            self.cfg.mask_channel_selection, self.cfg.mask_channel_other,
-            no_overlap=self.cfg.no_mask_channel_overlap, min_space=self.cfg.mask_channel_min_space,
+            (B, D), None, self.opts.mask_channel_prob, self.opts.mask_channel_length,
+            self.opts.mask_channel_selection, self.opts.mask_channel_other,
+            no_overlap=self.opts.no_mask_channel_overlap, min_space=self.opts.mask_channel_min_space,
             seed=seed, epoch=1, indices=torch.arange(B),
         )
         return x.masked_fill(torch.from_numpy(ch).to(x.device, non_blocking=True).unsqueeze(1), 0.0)
@@ -279,17 +285,17 @@ class MERTModel(BaseFairseqModel):
     # ------------------------------------------------------------------ masked prediction
     def _logit_scales(self):
         """1 / logit_temp, or the learned logit scale of each stream (K)."""
-        if self.cfg.learnable_temp:
-            return torch.clamp(self.logit_temp_list.exp(), max=self.cfg.learnable_temp_max)
-        return 1.0 / self.cfg.logit_temp
+        if self.opts.learnable_temp:
+            return torch.clamp(self.logit_temp_list.exp(), max=self.opts.learnable_temp_max)
+        return 1.0 / self.opts.logit_temp
 
     def _frame_projections(self, x: torch.Tensor) -> torch.Tensor:
         """B x T x D frames -> K x B x T x F projections, one per label stream."""
         K, (B, T, _) = len(self.num_classes), x.shape
-        if self.cfg.random_codebook > 0 and self.cfg.untie_final_proj:
+        if self.opts.random_codebook > 0 and self.opts.untie_final_proj:
             return torch.stack([p(x) for p in self.final_projs])
         y = self.final_proj(x)
-        if self.cfg.untie_final_proj:
+        if self.opts.untie_final_proj:
             return y.view(B, T, K, -1).permute(2, 0, 1, 3)
         return y.unsqueeze(0).expand(K, -1, -1, -1)
 
@@ -332,11 +338,11 @@ class MERTModel(BaseFairseqModel):
         `masked` / `unmasked` B x T bool (non-padding frames), `features_pen`, the teacher losses over the
         masked frames, and when the model drew itself the host counts `masked_frames`, `valid_frames`.
         """
-        self._calls_this_update += 1
         if not target_list and not features_only and hasattr(self, "online_targets"):
             target_list = self.online_targets(source)  # per codebook B x T_label codes of the clean audio
         counts: dict = {}
         if draws is None:
+            self._calls_this_update += 1
             draws, counts = self._draw_here(source, target_list, padding_mask, mask)
         out = self._forward(source, target_list, padding_mask, cqt_labels, mel_labels, mask, features_only,
                             output_layer, return_hidden_states, draws)
@@ -348,14 +354,14 @@ class MERTModel(BaseFairseqModel):
         clean = source
         if self.training and "mix_len" in draws:
             source = apply_noise_mixture(source, draws["mix_start"], draws["mix_pos"], draws["mix_len"],
-                                         self.cfg.inbatch_noise_augment_volume)
+                                         self.opts.inbatch_noise_augment_volume)
 
         features = self.forward_features(source)  # B x C x T
         if target_list:
             features, target_list = self.forward_targets(features, target_list)
         features_pen = features.float().pow(2).mean()
         features = features.transpose(1, 2)  # B x T x C
-        if self.cfg.feature_extractor_cqt:
+        if self.opts.feature_extractor_cqt:
             cqt = cqt_frames(self.feature_extractor_cqt, source)[:, : features.size(1)]
             features = torch.cat([features, cqt.to(features.dtype)], dim=2)
         features = self.layer_norm(features)
@@ -375,7 +381,7 @@ class MERTModel(BaseFairseqModel):
             raise ValueError(f"net_input draws: span mask of shape {tuple(span.shape)} for {B} x {T} model frames "
                              "(drawn for another CNN or crop?)")
         x = features if span is None else self._fill_masked(features, span, draws)
-        if mask and self.cfg.mask_channel_prob > 0:
+        if mask and self.opts.mask_channel_prob > 0:
             x = self._channel_mask(x)
         x, hidden_states = self.encoder(
             x, pad, tgt_layer=None if output_layer is None else output_layer - 1,
@@ -399,8 +405,8 @@ class MERTModel(BaseFairseqModel):
             "features_pen": features_pen,
         }
         weight = masked.to(torch.float32)
-        teachers = (("cqt_pred_m", "encoder_cqt_model", cqt_labels, self.cfg.audio_cqt_loss_m),
-                    ("mel_pred_m", "encoder_mel_model", mel_labels, self.cfg.audio_mel_loss_m))
+        teachers = (("cqt_pred_m", "encoder_cqt_model", cqt_labels, self.opts.audio_cqt_loss_m),
+                    ("mel_pred_m", "encoder_mel_model", mel_labels, self.opts.audio_mel_loss_m))
         for name, attr, labels, enabled in teachers:
             if not enabled:
                 continue
@@ -439,7 +445,7 @@ class MERTModel(BaseFairseqModel):
         key = "_logit_m_list" if is_masked else "_logit_u_list"
         if key not in net_output:
             logits = []
-            if not (self.cfg.skip_masked if is_masked else self.cfg.skip_nomask) and net_output["proj"] is not None:
+            if not (self.opts.skip_masked if is_masked else self.opts.skip_nomask) and net_output["proj"] is not None:
                 where = net_output["masked" if is_masked else "unmasked"]
                 weight = net_output.get("codebook_weight")
                 chosen = range(len(self.num_classes)) if weight is None else [

@@ -170,13 +170,32 @@ def compile_encoder_layers(model) -> None:
     logger.info("compiled %d encoder layers with torch.compile", len(model.encoder.layers))
 
 
+class CompiledStep:
+    """The mert criterion's step compiled as one graph of fixed shapes (`fullgraph=True, dynamic=False`).
+    The first step of each input shape runs eager: it builds what the model caches per clip length (the CQT
+    kernel spectra, host-side numpy work that is no part of the graph); later steps of that shape run the
+    compiled graph, which is traced once and reused whatever the masks and mixture draws."""
+
+    def __init__(self, step, cuda_graphs: bool = False) -> None:
+        self.eager = step
+        self.compiled = torch.compile(step, fullgraph=True, dynamic=False,
+                                      mode="reduce-overhead" if cuda_graphs else None)
+        self.seen: set = set()
+
+    def __call__(self, model, target_list, net_input):
+        key = (tuple(net_input["source"].shape), str(net_input["source"].device))
+        if key not in self.seen:
+            self.seen.add(key)
+            return self.eager(model, target_list, net_input)
+        return self.compiled(model, target_list, net_input)
+
+
 def compile_step(criterion, cuda_graphs: bool = False) -> None:
-    """task.compile_step: torch.compile the mert criterion's step (forward + loss) as one graph of fixed shapes
-    (`fullgraph=True, dynamic=False`); `cuda_graphs` also captures it in CUDA graphs (reduce-overhead)."""
+    """task.compile_step: the mert criterion's step through `CompiledStep`; `cuda_graphs` also captures it in
+    CUDA graphs (inductor's reduce-overhead mode)."""
     if not hasattr(criterion, "step_tensors"):
         raise ValueError(f"task.compile_step needs criterion mert, not {type(criterion).__name__}")
-    mode = "reduce-overhead" if cuda_graphs else None
-    criterion.compiled_step = torch.compile(criterion.step_tensors, fullgraph=True, dynamic=False, mode=mode)
+    criterion.compiled_step = CompiledStep(criterion.step_tensors, cuda_graphs)
     logger.info("compiled the training step (torch.compile fullgraph%s)", ", CUDA graphs" if cuda_graphs else "")
 
 
