@@ -127,11 +127,11 @@ def draw_step(spec: DrawSpec, rng: np.random.Generator, B: int, L: int, T: int,
     draws: Dict[str, torch.Tensor] = {}
     valid = np.ones((B, T), bool) if frame_pad is None else ~frame_pad
     counts = {"valid_frames": int(valid.sum()), "masked_frames": 0}
-    if span_masks and spec.mask_prob > 0:
-        mask = _span_mask(spec, rng, B, T, frame_pad) & valid
+    if span_masks:  # all False with mask_prob 0: mask_emb still gets a (zero) gradient, as c10d DDP needs
+        mask = _span_mask(spec, rng, B, T, frame_pad) & valid if spec.mask_prob > 0 else np.zeros((B, T), bool)
         draws["mask"] = torch.from_numpy(mask)
         counts["masked_frames"] = int(mask.sum())
-        if spec.mask_origin + spec.mask_replace > 0:
+        if spec.mask_prob > 0 and spec.mask_origin + spec.mask_replace > 0:
             draws.update(_mask_fill_choices(spec, rng, mask, valid))
     if spec.mixture_prob > 0 and B >= 2:
         draws.update(draw_noise_mixture(rng, B, L, spec.mixture_prob, spec.noise_length_range,

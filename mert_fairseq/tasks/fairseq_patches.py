@@ -11,6 +11,12 @@ of `fairseq.checkpoint_utils` (fairseq-fixed 0.12.3.1) and affects that module's
 | `load_checkpoint` | `_load_checkpoint` | resume past a damaged `checkpoint_last.pt`; stop at once when already at `max_update` | `fairseq_cli.train.main` calls `checkpoint_utils.load_checkpoint(cfg.checkpoint, trainer, ...)` through the module |
 | `load_checkpoint_to_cpu` | `_load_checkpoint_to_cpu` | read with `weights_only=True` and the allow-list whatever the environment says; errors name the file; while resuming a `mert`-criterion run, a checkpoint written with `hubert` counts as `mert` (same loss, neither has state), so older checkpoints resume under the recipes | the trainer's `load_checkpoint` and fairseq's model loading call `checkpoint_utils.load_checkpoint_to_cpu` through the module; the state is finished by fairseq's `_upgrade_state_dict`; the trainer compares `optimizer_history[-1]["criterion_name"]` with its criterion's class name |
 
+and one attribute of `fairseq.models.distributed_fairseq_model`:
+
+| attribute | replaced by | why | fairseq internals it relies on |
+|---|---|---|---|
+| `DistributedDataParallel` | `_DistributedDataParallel` (torch's, without `device_ids`/`output_device` for a CPU module) | `ddp_backend=c10d` (the recipes') passes `device_ids=[device_id]`, which torch refuses for CPU modules: c10d could not run on CPU/gloo | `DistributedFairseqModel` calls the module-level name `DistributedDataParallel(module=..., device_ids=..., ...)` |
+
 With `MERT_FAULT_POINT` or `MERT_FAULT_NAN_UPDATES` set (the fault-injection harness), `install()` also arms
 the harness's kill points (`mert_fairseq.testing.fault_points.install`). `tests/test_fairseq_patches.py`
 fails when one of the internals above changes.
@@ -21,7 +27,9 @@ import logging
 import os
 from typing import IO, Callable
 
+import torch
 from fairseq import checkpoint_utils
+from fairseq.models import distributed_fairseq_model
 from fairseq.file_io import PathManager
 from omegaconf import OmegaConf
 
@@ -107,6 +115,17 @@ def _load_checkpoint(cfg, trainer, **passthrough_args):
     return extra_state, epoch_itr
 
 
+class _DistributedDataParallel(torch.nn.parallel.DistributedDataParallel):
+    """torch's DDP; for a module on the CPU without the device_ids / output_device fairseq passes."""
+
+    def __init__(self, module, device_ids=None, output_device=None, **kwargs):
+        if all(p.device.type == "cpu" for p in module.parameters()):
+            device_ids = output_device = None
+        super().__init__(module, device_ids=device_ids, output_device=output_device, **kwargs)
+
+
+DDP_REPLACEMENTS = {"DistributedDataParallel": _DistributedDataParallel}
+
 REPLACEMENTS = {
     "torch_persistent_save": _persistent_save,
     "PathManager": _CheckpointPathManager(),
@@ -126,6 +145,9 @@ def install() -> None:
     for name, replacement in REPLACEMENTS.items():
         _stock[name] = getattr(checkpoint_utils, name)
         setattr(checkpoint_utils, name, replacement)
+    for name, replacement in DDP_REPLACEMENTS.items():
+        _stock["ddp." + name] = getattr(distributed_fairseq_model, name)
+        setattr(distributed_fairseq_model, name, replacement)
     if os.environ.get("MERT_FAULT_POINT") or os.environ.get("MERT_FAULT_NAN_UPDATES"):
         from mert_fairseq.testing import fault_points
 
@@ -136,5 +158,8 @@ def install() -> None:
 def uninstall() -> None:
     """Put fairseq's own attributes back (tests)."""
     for name, original in _stock.items():
-        setattr(checkpoint_utils, name, original)
+        if name.startswith("ddp."):
+            setattr(distributed_fairseq_model, name[len("ddp."):], original)
+        else:
+            setattr(checkpoint_utils, name, original)
     _stock.clear()

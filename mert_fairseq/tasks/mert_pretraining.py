@@ -26,7 +26,7 @@ from mert_fairseq.data import allocator, loader_shutdown
 from mert_fairseq.common.config_values import parse_list_literal
 from mert_fairseq.data.mert_dataset import DataError, MERTDataset
 from mert_fairseq.models.teachers.random_projection import code_dictionary
-from mert_fairseq.optim.non_finite import NonFiniteGuard, clean_logging_outputs
+from mert_fairseq.optim.non_finite import NonFiniteGuard
 from mert_fairseq.tasks import fairseq_patches
 
 logger = logging.getLogger(__name__)
@@ -360,7 +360,7 @@ class MERTPretrainingTask(FairseqTask):
             if ignore_grad:
                 loss *= 0
             optimizer.backward(loss)
-        self.nonfinite_guard.after_backward(loss, model, optimizer, update_num, logging_output)
+        self.nonfinite_guard.after_backward(loss, optimizer, update_num)
         return loss, sample_size, logging_output
 
     def optimizer_step(self, optimizer, model, update_num):
@@ -372,10 +372,9 @@ class MERTPretrainingTask(FairseqTask):
             self.nonfinite_guard.log_skip(update_num)
 
     def reduce_metrics(self, logging_outputs, criterion):
-        """Logs of skipped (non-finite) micro-batches are left out of the averages."""
-        good, _ = clean_logging_outputs(logging_outputs)
-        if good:
-            super().reduce_metrics(good, criterion)
+        """Logs of a skipped (non-finite) update are left out of the averages."""
+        if not self.nonfinite_guard.take_skipped_logs():
+            super().reduce_metrics(logging_outputs, criterion)
         else:
             metrics.log_scalar("loss", 0.0, weight=0)  # keeps fairseq from logging a placeholder loss
 
