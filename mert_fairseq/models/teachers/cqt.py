@@ -220,6 +220,6 @@ class CQTTeacher(nn.Module):
             raise ValueError(f"CQT has {cqt.size(1)} frames, fewer than the {num_frames} model frames")
         return cqt[:, :num_frames]
 
-    def loss(self, x_masked: torch.Tensor, target_masked: torch.Tensor) -> torch.Tensor:
-        """x_masked: S x D encoder outputs, target_masked: S x bins -> mean squared error (fp32)."""
-        return nn.functional.mse_loss(self.fc(x_masked).float(), target_masked)
+    def frame_errors(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """x: ... x D encoder outputs, target: ... x bins -> squared error per frame, averaged over bins (fp32)."""
+        return (self.fc(x).float() - target).pow(2).mean(-1)
