@@ -62,7 +62,7 @@ def test_fairseq_resume_and_restore_file_loader_refuses(hostile):
 
     from mert_fairseq.tasks import fairseq_patches
 
-    fairseq_patches.install()  # as the task's setup_task does (not on import: the test passed only after one ran)
+    fairseq_patches.install()  # as MERTPretrainingTask.setup_task does
 
     os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     try:

@@ -46,7 +46,10 @@ def test_stop_and_resume_continues_exactly(tone_data, trained_run, tmp_path):
         assert torch.allclose(v, b["model"][k], atol=1e-6), k
 
 
-def test_two_process_data_parallel_matches_one_process(tmp_path):
+@pytest.mark.parametrize("ddp_backend", ["no_c10d", "c10d"])
+def test_two_process_data_parallel_matches_one_process(tmp_path, ddp_backend):
+    """no_c10d (all-reduce after the backward, the original's) and c10d (bucketed all-reduce overlapping the
+    backward, without find_unused_parameters: the recipes')."""
     data = make_tone_dataset(tmp_path / "data", n_clips=8, seed=3)
     # Deterministic objective (no masking randomness, no mixture): every frame is predicted.
     det = ["model.mask_prob=0.0", "model.skip_masked=true", "model.skip_nomask=false",
@@ -58,7 +61,8 @@ def test_two_process_data_parallel_matches_one_process(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     ddp = [*det, "dataset.max_tokens=192000", "distributed_training.distributed_world_size=2",
-           "distributed_training.distributed_backend=gloo", "distributed_training.ddp_backend=no_c10d",  # as the 95M config
+           "distributed_training.distributed_backend=gloo", f"distributed_training.ddp_backend={ddp_backend}",
+           "distributed_training.find_unused_parameters=false",
            f"distributed_training.distributed_init_method=tcp://127.0.0.1:{port}",
            "distributed_training.distributed_no_spawn=true"]
     with ThreadPoolExecutor(2) as pool:
@@ -79,3 +83,56 @@ def test_bf16_autocast_switch_trains(tone_data, tmp_path):
     assert len(losses) == 4 and all(0 < l < 100 for l in losses), losses
     state = load_params(tmp_path / "run")
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+
+
+def _ddp(port: int, rank: int, run: Path) -> list:
+    return ["distributed_training.distributed_world_size=2", "distributed_training.distributed_backend=gloo",
+            "distributed_training.ddp_backend=c10d", "distributed_training.find_unused_parameters=false",
+            f"distributed_training.distributed_init_method=tcp://127.0.0.1:{port}",
+            "distributed_training.distributed_no_spawn=true", f"distributed_training.distributed_rank={rank}",
+            "checkpoint.load_checkpoint_on_all_dp_ranks=true",  # as the GPU recipes (fairseq's broadcast fails)
+            f"hydra.run.dir={run.parent / (run.name + f'_rank{rank}')}"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_ranks_draw_their_own_masks_and_resume_exactly(tmp_path):
+    """Masking and the noise mixture on, 2 processes (gloo): each rank's batches carry their own draws (row i
+    of rank 0's batch is not masked like row i of rank 1's), and a run stopped after 4 updates and resumed
+    ends with the weights of an uninterrupted run of 8."""
+    from step_helpers import build_recipe
+
+    data = make_tone_dataset(tmp_path / "data", n_clips=16, seed=4)
+    task, model, criterion, ds = build_recipe("MERT_demo_cpu", data, n_streams=1,
+                                              extra=["model.mixture_prob=0.5"])
+    assert task.draw_spec is not None and task.draw_spec.mixture_prob == 0.5
+    ranks = []
+    for rank in (0, 1):  # the batches fairseq hands each rank in epoch 1
+        itr = task.get_batch_iterator(ds, max_tokens=96000, seed=1, num_shards=2, shard_id=rank, num_workers=0,
+                                      disable_iterator_cache=True)
+        batch = next(iter(itr.next_epoch_itr(shuffle=True)))
+        ranks.append(batch)
+    m0, m1 = (b["net_input"]["draws"]["mask"] for b in ranks)
+    assert m0.shape == m1.shape and not torch.equal(m0, m1)
+    assert not all(torch.equal(m0[i], m1[i]) for i in range(len(m0)))
+    assert not torch.equal(ranks[0]["net_input"]["draws"]["mix_len"], ranks[1]["net_input"]["draws"]["mix_len"])
+
+    common = ["dataset.max_tokens=96000", "dataset.disable_validation=true", "checkpoint.save_interval_updates=1000",
+              "lr_scheduler.warmup_updates=4", "model.mixture_prob=0.5", "common.log_interval=1"]
+
+    def two(run: Path, *overrides: str) -> None:
+        port = _free_port()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda r: train(data, run, *common, *overrides, *_ddp(port, r, run)), (0, 1)))
+
+    two(tmp_path / "straight", "optimization.max_update=8")
+    two(tmp_path / "resumed", "optimization.max_update=4", "+lr_scheduler.total_num_update=8")
+    two(tmp_path / "resumed", "optimization.max_update=8")
+    a, b = load_params(tmp_path / "straight"), load_params(tmp_path / "resumed")
+    assert b["optimizer_history"][-1]["num_updates"] == 8
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k

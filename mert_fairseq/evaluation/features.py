@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -288,3 +289,57 @@ def extract_to_folder(extractor: MERTFeatureExtractor, inputs: Sequence[str], ou
         save_npy_atomic(target, feats)
         summary["written"] += 1
     return summary
+
+
+# ----------------------------------------------------------------------------- command line
+
+CLI_DESCRIPTION = """Extract per-layer MERT features to one .npy per audio input.
+
+INPUT: audio files, folders (searched recursively) or manifest .tsv files (line 1 = audio root).
+Output names mirror the inputs (folder/manifest relative paths, or the file's base name) with .npy;
+arrays are float32 (layers, frames, dim) for --reduce frame, (layers, dim) for --reduce mean.
+Files are written atomically; existing outputs are kept unless --overwrite (so a run can be resumed).
+Any sampling rate and channel count is accepted (channel mean, resampled to the model's rate)."""
+
+
+def build_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(description=CLI_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", help="audio files, folders or manifest .tsv files")
+    p.add_argument("--out-dir", "--output-dir", required=True, help="folder the .npy files are written to")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="fairseq checkpoint of a `mert` model")
+    source.add_argument("--hf-model", help="exported Hugging Face folder (scripts/convert_to_hf.py)")
+    p.add_argument("--layers", default="all", help="'all' or a comma list of hidden-state indices "
+                   "(0 = input of the transformer, N = last layer); ranges like 4-6 allowed")
+    p.add_argument("--reduce", choices=["frame", "mean"], default="frame",
+                   help="frame: (layers, frames, dim); mean: average over time, (layers, dim)")
+    p.add_argument("--window-seconds", type=float, default=30.0,
+                   help="process long files in windows of this length (<= 0: whole file at once)")
+    p.add_argument("--device", default="cpu", help="torch device of the model")
+    p.add_argument("--extensions", default=",".join(AUDIO_EXTENSIONS), help="audio extensions searched in folders")
+    p.add_argument("--overwrite", action="store_true", help="recompute existing .npy files")
+    p.add_argument("--skip-errors", action="store_true",
+                   help="log unreadable/too short files and go on (exit status 1 at the end)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """scripts/extract_features.py: 0 when every input was written or kept, 1 when some failed, 2 for errors."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        layers = parse_layers(args.layers)
+        extractor = load_feature_extractor(checkpoint=args.checkpoint, hf_model=args.hf_model, device=args.device)
+        summary = extract_to_folder(extractor, args.inputs, args.out_dir, layers=layers, reduce=args.reduce,
+                                    window_seconds=args.window_seconds, overwrite=args.overwrite,
+                                    skip_errors=args.skip_errors, extensions=args.extensions.split(","))
+    except (FeatureExtractionError, ValueError, FileNotFoundError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    print(f"written {summary['written']}, skipped (already there) {summary['skipped']}, "
+          f"failed {len(summary['failed'])} -> {args.out_dir}")
+    for msg in summary["failed"]:
+        print(f"  failed: {msg}", file=sys.stderr)
+    return 1 if summary["failed"] else 0

@@ -1,7 +1,7 @@
 """EnCodec 24 kHz codes as MERT acoustic-teacher labels.
 
-Output for a manifest ``{split}.tsv``: ``{out_root}/{split}.encodec_{i}`` for each codebook i (one
-line per manifest row, same order, space-separated codes) and ``{out_root}/dict.encodec_{i}.txt``
+Output for a manifest ``{split}.tsv``: ``{label_dir}/{split}.encodec_{i}`` for each codebook i (one
+line per manifest row, same order, space-separated codes) and ``{label_dir}/dict.encodec_{i}.txt``
 (every code 0..1023 with its count in that split, fairseq Dictionary format -> 4 + 1024 symbols).
 
 - Rate: 6 kbps = 8 codebooks x 1024 codes (10 bits) at 75 Hz; ``n_codebook`` codebooks use
@@ -22,7 +22,7 @@ line per manifest row, same order, space-separated codes) and ``{out_root}/dict.
   nearest-code search flipped by float noise (2-3 of 1500 frames), exactly as often as encoding
   the same whole file in a batch of two, or with another thread count, flips them.
 - Resumable: each shard of consecutive rows (about ``shard_seconds`` of audio) is saved to
-  ``{out_root}/.{split}.encodec.partial/`` when done; a re-run with the same manifest and
+  ``{label_dir}/.{split}.encodec.partial/`` when done; a re-run with the same manifest and
   settings skips finished shards; the final files are assembled atomically at the end. A
   finished split leaves ``.{split}.encodec.done.json``; a re-run with the same settings is a no-op.
 - Several jobs: ``--shard-id i --num-shards n`` (or a Slurm array / torchrun rank) labels a
@@ -309,16 +309,23 @@ def encode_manifest(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--manifest_path", "--manifest-path", required=True, help="folder holding the manifests")
-    p.add_argument("--manifest_file_name", "--manifest-file-name", default="train.tsv",
-                   help="manifest file(s) in it, comma-separated (train.tsv,valid.tsv)")
-    p.add_argument("--out_root", "--out-root", required=True, help="label directory")
-    p.add_argument("--codebook_size", "--codebook-size", type=int, default=CODEBOOK_SIZE)
-    p.add_argument("--n_codebook", "--n-codebook", type=int, default=8, help="8 codebooks = 6 kbps")
+    p.add_argument("--manifest-dir", "--manifest-path", "--manifest_path", required=True,
+                   help="folder holding the {split}.tsv manifests")
+    splits = p.add_mutually_exclusive_group()
+    splits.add_argument("--splits", help="comma-separated splits to label (default: train)")
+    splits.add_argument("--manifest-file-name", "--manifest_file_name",
+                        help="the original's form of --splits: manifest file names, comma-separated (train.tsv,valid.tsv)")
+    p.add_argument("--label-dir", "--out-root", "--out_root", required=True,
+                   help="label folder written: {split}.encodec_{i} and dict.encodec_{i}.txt")
+    p.add_argument("--codebook-size", "--codebook_size", type=int, default=CODEBOOK_SIZE,
+                   help=f"codes per codebook; EnCodec 24 kHz has {CODEBOOK_SIZE} (any other value is an error)")
+    p.add_argument("--n-codebook", "--n_codebook", type=int, default=8,
+                   help=f"codebooks (label streams) to write, one of {SUPPORTED_CODEBOOKS}; 8 codebooks = 6 kbps")
     p.add_argument("--checkpoint", help="local EnCodec 24 kHz state dict (default: download via encodec)")
     p.add_argument("--random-init", action="store_true", help="seeded random weights (tests/offline only)")
     p.add_argument("--seed", type=int, default=0, help="seed of --random-init")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device of the EnCodec model (default: cuda when available)")
     p.add_argument("--batch-size", type=int, help="chunks per forward pass (default: 1 on CPU, fastest "
                    "there; 16 on GPU)")
     p.add_argument("--chunk-seconds", type=float, default=30.0, help="rounded to a multiple of 320 samples")
@@ -347,14 +354,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_id=_model_id(args),
         )
         part = resolve_part(args.shard_id, args.num_shards)
-        manifests = [read_manifest(Path(args.manifest_path) / name) for name in parse_list(args.manifest_file_name)]
+        manifests = [read_manifest(Path(args.manifest_dir) / name) for name in _manifest_names(args)]
         model = load_encodec(args.checkpoint, args.random_init, args.seed, args.n_codebook, args.device)
         for manifest in manifests:
-            encode_manifest(model, manifest, args.out_root, settings, batch_size, args.device, part=part)
+            encode_manifest(model, manifest, args.label_dir, settings, batch_size, args.device, part=part)
     except (ManifestError, AudioError, ValueError, OutputError) as exc:
         log.error("%s", exc)
         return 1
     return 0
+
+
+def _manifest_names(args: argparse.Namespace) -> list[str]:
+    """Manifest files named by --splits (train -> train.tsv) or by the original's --manifest_file_name."""
+    if args.manifest_file_name:
+        return parse_list(args.manifest_file_name)
+    return [f"{split}.tsv" for split in parse_list(args.splits or "train")]
 
 
 def _model_id(args: argparse.Namespace) -> str:

@@ -329,7 +329,8 @@ def run_apply(args: argparse.Namespace, on_shard_done: Callable[[int], None] | N
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest-dir", required=True, help="folder holding {split}.tsv")
     p.add_argument("--kmeans-model", required=True, help="fitted model file (joblib)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device of the feature extractor (default: cuda when available)")
     p.add_argument("--checkpoint", help="MERT checkpoint for --feature mert (apply: overrides the saved path)")
     p.add_argument("--shard-seconds", type=float, default=600.0, help="audio per resumable shard")
 
@@ -339,18 +340,18 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feature", choices=("mfcc", "chroma", "mert"), default="mfcc",
                    help="frame features: MFCCs, CQT chroma (pitch class) or a MERT layer")
     p.add_argument("--layer", type=int, help="MERT layer for --feature mert (0 = CNN/input projection)")
-    p.add_argument("--n-mfcc", type=int, default=13)
-    p.add_argument("--n-mels", type=int, default=40)
+    p.add_argument("--n-mfcc", type=int, default=13, help="MFCCs per frame for --feature mfcc")
+    p.add_argument("--n-mels", type=int, default=40, help="mel bands the MFCCs are computed from")
     p.add_argument("--chroma-gain", type=float, default=10.0, help="chroma: log(1 + gain x) compression")
     p.add_argument("--max-chunk-seconds", type=float, default=30.0, help="MERT input chunk length")
-    p.add_argument("--n-clusters", type=int, default=500)
+    p.add_argument("--n-clusters", type=int, default=500, help="k-means clusters = label codes")
     p.add_argument("--max-fit-frames", type=int, default=500_000, help="frames sampled for fitting")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the frame sampling and of k-means")
 
 
 def _apply_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splits", default="train,valid", help="splits to label")
-    p.add_argument("--label-dir", required=True)
+    p.add_argument("--label-dir", required=True, help="label folder written: {split}.{name} and dict.{name}.txt")
     p.add_argument("--name", default="kmeans", help="label name: files {split}.{name}, dict.{name}.txt")
     add_shard_args(p)
 

@@ -26,7 +26,7 @@ from mert_fairseq.data import allocator, loader_shutdown
 from mert_fairseq.common.config_values import parse_list_literal, warn_fields_without_effect
 from mert_fairseq.data.mert_dataset import DataError, MERTDataset
 from mert_fairseq.models.teachers.random_projection import code_dictionary
-from mert_fairseq.optim.non_finite import NonFiniteGuard, clean_logging_outputs
+from mert_fairseq.optim.non_finite import NonFiniteGuard
 from mert_fairseq.tasks import fairseq_patches
 
 logger = logging.getLogger(__name__)
@@ -108,6 +108,21 @@ class MERTPretrainingConfig(FairseqDataclass):
         metadata={"help": "torch.compile each transformer layer in place (same state-dict keys); first steps "
                           "compile (tens of seconds); a GPU lever, slower on CPU"},
     )
+    draws_in_collater: bool = field(
+        default=True,
+        metadata={"help": "draw masks, noise mixture, layerdrop and random codebooks in the data loader (fixed "
+                          "shapes, no host sync in the step); false: the model draws them (as before)"},
+    )
+    compile_step: bool = field(
+        default=False,
+        metadata={"help": "torch.compile the mert criterion's step (forward + loss; fullgraph, inductor); "
+                          "the first steps compile; a GPU lever"},
+    )
+    cuda_graphs: bool = field(
+        default=False,
+        metadata={"help": "with compile_step: capture the compiled step in CUDA graphs (inductor's "
+                          "reduce-overhead mode; fixed batch shapes: cropped batches of one size)"},
+    )
     seed: int = II("common.seed")
     resume_from_intact_checkpoint: bool = field(
         default=True,
@@ -167,6 +182,35 @@ def compile_encoder_layers(model) -> None:
     logger.info("compiled %d encoder layers with torch.compile", len(model.encoder.layers))
 
 
+class CompiledStep:
+    """The mert criterion's step compiled as one graph of fixed shapes (`fullgraph=True, dynamic=False`).
+    The first step of each input shape runs eager: it builds what the model caches per clip length (the CQT
+    kernel spectra, host-side numpy work that is no part of the graph); later steps of that shape run the
+    compiled graph, which is traced once and reused whatever the masks and mixture draws."""
+
+    def __init__(self, step, cuda_graphs: bool = False) -> None:
+        self.eager = step
+        self.compiled = torch.compile(step, fullgraph=True, dynamic=False,
+                                      mode="reduce-overhead" if cuda_graphs else None)
+        self.seen: set = set()
+
+    def __call__(self, model, target_list, net_input):
+        key = (tuple(net_input["source"].shape), str(net_input["source"].device))
+        if key not in self.seen:
+            self.seen.add(key)
+            return self.eager(model, target_list, net_input)
+        return self.compiled(model, target_list, net_input)
+
+
+def compile_step(criterion, cuda_graphs: bool = False) -> None:
+    """task.compile_step: the mert criterion's step through `CompiledStep`; `cuda_graphs` also captures it in
+    CUDA graphs (inductor's reduce-overhead mode)."""
+    if not hasattr(criterion, "step_tensors"):
+        raise ValueError(f"task.compile_step needs criterion mert, not {type(criterion).__name__}")
+    criterion.compiled_step = CompiledStep(criterion.step_tensors, cuda_graphs)
+    logger.info("compiled the training step (torch.compile fullgraph%s)", ", CUDA graphs" if cuda_graphs else "")
+
+
 @register_task("mert_pretraining", dataclass=MERTPretrainingConfig)
 class MERTPretrainingTask(FairseqTask):
     cfg: MERTPretrainingConfig
@@ -191,13 +235,23 @@ class MERTPretrainingTask(FairseqTask):
         model = super().build_model(cfg, from_checkpoint)
         if self.cfg.compile_encoder_layers:
             compile_encoder_layers(model)
+        # what the collater draws for this model (datasets are loaded after the model is built); not with a
+        # mask schedule (the workers do not know the update) or online targets (labels made by the model)
+        self.draw_spec = (model.draw_spec() if self.cfg.draws_in_collater and not model.has_mask_schedule
+                          and not self.cfg.online_targets and hasattr(model, "draw_spec") else None)
         return model
+
+    def build_criterion(self, cfg, from_checkpoint: bool = False):
+        criterion = super().build_criterion(cfg, from_checkpoint)
+        if self.cfg.compile_step:
+            compile_step(criterion, self.cfg.cuda_graphs)
+        return criterion
 
     @classmethod
     def setup_task(cls, cfg: MERTPretrainingConfig, **kwargs) -> "MERTPretrainingTask":
         """The task, with mert-fairseq's patches of fairseq's checkpoint handling installed
         (`fairseq_patches`: atomic checkpoint files, resume past a damaged checkpoint_last.pt)."""
-        fairseq_patches.install()
+        fairseq_patches.install(cls, MERTDataset)
         return cls(cfg)
 
     @property
@@ -276,6 +330,7 @@ class MERTPretrainingTask(FairseqTask):
             max_bad_audio_fraction=self.cfg.max_bad_audio_fraction,
             seed=self.cfg.seed,
             windowed_reads=self.cfg.windowed_reads,
+            draw_spec=getattr(self, "draw_spec", None),
         )
 
     # ------------------------------------------------------------------ steps
@@ -316,7 +371,7 @@ class MERTPretrainingTask(FairseqTask):
             if ignore_grad:
                 loss *= 0
             optimizer.backward(loss)
-        self.nonfinite_guard.after_backward(loss, model, optimizer, update_num, logging_output)
+        self.nonfinite_guard.after_backward(loss, optimizer, update_num)
         return loss, sample_size, logging_output
 
     def optimizer_step(self, optimizer, model, update_num):
@@ -328,10 +383,9 @@ class MERTPretrainingTask(FairseqTask):
             self.nonfinite_guard.log_skip(update_num)
 
     def reduce_metrics(self, logging_outputs, criterion):
-        """Logs of skipped (non-finite) micro-batches are left out of the averages."""
-        good, _ = clean_logging_outputs(logging_outputs)
-        if good:
-            super().reduce_metrics(good, criterion)
+        """Logs of a skipped (non-finite) update are left out of the averages."""
+        if not self.nonfinite_guard.take_skipped_logs():
+            super().reduce_metrics(logging_outputs, criterion)
         else:
             metrics.log_scalar("loss", 0.0, weight=0)  # keeps fairseq from logging a placeholder loss
 

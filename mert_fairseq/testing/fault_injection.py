@@ -295,14 +295,15 @@ def markdown_table(faults: List[Fault]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--kills", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kills", type=int, default=20, help="SIGKILLs of the training (ignored with --kinds)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fault plan (kinds and times)")
     p.add_argument("--kinds", default=None, help="comma-separated fault kinds instead of the seeded mix: "
                                                  + ", ".join(KINDS))
     p.add_argument("--max-update", type=int, default=None, help="default: 8 per kill + 40")
     p.add_argument("--save-every", type=int, default=5, help="checkpoint.save_interval_updates")
     p.add_argument("--validate-every", type=int, default=10, help="dataset.validate_interval_updates")
-    p.add_argument("--work-dir", default="runs/fault_injection")
+    p.add_argument("--work-dir", default="runs/fault_injection",
+                   help="working folder: demo data and the runs (killed and uninterrupted)")
     p.add_argument("--data", default=None, help="train on this manifest directory instead of preparing the demo data")
     p.add_argument("--label-dir", default=None, help="with --data: labels and dict.{label}.txt (default: --data)")
     p.add_argument("--labels", default="kmeans", help="with --data: comma-separated label streams")

@@ -89,14 +89,13 @@ def halfway_writer(f: IO[bytes], name: str) -> IO[bytes]:
     return _HalfWayWriter(f, name) if armed and armed[0] == name else f
 
 
-def install() -> None:
-    """Wrap dataset reads, validation steps and (testing) NaN batches when the variables are set."""
+def install(MERTPretrainingTask: type, MERTDataset: type) -> None:
+    """Wrap the task's validation and training steps and the dataset's reads (the classes are passed in by
+    the task's setup) when the variables are set."""
     armed = armed_point()
     nan_updates = os.environ.get(ENV_NAN_UPDATES)
     if armed is None and not nan_updates:
         return
-    from mert_fairseq.data.mert_dataset import MERTDataset
-    from mert_fairseq.tasks.mert_pretraining import MERTPretrainingTask
 
     if armed and armed[0] == "data_loading":
         read = MERTDataset.__getitem__
