@@ -3,7 +3,7 @@
 
     python scripts/extract_features.py INPUT [INPUT ...] --output-dir FEATS \
         (--checkpoint CKPT.pt | --hf-model HF_FOLDER) [--layers all|0,6,12] [--reduce frame|mean] \
-        [--window-seconds 30] [--device cpu|cuda] [--overwrite] [--skip-errors]
+        [--window-seconds 30] [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--overwrite] [--skip-errors]
 
 INPUT: audio files, folders (searched recursively) or manifest .tsv files (line 1 = audio root).
 Output names mirror the inputs (folder/manifest relative paths, or the file's base name) with .npy;
@@ -16,7 +16,7 @@ import logging
 import sys
 
 from mert_fairseq.evaluation.features import (AUDIO_EXTENSIONS, FeatureExtractionError, extract_to_folder,
-                                   load_feature_extractor, parse_layers)
+                                              load_feature_extractor, parse_layers)
 
 
 def main(argv=None) -> int:
@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     parser.add_argument("--window-seconds", type=float, default=30.0,
                         help="process long files in windows of this length (<= 0: whole file at once)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                        help="weights and audio in this precision (outputs stay float32)")
     parser.add_argument("--extensions", default=",".join(AUDIO_EXTENSIONS),
                         help="audio extensions searched in folders")
     parser.add_argument("--overwrite", action="store_true", help="recompute existing .npy files")
@@ -42,7 +44,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         layers = parse_layers(args.layers)
-        extractor = load_feature_extractor(checkpoint=args.checkpoint, hf_model=args.hf_model, device=args.device)
+        extractor = load_feature_extractor(checkpoint=args.checkpoint, hf_model=args.hf_model, device=args.device,
+                                           dtype=args.dtype)
         summary = extract_to_folder(extractor, args.inputs, args.output_dir, layers=layers, reduce=args.reduce,
                                     window_seconds=args.window_seconds, overwrite=args.overwrite,
                                     skip_errors=args.skip_errors, extensions=args.extensions.split(","))

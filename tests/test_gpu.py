@@ -79,3 +79,57 @@ def test_training_run_with_workers_exits_within_10s_on_gpu(tone_data, tmp_path):
     assert rc == 0, out[-3000:]
     assert "done training" in out and "shut down 2 data loader(s)" in out
     assert delay < 10.0, f"exited {delay:.1f}s after the last log line"
+
+
+# ---------------------------------------------------------------- fairseq's own fp16 path (FP16Optimizer)
+def _train_gpu(data, run_dir, *overrides, env=None):
+    import os
+    import subprocess
+
+    from test_training import TRAIN, ROOT
+
+    cmd = [TRAIN, "--config-dir", str(ROOT / "configs/pretrain"), "--config-name", "MERT_demo_cpu",
+           f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",
+           f"task.label_dir={data['label_dir']}", f"task.labels=[{','.join(data['labels'])}]",
+           f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'checkpoints'}", "common.cpu=false",
+           "common.fp16=true", "common.log_interval=1", *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_fp16_run_probes_and_validates_on_gpu(tone_data, tmp_path):
+    from mert_fairseq.prep.demo_corpus import make_demo_corpus
+    from test_training import metric
+
+    make_demo_corpus(tmp_path / "probe", num_clips=8, seconds=2.0, seed=1)
+    rc, log = _train_gpu(tone_data, tmp_path / "run", f"task.probe_csv={tmp_path / 'probe' / 'metadata.csv'}",
+                         "task.probe_interval_updates=2", "task.probe_folds=2", "optimization.max_update=3",
+                         "dataset.validate_interval_updates=2")
+    assert rc == 0, log[-3000:]
+    assert len(metric(log, "train_inner", "probe_timbre")) == 3 and log.count("online probe (") == 2
+    assert all(math.isfinite(v) for v in metric(log, "valid", "loss"))
+
+
+def test_fp16_loss_scale_falls_on_a_forced_overflow_on_gpu(tone_data, tmp_path):
+    """A NaN batch at update 3 (fault harness): the scaler halves the scale, skips it, and training goes on."""
+    from test_training import metric
+
+    rc, log = _train_gpu(tone_data, tmp_path / "run", "optimization.max_update=5", "common.fp16_init_scale=128",
+                         "dataset.disable_validation=true", env={"MERT_FAULT_NAN_UPDATES": "2"})
+    assert rc == 0, log[-3000:]
+    assert "gradient overflow detected, ignoring gradient, setting loss scale to: 64.0" in log
+    scales = metric(log, "train_inner", "loss_scale")
+    assert scales[0] == 128 and scales[-1] == 64, scales
+    assert metric(log, "train_inner", "num_updates")[-1] == 5
+
+
+def test_fp16_run_stops_at_min_loss_scale_on_gpu(tone_data, tmp_path):
+    """NaN batches again and again: 4 -> 2 -> 1 -> 0.5 = min_loss_scale, and the run stops with fairseq's
+    error (exit 1, a crash.pt beside the checkpoints), not a hang or a silent NaN model."""
+    rc, log = _train_gpu(tone_data, tmp_path / "run", "optimization.max_update=5", "common.fp16_init_scale=4",
+                         "common.min_loss_scale=0.5", "dataset.disable_validation=true",
+                         env={"MERT_FAULT_NAN_UPDATES": "1,1,1,1,1,1"})
+    assert rc == 1, log[-3000:]
+    assert "setting loss scale to: 2.0" in log and "setting loss scale to: 1.0" in log
+    assert "Minimum loss scale reached (0.5)" in log
+    assert (tmp_path / "run" / "checkpoints" / "crash.pt").is_file()
