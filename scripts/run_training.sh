@@ -65,7 +65,7 @@ run_demo() {
     else
       say_t "3/5 K-means labels ($feat features, 100 clusters fitted on 20k frames) -> $labels ($stream)"
       OMP_NUM_THREADS=1 "$PY" "$ROOT/scripts/prepare_kmeans_labels.py" all --manifest-dir "$manifest" \
-        --label-dir "$labels" --kmeans-model "$labels/$stream.joblib" --name "$stream" --n-clusters 100 \
+        --label-dir "$labels" --kmeans-model "$labels/$stream.npz" --name "$stream" --n-clusters 100 \
         --feature "$feat" --max-fit-frames 20000
     fi
   done

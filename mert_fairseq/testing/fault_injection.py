@@ -73,7 +73,7 @@ def prepare_demo_data(work: Path, num_clips: int = 32, seconds: float = 4.0) -> 
                                             "--out-dir", manifest, "--target-rate", 24000, "--valid-percent", 0.1,
                                             "--seed", 1]),
             ("mert_fairseq.prep.kmeans_labels", ["all", "--manifest-dir", manifest, "--label-dir", labels,
-                                                 "--kmeans-model", labels / "kmeans.joblib", "--name", "kmeans",
+                                                 "--kmeans-model", labels / "kmeans.npz", "--name", "kmeans",
                                                  "--n-clusters", 50]),
         ]
         for module, args in steps:  # each in its own process, as the scripts run them
