@@ -14,8 +14,8 @@ of `fairseq.checkpoint_utils` or (when a training run has imported it) `fairseq_
 | `fairseq_cli.train.should_stop_early` | `_should_stop_early` | preemption: stop (and so save) after the update during which a signal came, on every rank at once | `validate_and_save` calls the module-level name `should_stop_early(cfg, valid_loss)` after every update, then saves when it is true; fairseq keeps its patience state as attributes of that name |
 | `load_checkpoint_to_cpu` | `_load_checkpoint_to_cpu` | read with `weights_only=True` and the allow-list whatever the environment says; errors name the file | the trainer's `load_checkpoint` and fairseq's model loading call `checkpoint_utils.load_checkpoint_to_cpu` through the module; the state is finished by fairseq's `_upgrade_state_dict` |
 
-With `MERT_FAULT_POINT` or `MERT_FAULT_NAN_UPDATES` set (the fault-injection harness), `install()` also arms
-the harness's kill points (`mert_fairseq.testing.fault_points.install`). `tests/test_layout.py`
+With `MERT_FAULT_POINT`, `MERT_FAULT_NAN_UPDATES` or `MERT_FAULT_RANK_WEIGHTS` set (the fault-injection
+harness and tests), `install()` also arms the harness's kill points and hooks (`mert_fairseq.testing.fault_points.install`). `tests/test_layout.py`
 fails when one of the internals above changes.
 """
 from __future__ import annotations
@@ -140,7 +140,7 @@ def install() -> None:
     for name, replacement in TRAIN_REPLACEMENTS.items() if train_module else ():
         _stock[f"fairseq_cli.train.{name}"] = getattr(train_module, name)
         setattr(train_module, name, replacement)
-    if os.environ.get("MERT_FAULT_POINT") or os.environ.get("MERT_FAULT_NAN_UPDATES"):
+    if any(os.environ.get(f"MERT_FAULT_{v}") for v in ("POINT", "NAN_UPDATES", "RANK_WEIGHTS")):
         from mert_fairseq.testing import fault_points
 
         fault_points.install()
