@@ -60,3 +60,17 @@ def test_converter_reads_a_consolidated_fsdp_checkpoint_and_refuses_a_shard(tmp_
     torch.save(shard, tmp_path / "checkpoint_last-shard0.pt")
     with pytest.raises(ValueError, match="one rank's shard of a sharded FSDP checkpoint"):
         convert_checkpoint(tmp_path / "checkpoint_last-shard0.pt", tmp_path / "hf2", verify=False)
+
+
+def test_gpu_check_plans_the_330m_fsdp_comparison_and_reads_peak_memory(tmp_path):
+    from mert_fairseq.perf.gpu_check import peak_memory_gb, training_runs
+
+    for quick in (False, True):
+        names = {r["name"]: r for r in training_runs(smoke=False, quick=quick)}
+        assert {"330M fp16 DDP", "330M fp16 FSDP"} <= set(names)
+        assert "distributed_training.ddp_backend=fully_sharded" in names["330M fp16 FSDP"]["overrides"]
+        assert names["330M fp16 DDP"]["overrides"] == [o for o in names["330M fp16 FSDP"]["overrides"]
+                                                        if "ddp_backend" not in o]  # same run but the backend
+    log = tmp_path / "train.log"
+    log.write_text("[train_inner] loss=3.1, gb_free=60.5, wall=3\n[train_inner] loss=3.0, gb_free=58.25, wall=6\n")
+    assert peak_memory_gb(log, 80.0) == pytest.approx(21.75) and peak_memory_gb(log, None) is None

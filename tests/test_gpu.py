@@ -1,6 +1,9 @@
 """GPU checks (`pytest -m gpu`; skipped without CUDA): fp16 and bf16 training steps with finite loss and
-loss scaling, adamw_torch's fused kernel against fairseq's adam, and a fairseq-hydra-train run with
-DataLoader workers (pin_memory active) that exits within 10 s of its last log line."""
+loss scaling, adamw_torch's fused kernel against fairseq's adam, a fairseq-hydra-train run with
+DataLoader workers (pin_memory active) that exits within 10 s of its last log line; fairseq's own fp16
+path (online probes and validation under common.fp16, the loss scale falling on a forced overflow, the stop
+at min_loss_scale); FSDP (fairscale, world size 1, tiny widths, with and without cpu_offload: trains, saves,
+resumes exactly, weights equal to DDP's within 1e-5 after 10 updates, converts to HF)."""
 import math
 
 import pytest
@@ -133,3 +136,57 @@ def test_fp16_run_stops_at_min_loss_scale_on_gpu(tone_data, tmp_path):
     assert "setting loss scale to: 2.0" in log and "setting loss scale to: 1.0" in log
     assert "Minimum loss scale reached (0.5)" in log
     assert (tmp_path / "run" / "checkpoints" / "crash.pt").is_file()
+
+
+# ---------------------------------------------------------------- FSDP (fairscale), world size 1, tiny widths
+FSDP_COMMON = ["common.fp16=false", "dataset.disable_validation=true", "checkpoint.save_interval_updates=5",
+               "dataset.max_tokens=192000", "lr_scheduler.warmup_updates=4", "+lr_scheduler.total_num_update=10"]
+
+
+def _weights(run_dir):
+    from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
+
+    state = load_checkpoint_state(run_dir / "checkpoints" / "checkpoint_last.pt")
+    return state["optimizer_history"][-1]["num_updates"], {k: v.float() for k, v in state["model"].items()}
+
+
+def _max_diff(a, b):
+    assert a.keys() == b.keys(), sorted(a.keys() ^ b.keys())[:10]
+    return max(float((a[k] - b[k]).abs().max()) for k in a if a[k].numel())
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(tone_data, tmp_path_factory):
+    from test_training import metric
+
+    run = tmp_path_factory.mktemp("ddp") / "run"
+    rc, log = _train_gpu(tone_data, run, *FSDP_COMMON, "distributed_training.ddp_backend=legacy_ddp",
+                         "optimization.max_update=10")
+    assert rc == 0, log[-3000:]
+    return metric(log, "train_inner", "loss"), _weights(run)[1]
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["fsdp", "fsdp_cpu_offload"])
+def test_fsdp_trains_saves_resumes_exactly_and_matches_ddp_on_gpu(offload, tone_data, ddp_reference, tmp_path):
+    from mert_fairseq.export.convert import convert_checkpoint
+    from test_training import metric
+
+    fsdp = [*FSDP_COMMON, "distributed_training.ddp_backend=fully_sharded",
+            f"distributed_training.cpu_offload={str(offload).lower()}"]
+    rc, log = _train_gpu(tone_data, tmp_path / "straight", *fsdp, "optimization.max_update=10")
+    assert rc == 0, log[-3000:]
+    assert "FullyShardedDataParallel(" in log  # fairseq logs the wrapped model
+    losses = metric(log, "train_inner", "loss")
+    ddp_losses, ddp_weights = ddp_reference
+    assert len(losses) == len(ddp_losses) == 10
+    assert max(abs(a - b) for a, b in zip(losses, ddp_losses)) <= 1e-3 + 1e-5  # logged with 3 decimals
+    updates, weights = _weights(tmp_path / "straight")
+    assert updates == 10 and _max_diff(weights, ddp_weights) <= 1e-5  # consolidated checkpoint = DDP's weights
+    # stop at 5, resume to 10: the same weights as without the stop
+    for max_update in (5, 10):
+        rc, log = _train_gpu(tone_data, tmp_path / "resumed", *fsdp, f"optimization.max_update={max_update}")
+        assert rc == 0, log[-3000:]
+    assert "@ 5 updates" in log
+    assert _max_diff(_weights(tmp_path / "resumed")[1], weights) == 0.0
+    result = convert_checkpoint(tmp_path / "straight" / "checkpoints" / "checkpoint_last.pt", tmp_path / "hf")
+    assert all(c["max_abs_diff"] < 1e-4 for c in result["report"]["checks"])
