@@ -15,7 +15,7 @@ import argparse
 import logging
 import sys
 
-from mert_fairseq.evaluation.features import (AUDIO_EXTENSIONS, FeatureExtractionError, extract_to_folder,
+from mert_fairseq.evaluation.features import (AUDIO_EXTENSIONS, DTYPES, FeatureExtractionError, extract_to_folder,
                                               load_feature_extractor, parse_layers)
 
 
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--window-seconds", type=float, default=30.0,
                         help="process long files in windows of this length (<= 0: whole file at once)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
                         help="weights and audio in this precision (outputs stay float32)")
     parser.add_argument("--extensions", default=",".join(AUDIO_EXTENSIONS),
                         help="audio extensions searched in folders")
