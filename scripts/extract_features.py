@@ -3,7 +3,7 @@
 
     python scripts/extract_features.py INPUT [INPUT ...] --out-dir FEATS \
         (--checkpoint CKPT.pt | --hf-model HF_FOLDER) [--layers all|0,6,12] [--reduce frame|mean] \
-        [--window-seconds 30] [--device cpu|cuda] [--overwrite] [--skip-errors]
+        [--window-seconds 30] [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--overwrite] [--skip-errors]
 
 See mert_fairseq/evaluation/features.py; run with --help for the options."""
 import sys

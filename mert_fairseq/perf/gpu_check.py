@@ -1,6 +1,7 @@
 """One command for a GPU box (`bash scripts/gpu_check.sh`): benchmark ours vs the reference in fp16
 and bf16 with MFU, the whole step compiled (`--compile-step`) and in CUDA graphs (`--cuda-graphs`), each with a
-torch.profiler summary (top kernels, share of time the GPU idles waiting for the host), short `fairseq-hydra-train` runs of the 95M (fp16, bf16) and 330M configs through
+torch.profiler summary (top kernels, share of time the GPU idles waiting for the host), short `fairseq-hydra-train` runs
+of the 95M (fp16, bf16) and 330M configs (DDP, FSDP, FSDP + CPU offload) through
 scripts/run_training.sh on demo data with EnCodec labels (random-init EnCodec), the steady-state
 throughput and MFU of each run from its log, and whether each process exited within 10 s of its last
 log line. Prints one table and writes JSON.
@@ -85,12 +86,20 @@ def training_runs(smoke: bool, quick: bool = False) -> List[dict]:
     log = ["common.log_interval=10", "dataset.validate_interval_updates=100", "checkpoint.save_interval_updates=1000"]
     bf16 = ["common.fp16=false", "common.bf16=true"]
     compiled = ["task.compile_step=true"]
+    big = ["common.log_interval=5", "dataset.disable_validation=true"]
+    fsdp = [  # 330M, fp16 (the recipe's precision): DDP vs FSDP (fairscale) vs FSDP + CPU offload, same batches
+        {"name": "330M fp16 DDP", "config": "MERT_RVQ-VAE_CQT_330M", "updates": 20, "overrides": big},
+        {"name": "330M fp16 FSDP", "config": "MERT_RVQ-VAE_CQT_330M", "updates": 20,
+         "overrides": big + ["distributed_training.ddp_backend=fully_sharded"]},
+        {"name": "330M fp16 FSDP cpu_offload", "config": "MERT_RVQ-VAE_CQT_330M", "updates": 20,
+         "overrides": big + ["distributed_training.ddp_backend=fully_sharded", "distributed_training.cpu_offload=true"]},
+    ]
     if quick:  # one bf16 and one fp16 (fused AdamW) 95M run and the 330M: fits a 10-minute device lease
         return [{"name": "95M bf16", "config": "MERT_RVQ-VAE_CQT_95M", "updates": 100, "overrides": log + bf16},
                 {"name": "95M fp16 adamw_torch", "config": "MERT_RVQ-VAE_CQT_95M", "updates": 100,
                  "overrides": log + ["optimizer._name=adamw_torch"]},
                 {"name": "330M bf16", "config": "MERT_RVQ-VAE_CQT_330M", "updates": 20,
-                 "overrides": ["common.log_interval=5", "dataset.disable_validation=true"] + bf16}]
+                 "overrides": ["common.log_interval=5", "dataset.disable_validation=true"] + bf16}] + fsdp[:2]
     return [
         {"name": "95M fp16", "config": "MERT_RVQ-VAE_CQT_95M", "updates": 150, "overrides": log},
         {"name": "95M bf16", "config": "MERT_RVQ-VAE_CQT_95M", "updates": 150,
@@ -101,12 +110,10 @@ def training_runs(smoke: bool, quick: bool = False) -> List[dict]:
          "overrides": log + ["common.fp16=false", "common.bf16=true", "optimizer._name=adamw_torch"]},
         {"name": "95M bf16 adamw_torch compiled step", "config": "MERT_RVQ-VAE_CQT_95M", "updates": 150,
          "overrides": log + bf16 + ["optimizer._name=adamw_torch"] + compiled},
-        {"name": "330M fp16", "config": "MERT_RVQ-VAE_CQT_330M", "updates": 20,
-         "overrides": ["common.log_interval=5", "dataset.disable_validation=true"]},
         {"name": "330M bf16 adamw_torch compiled step", "config": "MERT_RVQ-VAE_CQT_330M", "updates": 20,
          "overrides": ["common.log_interval=5", "dataset.disable_validation=true"] + bf16
          + ["optimizer._name=adamw_torch"] + compiled},
-    ]
+    ] + fsdp
 
 
 def benchmark_runs(smoke: bool, quick: bool = False) -> List[dict]:
@@ -143,6 +150,7 @@ def run_all(out_dir: Path, smoke: bool, num_workers: int, quick: bool = False,
         import torch
 
         results["gpu"] = torch.cuda.get_device_name(0)
+        results["gpu_memory_gb"] = torch.cuda.get_device_properties(0).total_memory / 1024 ** 3
     for b in benchmark_runs(smoke, quick):
         if left() < 30:
             results["skipped"].append(b["name"])
@@ -166,9 +174,19 @@ def run_all(out_dir: Path, smoke: bool, num_workers: int, quick: bool = False,
                f"optimization.max_update={t['updates']}", *t["overrides"]]
         r = run_timed(cmd, out_dir / f"train_{i}.log", env=env, timeout=left())
         r["train_log"] = _train_log_mfu(out_dir / f"train_{i}.log", t, smoke)
+        r["peak_gb"] = peak_memory_gb(out_dir / f"train_{i}.log", results.get("gpu_memory_gb"))
         results["training"].append({"name": t["name"], "updates": t["updates"], **r})
     results["all_exited_in_time"] = all(r["exited_in_time"] for r in results["training"])
     return results
+
+
+def peak_memory_gb(log: Path, total_gb: Optional[float]) -> Optional[float]:
+    """Peak GPU memory of a training run: the device's total minus the smallest `gb_free` fairseq logged
+    (fairseq logs total - max_memory_allocated per interval); None on CPU or without such lines."""
+    import re
+
+    free = [float(x) for x in re.findall(r"gb_free[=| ]+([0-9.]+)", log.read_text(errors="replace"))]
+    return None if total_gb is None or not free else total_gb - min(free)
 
 
 def _train_log_mfu(log: Path, run: dict, smoke: bool) -> Optional[dict]:
@@ -185,6 +203,7 @@ def _train_log_mfu(log: Path, run: dict, smoke: bool) -> Optional[dict]:
 
 def format_results(res: dict) -> str:
     pct = lambda x: "n/a" if x is None else f"{100 * x:.1f} %"  # noqa: E731
+    gb = lambda x: "n/a" if x is None else f"{x:.1f}"  # noqa: E731
     lines = [f"GPU check on {res.get('gpu', 'cpu (smoke)')}", "",
              "| benchmark | ours audio-s/s | ours MFU | reference audio-s/s | ours vs reference | GPU idle |",
              "|---|---|---|---|---|---|"]
@@ -196,13 +215,14 @@ def format_results(res: dict) -> str:
                      f"{ref.get('audio_seconds_per_s', float('nan')):.1f} | {'n/a' if sp is None else f'{sp:.2f}x'} | "
                      f"{pct((b.get('result', {}).get('profile') or {}).get('device_idle_share'))} |"
                      + ("" if b["rc"] == 0 else f" FAILED (rc {b['rc']}, {b['log']})"))
-    lines += ["", "| fairseq-hydra-train | updates | rc | audio-s/s (steady) | MFU | exit after last line |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| fairseq-hydra-train | updates | rc | audio-s/s (steady) | MFU | peak GB | exit after last line |",
+              "|---|---|---|---|---|---|---|"]
     for t in res["training"]:
         m = t.get("train_log") or {}
         aps = m.get("audio_seconds_per_s")
         lines.append(f"| {t['name']} | {t['updates']} | {t['rc']} | {'n/a' if aps is None else f'{aps:.1f}'} | "
-                     f"{pct(m.get('mfu'))} | {t['exit_after_last_line_s']:.1f} s "
+                     f"{pct(m.get('mfu'))} | {gb(t.get('peak_gb'))} | "
+                     f"{t['exit_after_last_line_s']:.1f} s "
                      f"{'ok' if t['exited_in_time'] else 'NOT OK'} |")
     lines.append(f"\nall training processes exited within {EXIT_LIMIT_S:.0f} s: {res['all_exited_in_time']}")
     if res.get("skipped"):

@@ -7,8 +7,9 @@ line per manifest row, same order, space-separated codes) and ``{label_dir}/dict
 - Rate: 6 kbps = 8 codebooks x 1024 codes (10 bits) at 75 Hz; ``n_codebook`` codebooks use
   ``0.75 * n_codebook`` kbps (2, 4, 8, 16 or 32 codebooks).
 - Frame rule: a file of n samples gets ``ceil(n / 320)`` frames; frame j starts at sample 320 j.
-- Weights: ``EncodecModel.encodec_model_24khz()`` downloads them (needs internet), or
-  ``--checkpoint`` loads a local state dict (e.g. a downloaded ``encodec_24khz-d7cc33bc.th``), or
+- Weights: ``encodec_24khz-d7cc33bc.th`` from torch's hub cache (``$TORCH_HOME/hub/checkpoints``),
+  downloaded there when missing (needs internet; offline, a missing file is one error saying where to put
+  it), or ``--checkpoint`` loads a local state dict (e.g. a copied ``encodec_24khz-d7cc33bc.th``), or
   ``--random-init`` builds a seeded random model (tests, offline runs; codes carry no meaning).
 - Chunking: every file is encoded in chunks of ``chunk_seconds`` (a multiple of 320 samples),
   each with ``context_seconds`` of preceding audio whose frames are dropped. The 24 kHz model is
@@ -46,8 +47,8 @@ from tqdm import tqdm
 
 from mert_fairseq.data.audio import AudioError, to_mono
 from mert_fairseq.prep.common import (
-    LABEL_HOP, SAMPLE_RATE, OutputError, Part, add_shard_args, file_sha256, num_label_frames, parse_list, plan_blocks,
-    resolve_part, setup_logging, split_name,
+    LABEL_HOP, SAMPLE_RATE, OutputError, Part, add_shard_args, file_sha256, hub_file, num_label_frames, parse_list,
+    plan_blocks, resolve_part, setup_logging, split_name,
 )
 from mert_fairseq.data.manifest import Manifest, ManifestError, ManifestRow, check_audio, read_manifest
 from mert_fairseq.prep.merge_parts import LabelOutputs, write_labels
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 CODEBOOK_SIZE = 1024
 KBPS_PER_CODEBOOK = 0.75  # 10 bits x 75 Hz
 SUPPORTED_CODEBOOKS = (2, 4, 8, 16, 32)  # the 24 kHz model's bandwidths 1.5, 3, 6, 12, 24 kbps
+PRETRAINED_FILE = "encodec_24khz-d7cc33bc.th"  # encodec's published 24 kHz weights (hash prefix in the name)
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,19 @@ def load_encodec(
             model = EncodecModel.encodec_model_24khz(pretrained=False)
             model.load_state_dict(_load_state_dict(checkpoint))
         else:
-            model = EncodecModel.encodec_model_24khz()  # downloads the weights (internet)
+            model = EncodecModel.encodec_model_24khz(pretrained=False)
+            model.load_state_dict(_load_state_dict(pretrained_weights()))
     if model.sample_rate != SAMPLE_RATE or model.channels != 1:
         raise ValueError(f"expected a 24 kHz mono EnCodec model, got {model.sample_rate} Hz, {model.channels} ch")
     model.set_target_bandwidth(bandwidth_for(n_codebook))
     return model.eval().to(device)
+
+
+def pretrained_weights() -> str:
+    """Path of the published 24 kHz weights in torch's hub cache, downloaded when missing."""
+    from encodec.model import ROOT_URL
+
+    return str(hub_file(ROOT_URL + PRETRAINED_FILE, "pass --checkpoint /path/to/" + PRETRAINED_FILE))
 
 
 def _load_state_dict(path: str) -> dict:
@@ -321,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"codes per codebook; EnCodec 24 kHz has {CODEBOOK_SIZE} (any other value is an error)")
     p.add_argument("--n-codebook", "--n_codebook", type=int, default=8,
                    help=f"codebooks (label streams) to write, one of {SUPPORTED_CODEBOOKS}; 8 codebooks = 6 kbps")
-    p.add_argument("--checkpoint", help="local EnCodec 24 kHz state dict (default: download via encodec)")
+    p.add_argument("--checkpoint", help=f"local EnCodec 24 kHz state dict, e.g. a copy of {PRETRAINED_FILE} "
+                   "(default: that file from torch's hub cache, $TORCH_HOME/hub/checkpoints, downloaded when missing)")
     p.add_argument("--random-init", action="store_true", help="seeded random weights (tests/offline only)")
     p.add_argument("--seed", type=int, default=0, help="seed of --random-init")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",

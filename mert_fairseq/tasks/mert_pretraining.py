@@ -175,6 +175,44 @@ NO_EFFECT_FIELDS = {
 }
 
 
+FSDP_NEEDS_CUDA = (
+    "distributed_training.ddp_backend=fully_sharded (fairscale's FullyShardedDataParallel) needs CUDA: fairscale "
+    "gathers the sharded weights on CUDA streams and defaults its compute device to the GPU, and this run has "
+    "{why}. On CPU use distributed_training.ddp_backend=legacy_ddp (or no_c10d, c10d).")
+
+
+def in_fsdp_wrap_context() -> bool:
+    """True while fairseq builds the model for distributed_training.ddp_backend=fully_sharded (fsdp_enable_wrap)."""
+    try:
+        from fairscale.nn.wrap.auto_wrap import ConfigAutoWrap
+    except ImportError:
+        return False
+    return bool(ConfigAutoWrap.in_autowrap_context)
+
+
+def check_fsdp(cfg) -> None:
+    """A clear error for FSDP where fairscale cannot run it (instead of 'Found no NVIDIA driver' deep inside).
+    `cfg` is the task's config node; the run's full config is its parent (as fairseq builds it)."""
+    root = cfg._get_parent() if hasattr(cfg, "_get_parent") else None
+    if root is not None and root.get("common") is not None and root.common.get("cpu"):
+        raise ValueError(FSDP_NEEDS_CUDA.format(why="common.cpu=true"))
+    if not torch.cuda.is_available():
+        raise ValueError(FSDP_NEEDS_CUDA.format(why="no CUDA device (torch.cuda.is_available() is False)"))
+    if cfg.get("probe_csv"):
+        raise ValueError("task.probe_csv (online probes) is not supported with distributed_training.ddp_backend="
+                         "fully_sharded: the probe runs the model outside FSDP's forward; probe the saved checkpoints "
+                         "with scripts/probe.py instead")
+
+
+def wrap_encoder_layers_for_fsdp(model) -> None:
+    """Shard every encoder layer on its own (fairseq's fsdp_wrap), so that only one layer's full weights are
+    gathered at a time; the outer model is wrapped by fairseq."""
+    from fairseq.distributed import fsdp_wrap
+
+    for i, layer in enumerate(model.encoder.layers):
+        model.encoder.layers[i] = fsdp_wrap(layer)
+
+
 def compile_encoder_layers(model) -> None:
     """torch.compile every encoder layer in place (nn.Module.compile keeps parameter names)."""
     for layer in model.encoder.layers:
@@ -232,6 +270,9 @@ class MERTPretrainingTask(FairseqTask):
         warn_fields_without_effect(cfg, MERTPretrainingConfig(), NO_EFFECT_FIELDS, "task")
 
     def build_model(self, cfg, from_checkpoint: bool = False):
+        fsdp = in_fsdp_wrap_context()
+        if fsdp:
+            check_fsdp(self.cfg)
         model = super().build_model(cfg, from_checkpoint)
         if self.cfg.compile_encoder_layers:
             compile_encoder_layers(model)
@@ -239,6 +280,8 @@ class MERTPretrainingTask(FairseqTask):
         # mask schedule (the workers do not know the update) or online targets (labels made by the model)
         self.draw_spec = (model.draw_spec() if self.cfg.draws_in_collater and not model.has_mask_schedule
                           and not self.cfg.online_targets and hasattr(model, "draw_spec") else None)
+        if fsdp:
+            wrap_encoder_layers_for_fsdp(model)
         return model
 
     def build_criterion(self, cfg, from_checkpoint: bool = False):
