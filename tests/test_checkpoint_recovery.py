@@ -101,7 +101,7 @@ def test_training_resumes_past_a_torn_checkpoint_last(tone_data, trained_run, tm
     # option off: the same damage stops the run and names the file
     _truncate(last)
     proc = subprocess.run(_cmd(tone_data, run, "optimization.max_update=10", *COMMON,
-                               "+task.resume_from_intact_checkpoint=false"),
+                               "task.resume_from_intact_checkpoint=false"),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert f"{last}: damaged checkpoint" in proc.stdout + proc.stderr

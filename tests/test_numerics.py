@@ -50,7 +50,7 @@ def test_a_nan_batch_is_skipped_and_cannot_poison_the_weights(tone_data, tmp_pat
 
 
 def test_consecutive_bad_updates_stop_the_run(tone_data, tmp_path):
-    code, log = run(tone_data, tmp_path, "1,2,3", "+task.max_consecutive_bad_updates=3")
+    code, log = run(tone_data, tmp_path, "1,2,3", "task.max_consecutive_bad_updates=3")
     assert code != 0
     assert re.search(r"update 4: 3 consecutive updates had a non-finite loss or gradient "
                      r"\(task\.max_consecutive_bad_updates=3\); stopping", log), log[-3000:]

@@ -119,9 +119,23 @@ def interrupted(fault: Fault, code: int) -> bool:
     return code == -signal.SIGKILL or (fault.kind in SIGNAL_KINDS and code == EXIT_PREEMPTED)
 
 
-def run_once(cmd: Sequence[str], log_path: Path, fault: Optional[Fault], timeout: float) -> int:
+def _wait_for(proc: subprocess.Popen, log_path: Path, deadline: float, last_update: Optional[int]) -> bool:
+    """Wait until `deadline`, or until the log shows update `last_update` (the fault then fires early, so that
+    a run faster than the one its time was planned on is still interrupted); False if the process ended."""
+    while proc.poll() is None:
+        if time.time() >= deadline or (last_update is not None
+                                       and (last_logged_update(log_path.read_text(errors="replace")) or 0)
+                                       >= last_update):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def run_once(cmd: Sequence[str], log_path: Path, fault: Optional[Fault], timeout: float,
+             last_update: Optional[int] = None) -> int:
     """Start `cmd` in a new process group; SIGKILL the group at the time of a timed fault, or send it the
-    signal of a signal fault (as Slurm signals every process of a job step) and wait for the exit."""
+    signal of a signal fault (as Slurm signals every process of a job step) and wait for the exit. A timed
+    or signal fault fires at the latest once update `last_update` is logged."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env(fault),
                                 start_new_session=True)
@@ -131,7 +145,8 @@ def run_once(cmd: Sequence[str], log_path: Path, fault: Optional[Fault], timeout
         elif fault is not None and (fault.kind == "time" or fault.kind in SIGNAL_KINDS):
             while proc.poll() is None and "num_updates=" not in log_path.read_text(errors="replace"):
                 time.sleep(0.2)
-            deadline = time.time() + fault.at
+            if _wait_for(proc, log_path, time.time() + fault.at, last_update):
+                deadline = time.time()
         try:
             return proc.wait(timeout=max(deadline - time.time(), 0.01))
         except subprocess.TimeoutExpired:
@@ -218,7 +233,8 @@ def run_with_faults(cmd: Sequence[str], run_dir: Path, faults: List[Fault], max_
         temp_before = _temp_files(run_dir)
         if fault is not None and (fault.kind == "time" or fault.kind in SIGNAL_KINDS):  # before the run finishes
             fault.at = min(fault.at, 0.6 * (max_update - _saved_update(run_dir)) * update_s)
-        code = run_once(cmd, log_path, fault, timeout)
+        timed = fault is not None and (fault.kind == "time" or fault.kind in SIGNAL_KINDS)
+        code = run_once(cmd, log_path, fault, timeout, last_update=max_update - 2 if timed and max_update else None)
         log = log_path.read_text(errors="replace")
         resumed = loaded_update(log)
         if pending and (resumed is not None or code not in (0, -signal.SIGKILL, EXIT_PREEMPTED)):
