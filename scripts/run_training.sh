@@ -168,7 +168,9 @@ case "$PLATFORM" in
   slurm)
     : "${SLURM_NNODES:?slurm: run under srun (SLURM_NNODES is not set)}"
     if [[ -z "$MASTER_ADDR" ]]; then
-      MASTER_ADDR=$(scontrol show hostnames "${SLURM_STEP_NODELIST:-${SLURM_JOB_NODELIST:?slurm: no SLURM_JOB_NODELIST}}" | head -n 1)
+      # the whole list, then its first line (`| head -n 1` can end scontrol with SIGPIPE: exit 141 under pipefail)
+      MASTER_ADDR=$(scontrol show hostnames "${SLURM_STEP_NODELIST:-${SLURM_JOB_NODELIST:?slurm: no SLURM_JOB_NODELIST}}")
+      MASTER_ADDR=${MASTER_ADDR%%$'\n'*}
     fi
     TASKS_PER_NODE=${SLURM_NTASKS_PER_NODE:-$(( ${SLURM_NTASKS:?slurm: no SLURM_NTASKS} / SLURM_NNODES ))}
     TASKS_PER_NODE=${TASKS_PER_NODE%%(*}  # "8(x2)" -> 8
