@@ -16,6 +16,12 @@ frames, frame j centred on sample 320 j):
   the conv front end yields ``floor((n - 400) / 320) + 1`` frames, one fewer than the rule, so the
   last frame is repeated (or extra frames cut) to give ``ceil(n / 320)``.
 
+Several label streams in one call (one k-means model per feature, e.g. the demo's pitch-bearing
+pair): ``--feature mfcc+chroma`` with ``--kmeans-model DIR/{name}.joblib`` fits and applies one model
+per feature; ``--name`` gives the stream names (default: ``kmeans`` for the first feature, the feature
+kind for the others, so ``mfcc+chroma`` -> ``kmeans`` and ``chroma``). Train on them with
+``task.labels=[kmeans,chroma] model.untie_final_proj=true`` (``split_streams``).
+
 ``fit`` samples at most ``--max-fit-frames`` frames uniformly at random from a split (memory:
 frames x dims x 4 bytes), fits k-means and saves it with its feature settings (joblib, written
 atomically). ``apply`` labels splits with a saved model: ``{label_dir}/{split}.{name}`` and
@@ -326,9 +332,32 @@ def run_apply(args: argparse.Namespace, on_shard_done: Callable[[int], None] | N
         log.info("wrote %s/%s.%s%s", args.label_dir, split, args.name, part.suffix)
 
 
+def split_streams(args: argparse.Namespace) -> list[argparse.Namespace]:
+    """One namespace per label stream: ``--feature a+b`` and/or ``--name x,y`` (same count) with a
+    ``{name}`` placeholder in ``--kmeans-model``; a single stream is returned unchanged."""
+    features = getattr(args, "feature", None)
+    features = features.split("+") if features else None
+    names = args.name.split(",") if getattr(args, "name", None) else None
+    count = len(features or names or [None])
+    if names is None:
+        names = ["kmeans"] + (features[1:] if features else [])
+    if count == 1 and len(names) == 1:
+        return [argparse.Namespace(**{**vars(args), **({"name": names[0]} if hasattr(args, "name") else {})})]
+    if features is not None and len(features) != len(names):
+        raise ValueError(f"--feature {args.feature} has {len(features)} streams but --name {args.name} has {len(names)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--name {','.join(names)}: stream names must differ")
+    if "{name}" not in args.kmeans_model:
+        raise ValueError(f"--kmeans-model {args.kmeans_model}: with several streams it needs a {{name}} placeholder, "
+                         "e.g. labels/{name}.joblib (one model per stream)")
+    return [argparse.Namespace(**{**vars(args), "name": name, "kmeans_model": args.kmeans_model.format(name=name),
+                                  **({"feature": features[i]} if features else {})}) for i, name in enumerate(names)]
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest-dir", required=True, help="folder holding {split}.tsv")
-    p.add_argument("--kmeans-model", required=True, help="fitted model file (joblib)")
+    p.add_argument("--kmeans-model", required=True, help="fitted model file (joblib); with several streams a "
+                   "pattern with {name}, e.g. labels/{name}.joblib")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--checkpoint", help="MERT checkpoint for --feature mert (apply: overrides the saved path)")
     p.add_argument("--shard-seconds", type=float, default=600.0, help="audio per resumable shard")
@@ -336,8 +365,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="train", help="split to fit on")
-    p.add_argument("--feature", choices=("mfcc", "chroma", "mert"), default="mfcc",
-                   help="frame features: MFCCs, CQT chroma (pitch class) or a MERT layer")
+    p.add_argument("--feature", type=_feature_list, default="mfcc",
+                   help="frame features: mfcc, chroma (CQT pitch class) or mert (a MERT layer); several joined by "
+                   "'+' (e.g. mfcc+chroma) fit one model and write one label stream each")
     p.add_argument("--layer", type=int, help="MERT layer for --feature mert (0 = CNN/input projection)")
     p.add_argument("--n-mfcc", type=int, default=13)
     p.add_argument("--n-mels", type=int, default=40)
@@ -351,8 +381,20 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
 def _apply_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splits", default="train,valid", help="splits to label")
     p.add_argument("--label-dir", required=True)
-    p.add_argument("--name", default="kmeans", help="label name: files {split}.{name}, dict.{name}.txt")
+    p.add_argument("--name", default=None, help="label name: files {split}.{name}, dict.{name}.txt (default "
+                   "kmeans); several streams: a comma list, one per feature (default kmeans, then the feature kinds)")
     add_shard_args(p)
+
+
+FEATURE_KINDS = ("mfcc", "chroma", "mert")
+
+
+def _feature_list(text: str) -> str:
+    bad = [k for k in text.split("+") if k not in FEATURE_KINDS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown feature {bad[0]!r} (choose from {', '.join(FEATURE_KINDS)}, "
+                                         "several joined by '+')")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,10 +416,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
-        if args.command in ("fit", "all"):
-            run_fit(args)
-        if args.command in ("apply", "all"):
-            run_apply(args)
+        for stream in split_streams(args):
+            if args.command in ("fit", "all"):
+                run_fit(stream)
+            if args.command in ("apply", "all"):
+                run_apply(stream)
     except (ManifestError, AudioError, ValueError, FileNotFoundError, OutputError) as exc:
         log.error("%s", exc)
         return 1
