@@ -341,8 +341,9 @@ def split_streams(args: argparse.Namespace) -> list[argparse.Namespace]:
     count = len(features or names or [None])
     if names is None:
         names = ["kmeans"] + (features[1:] if features else [])
-    if count == 1 and len(names) == 1:
-        return [argparse.Namespace(**{**vars(args), **({"name": names[0]} if hasattr(args, "name") else {})})]
+    if count == 1 and len(names) == 1:  # "{name}" in --kmeans-model is allowed here too
+        return [argparse.Namespace(**{**vars(args), "kmeans_model": args.kmeans_model.replace("{name}", names[0]),
+                                      **({"name": names[0]} if hasattr(args, "name") else {})})]
     if features is not None and len(features) != len(names):
         raise ValueError(f"--feature {args.feature} has {len(features)} streams but --name {args.name} has {len(names)}")
     if len(set(names)) != len(names):
