@@ -23,4 +23,4 @@ if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
 elif [ -x "$REPO/.venv/bin/python" ]; then PY=$REPO/.venv/bin/python
 else PY=python3; fi
 
-exec "$PY" "$REPO/scripts/convert_to_hf.py" --checkpoint_path "$CKPT" --pytorch_dump_folder "$OUT" --expect "$SIZE"
+exec "$PY" "$REPO/scripts/convert_to_hf.py" --checkpoint "$CKPT" --out-dir "$OUT" --expect "$SIZE"

@@ -13,18 +13,27 @@
 #   bash scripts/run_training.sh WORKER_RANK PLATFORM CONFIG_NAME [SETTING MASTER_ADDR PORT] [hydra overrides...]
 #     WORKER_RANK  index of this node (0 on the first node); global rank = WORKER_RANK * NPROCS_PER_NODE
 #     PLATFORM     local  : fairseq spawns NPROCS_PER_NODE workers on this node (single or multi node)
-#                  slurm  : run under `srun` (one task per node); fairseq reads ranks from SLURM_* variables
+#                  slurm  : run under `srun` (one task per node or one per GPU); ranks from SLURM_* variables
 #                  torchrun: launched by `torchrun --nproc_per_node ...` (see README); ranks from its env
 #     CONFIG_NAME  a yaml in configs/pretrain, e.g. MERT_RVQ-VAE_CQT_95M, MERT_RVQ-VAE_CQT_330M, MERT_KMeans_CQT_95M
 #     SETTING      a run name (default: CONFIG_NAME); checkpoints go to $SAVE_DIR/ckpt_$SETTING/$CONFIG_NAME
-#     MASTER_ADDR PORT  rendezvous of node 0 (default 127.0.0.1 39683)
+#     MASTER_ADDR PORT  rendezvous of node 0 (default 127.0.0.1 39683; slurm: the allocation's first host)
 #   Paths and sizes come from the environment:
 #     DATA_DIR (manifests), LABEL_DIR (labels + dicts), SAVE_DIR (default ./runs),
 #     NPROCS_PER_NODE (default: GPUs on this node), WORLD_SIZE (default: NPROCS_PER_NODE, i.e. one node),
 #     MAX_TOKENS, NUM_WORKERS, LABELS (hydra list, default the 8 EnCodec codebooks), LABEL_RATE (75)
-#   Anything after the positional arguments is passed to fairseq-hydra-train as hydra overrides, e.g.
+#   Anything after the six positional arguments is passed to fairseq-hydra-train as hydra overrides, e.g.
 #     DATA_DIR=/data/tsv LABEL_DIR=/data/labels bash scripts/run_training.sh 0 local MERT_RVQ-VAE_CQT_95M \
 #       run1 127.0.0.1 39683 optimization.max_update=1000 common.bf16=true common.fp16=false
+#   (a key=value where a positional argument belongs is refused). Ranks per platform:
+#     local    rank WORKER_RANK * NPROCS_PER_NODE (+ local index); one process per node (NPROCS_PER_NODE=1,
+#              e.g. CPU nodes) runs the rank itself, more are spawned by fairseq; CPU uses gloo
+#     slurm    MASTER_ADDR = first host of SLURM_JOB_NODELIST (scontrol show hostnames) unless given;
+#              one task per node (SLURM_NTASKS_PER_NODE=1): rank SLURM_NODEID * NPROCS_PER_NODE, fairseq spawns
+#              NPROCS_PER_NODE; one task per GPU: rank SLURM_PROCID, device SLURM_LOCALID, world SLURM_NTASKS
+#     torchrun rank RANK, device LOCAL_RANK, world WORLD_SIZE, rendezvous MASTER_ADDR:MASTER_PORT (env://)
+#   DRY_RUN=1 prints the fairseq-hydra-train command instead of running it. -h / --help: this text.
+#   Exit code 75: stopped by SIGUSR1/SIGTERM after saving checkpoint_last.pt (rerun to continue; README).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -67,7 +76,7 @@ run_demo() {
   else
     say_t "3/5 K-means labels ($feature features, 100 clusters fitted on 20k frames) -> $labels ($names)"
     OMP_NUM_THREADS=1 "$PY" "$ROOT/scripts/prepare_kmeans_labels.py" all --manifest-dir "$manifest" \
-      --label-dir "$labels" --kmeans-model "$labels/{name}.joblib" --name "$names" --n-clusters 100 \
+      --label-dir "$labels" --kmeans-model "$labels/{name}.npz" --name "$names" --n-clusters 100 \
       --feature "$feature" --max-fit-frames 20000
   fi
   local stream_args=()
@@ -106,18 +115,34 @@ run_demo() {
   echo "  final validation masked accuracy (K-means targets, chance ~1%): ${acc:-n/a}"
 }
 
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
+  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
+  exit 0
+fi
 if [[ $# -eq 0 || "$1" == *=* ]]; then  # the demo; key=value arguments are hydra overrides for it
   run_demo "$@"
   exit 0
 fi
 
+POSITIONAL=(WORKER_RANK PLATFORM CONFIG_NAME SETTING MASTER_ADDR PORT)
+for (( i = 1; i <= 6 && i <= $#; i++ )); do
+  if [[ "${!i}" == *=* ]]; then
+    echo "error: argument $i ('${!i}') is a hydra override, but position $i is ${POSITIONAL[i-1]}; give all six" \
+      "positional arguments (WORKER_RANK PLATFORM CONFIG_NAME SETTING MASTER_ADDR PORT) before any override," \
+      "e.g. bash scripts/run_training.sh 0 local MERT_RVQ-VAE_CQT_95M run1 127.0.0.1 39683 ${!i} (see --help)" >&2
+    exit 2
+  fi
+done
+ENV_MASTER_ADDR=${MASTER_ADDR:-}  # torchrun's (env://)
 WORKER_RANK=$1
 PLATFORM=${2:-local}
 CONFIG_NAME=${3:-MERT_RVQ-VAE_CQT_95M}
 SETTING=${4:-$CONFIG_NAME}
-MASTER_ADDR=${5:-127.0.0.1}
+MASTER_ADDR=${5:-}
 PORT=${6:-39683}
 shift $(( $# < 6 ? $# : 6 ))
+[[ "$WORKER_RANK" =~ ^[0-9]+$ ]] || { echo "error: WORKER_RANK must be a node index (0, 1, ...), got '$WORKER_RANK' (see --help)" >&2; exit 2; }
+[[ "$PORT" =~ ^[0-9]+$ ]] || { echo "error: PORT must be a number, got '$PORT'" >&2; exit 2; }
 [[ -f "$CONFIG_DIR/$CONFIG_NAME.yaml" ]] || { echo "error: unknown config $CONFIG_NAME (no $CONFIG_DIR/$CONFIG_NAME.yaml)" >&2; exit 2; }
 : "${DATA_DIR:?set DATA_DIR to the directory with train.tsv/valid.tsv}"
 : "${LABEL_DIR:?set LABEL_DIR to the directory with the label files and dict.*.txt}"
@@ -126,6 +151,7 @@ if [[ "$CONFIG_NAME" == *KMeans* ]]; then DEFAULT_LABELS='[kmeans]'; else
 LABELS=${LABELS:-$DEFAULT_LABELS}
 GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 NPROCS_PER_NODE=${NPROCS_PER_NODE:-$(( GPUS > 0 ? GPUS : 1 ))}
+WORLD_SIZE_GIVEN=${WORLD_SIZE:-}
 WORLD_SIZE=${WORLD_SIZE:-$NPROCS_PER_NODE}
 SAVE_DIR=${SAVE_DIR:-$ROOT/runs}
 CKPT_DIR="$SAVE_DIR/ckpt_$SETTING/$CONFIG_NAME"
@@ -133,22 +159,52 @@ mkdir -p "$CKPT_DIR"
 
 args=(--config-dir "$CONFIG_DIR" --config-name "$CONFIG_NAME"
   common.user_dir="$USER_DIR" task.data="$DATA_DIR" task.label_dir="$LABEL_DIR" "task.labels=$LABELS"
-  model.label_rate="${LABEL_RATE:-75}" checkpoint.save_dir="$CKPT_DIR" hydra.run.dir="$CKPT_DIR"
-  distributed_training.distributed_world_size="$WORLD_SIZE")
+  model.label_rate="${LABEL_RATE:-75}" checkpoint.save_dir="$CKPT_DIR" hydra.run.dir="$CKPT_DIR")
 [[ -n "${MAX_TOKENS:-}" ]] && args+=(dataset.max_tokens="$MAX_TOKENS")
 [[ -n "${NUM_WORKERS:-}" ]] && args+=(dataset.num_workers="$NUM_WORKERS")
+one_rank() {  # this process is rank $1 on device $2 (no spawning by fairseq)
+  args+=(distributed_training.distributed_rank="$1" distributed_training.device_id="$2"
+    distributed_training.distributed_no_spawn=true distributed_training.nprocs_per_node=1)
+}
 case "$PLATFORM" in
   local)
-    args+=(distributed_training.nprocs_per_node="$NPROCS_PER_NODE"
-      distributed_training.distributed_rank=$(( WORKER_RANK * NPROCS_PER_NODE )))
-    (( WORLD_SIZE > 1 )) && args+=(distributed_training.distributed_init_method="tcp://$MASTER_ADDR:$PORT")
+    MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+    if (( NPROCS_PER_NODE == 1 )); then one_rank "$WORKER_RANK" 0; else
+      args+=(distributed_training.nprocs_per_node="$NPROCS_PER_NODE"
+        distributed_training.distributed_rank=$(( WORKER_RANK * NPROCS_PER_NODE ))); fi
     ;;
-  slurm)     # fairseq derives init method and ranks from SLURM_* (one srun task per node)
-    args+=(distributed_training.nprocs_per_node="$NPROCS_PER_NODE" distributed_training.distributed_port="$PORT") ;;
-  torchrun)  # fairseq reads RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR set by torchrun
-    args+=(distributed_training.nprocs_per_node=1) ;;
+  slurm)
+    : "${SLURM_NNODES:?slurm: run under srun (SLURM_NNODES is not set)}"
+    if [[ -z "$MASTER_ADDR" ]]; then
+      MASTER_ADDR=$(scontrol show hostnames "${SLURM_STEP_NODELIST:-${SLURM_JOB_NODELIST:?slurm: no SLURM_JOB_NODELIST}}" | head -n 1)
+    fi
+    TASKS_PER_NODE=${SLURM_NTASKS_PER_NODE:-$(( ${SLURM_NTASKS:?slurm: no SLURM_NTASKS} / SLURM_NNODES ))}
+    TASKS_PER_NODE=${TASKS_PER_NODE%%(*}  # "8(x2)" -> 8
+    if (( TASKS_PER_NODE == 1 )); then  # one task per node: fairseq spawns NPROCS_PER_NODE ranks
+      SLURM_WORLD=$(( SLURM_NNODES * NPROCS_PER_NODE ))
+      if (( NPROCS_PER_NODE == 1 )); then one_rank "${SLURM_NODEID:?slurm: no SLURM_NODEID}" 0; else
+        args+=(distributed_training.nprocs_per_node="$NPROCS_PER_NODE"
+          distributed_training.distributed_rank=$(( ${SLURM_NODEID:?slurm: no SLURM_NODEID} * NPROCS_PER_NODE ))); fi
+    else  # one task per GPU
+      SLURM_WORLD=${SLURM_NTASKS:-$(( SLURM_NNODES * TASKS_PER_NODE ))}
+      one_rank "${SLURM_PROCID:?slurm: no SLURM_PROCID}" "${SLURM_LOCALID:?slurm: no SLURM_LOCALID}"
+    fi
+    if [[ -n "${WORLD_SIZE_GIVEN:-}" && "$WORLD_SIZE" != "$SLURM_WORLD" ]]; then
+      echo "error: WORLD_SIZE=$WORLD_SIZE but the Slurm allocation gives $SLURM_WORLD ranks" >&2; exit 2
+    fi
+    WORLD_SIZE=$SLURM_WORLD
+    ;;
+  torchrun)
+    MASTER_ADDR=${MASTER_ADDR:-${ENV_MASTER_ADDR:?torchrun: run under torchrun (MASTER_ADDR is not set)}}
+    one_rank "${RANK:?torchrun: no RANK}" "${LOCAL_RANK:?torchrun: no LOCAL_RANK}"
+    ;;
   *) echo "error: PLATFORM must be local, slurm or torchrun (got $PLATFORM)" >&2; exit 2 ;;
 esac
+args+=(distributed_training.distributed_world_size="$WORLD_SIZE")
+if [[ "$PLATFORM" == torchrun ]]; then args+=(distributed_training.distributed_init_method=env://)
+elif (( WORLD_SIZE > 1 )); then args+=(distributed_training.distributed_init_method="tcp://$MASTER_ADDR:$PORT"); fi
+(( GPUS > 0 || WORLD_SIZE == 1 )) || args+=(distributed_training.distributed_backend=gloo)  # CPU nodes
 echo "[run_training] $CONFIG_NAME on $PLATFORM: node $WORKER_RANK, $NPROCS_PER_NODE procs/node, world $WORLD_SIZE, master $MASTER_ADDR:$PORT"
 echo "[run_training] checkpoints: $CKPT_DIR"
+if [[ -n "${DRY_RUN:-}" ]]; then printf '%q ' "${TRAIN[@]}" "${args[@]}" "$@"; echo; exit 0; fi
 exec "${TRAIN[@]}" "${args[@]}" "$@"

@@ -12,25 +12,18 @@ import torch
 
 from mert_fairseq.checkpoint.safe_load import CheckpointError, checkpoint_damage, checkpoint_num_updates
 from mert_fairseq.checkpoint.resume import remove_stale_temp_files, resume_checkpoint
-from test_training import train
+from training_runs import ROOT, TRAINED_RUN_OVERRIDES, train
 
-ROOT = Path(__file__).resolve().parents[1]
-COMMON = ["dataset.max_tokens=192000", "dataset.disable_validation=true", "checkpoint.save_interval_updates=2",
-          "lr_scheduler.warmup_updates=2"]  # 4 clips per batch, 4 updates per epoch
-
-
-@pytest.fixture(scope="module")
-def trained(tone_data, tmp_path_factory) -> Path:
-    """A run stopped at update 6: checkpoint_1_2.pt, checkpoint_2_6.pt, checkpoint_last.pt (6)."""
-    run = tmp_path_factory.mktemp("recovery") / "run"
-    train(tone_data, run, "optimization.max_update=6", *COMMON, "+lr_scheduler.total_num_update=8")
-    return run
+# 4 clips per batch, 4 updates per epoch, checkpoints every 2 updates (the session's trained_run: conftest.py)
+COMMON = [*TRAINED_RUN_OVERRIDES, "task.probe_csv=null"]
 
 
 @pytest.fixture()
-def save_dir(trained, tmp_path) -> Path:
+def save_dir(trained_run, tmp_path) -> Path:
+    """A copy of the session run's checkpoints, stopped at update 6: checkpoint_1_2.pt, checkpoint_2_6.pt,
+    checkpoint_last.pt (6)."""
     copy = tmp_path / "checkpoints"
-    shutil.copytree(trained / "checkpoints", copy)
+    shutil.copytree(trained_run.save_dir, copy)
     return copy
 
 
@@ -96,33 +89,31 @@ def test_intact_last_is_used_as_is(save_dir):
     assert resume_checkpoint(last, str(save_dir)) == last
 
 
-def test_training_resumes_past_a_torn_checkpoint_last(tone_data, trained, tmp_path):
+def test_training_resumes_past_a_torn_checkpoint_last(tone_data, trained_run, tmp_path):
     """End to end with fairseq-hydra-train: the torn file is named, the run continues from update 6."""
-    run = tmp_path / "run"
-    shutil.copytree(trained, run)
+    run = trained_run.copy_to(tmp_path / "run")
     last = run / "checkpoints" / "checkpoint_last.pt"
     _truncate(last)
-    log = train(tone_data, run, "optimization.max_update=8", *COMMON, "+lr_scheduler.total_num_update=8")
+    log = train(tone_data, run, "optimization.max_update=8", *COMMON)
     assert f"{last}: damaged checkpoint: not a complete checkpoint archive" in log, log[-3000:]
     assert re.search(r"Loaded checkpoint \S+checkpoint_2_6\.pt \(epoch 2 @ 6 updates\)", log), log[-3000:]
     assert checkpoint_num_updates(last) == 8 and checkpoint_damage(last) is None
     # option off: the same damage stops the run and names the file
     _truncate(last)
     proc = subprocess.run(_cmd(tone_data, run, "optimization.max_update=10", *COMMON,
-                               "+lr_scheduler.total_num_update=8", "+task.resume_from_intact_checkpoint=false"),
+                               "+task.resume_from_intact_checkpoint=false"),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert f"{last}: damaged checkpoint" in proc.stdout + proc.stderr
 
 
-def test_restart_after_the_final_checkpoint_trains_nothing(tone_data, trained, tmp_path):
+def test_restart_after_the_final_checkpoint_trains_nothing(tone_data, trained_run, tmp_path):
     """A job killed after writing its last checkpoint (update 6 = max_update, mid-epoch) and started
     again must not train: stock fairseq would do a 7th update before checking max_update."""
-    run = tmp_path / "run"
-    shutil.copytree(trained, run)
+    run = trained_run.copy_to(tmp_path / "run")
     last = run / "checkpoints" / "checkpoint_last.pt"
     before = last.read_bytes()
-    log = train(tone_data, run, "optimization.max_update=6", *COMMON, "+lr_scheduler.total_num_update=8")
+    log = train(tone_data, run, "optimization.max_update=6", *COMMON)
     assert re.search(r"checkpoint_last\.pt is at update 6 >= optimization\.max_update=6: training is already "
                      r"complete", log), log[-3000:]
     assert last.read_bytes() == before and checkpoint_num_updates(last) == 6
@@ -136,17 +127,33 @@ def _cmd(data, run, *overrides):
 
 
 # ---------------------------------------------------------------- atomic writes under SIGKILL
+# a process that does `_write_or_copy` (below) with the fault point of MERT_FAULT_POINT armed (it is killed there)
 KILLED_WRITER = """
-import sys, torch
-from fairseq import checkpoint_utils
-from mert_fairseq.tasks import fairseq_patches
-fairseq_patches.install()  # as the task's setup does: atomic writers
-if sys.argv[1] == "copy":  # as fairseq's save_checkpoint copies checkpoint_N to checkpoint_last
-    checkpoint_utils.PathManager.copy(sys.argv[2], sys.argv[3], overwrite=True)
-else:
-    checkpoint_utils.torch_persistent_save({"w": torch.arange(300_000.0)}, sys.argv[3])
+import sys
+sys.path.insert(0, sys.argv[4])
+from test_checkpoint_recovery import _write_or_copy
+_write_or_copy(*sys.argv[1:4])
 print("not killed")
 """
+
+
+def _write_or_copy(mode: str, src, dst) -> None:
+    """Copy src to dst (as fairseq's save_checkpoint copies checkpoint_N to checkpoint_last) or write a
+    checkpoint to dst, through checkpoint_utils with the task's patches installed (atomic writers)."""
+    from fairseq import checkpoint_utils
+
+    from mert_fairseq.tasks import fairseq_patches
+
+    was_installed = fairseq_patches.installed()
+    fairseq_patches.install()
+    try:
+        if mode == "copy":
+            checkpoint_utils.PathManager.copy(str(src), str(dst), overwrite=True)
+        else:
+            checkpoint_utils.torch_persistent_save({"w": torch.arange(300_000.0)}, str(dst))
+    finally:
+        if not was_installed:
+            fairseq_patches.uninstall()
 
 
 @pytest.mark.parametrize("mode", ["copy", "write"])
@@ -157,16 +164,14 @@ def test_kill_half_way_through_a_checkpoint_copy_or_write_keeps_the_old_file(mod
     old = dst.read_bytes()
     env = {**os.environ, "PYTHONPATH": str(ROOT),
            "MERT_FAULT_POINT": f"checkpoint_{'copy' if mode == 'copy' else 'write'}:1"}
-    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, mode, str(src), str(dst)], env=env,
-                          capture_output=True, text=True, timeout=300, start_new_session=True)
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, mode, str(src), str(dst), str(Path(__file__).parent)],
+                          env=env, capture_output=True, text=True, timeout=300, start_new_session=True)
     assert proc.returncode == -9 and "not killed" not in proc.stdout, proc.stderr[-2000:]
     assert dst.read_bytes() == old  # the old checkpoint_last is untouched
     partial = list(tmp_path.glob(".checkpoint_last.pt.*.tmp"))
     assert len(partial) == 1 and 0 < partial[0].stat().st_size < src.stat().st_size
     assert remove_stale_temp_files(str(tmp_path)) == 1 and not list(tmp_path.glob("*.tmp"))
-    # without a fault the same call replaces the file completely
-    env.pop("MERT_FAULT_POINT")
-    subprocess.run([sys.executable, "-c", KILLED_WRITER, mode, str(src), str(dst)], env=env, check=True,
-                   capture_output=True, timeout=300)
+    # without a fault the same call (here, in this process: no fault point is armed) replaces the file completely
+    _write_or_copy(mode, src, dst)
     assert checkpoint_damage(dst) is None
     assert torch.equal(torch.load(dst)["w"], torch.arange(300_000.0) + (1 if mode == "copy" else 0))

@@ -1,20 +1,31 @@
-"""The shipped YAMLs compose through fairseq's hydra schema and build models of the published sizes."""
+"""The shipped YAMLs compose through fairseq's hydra schema and build models of the published sizes;
+they set no field that has no effect here (no warning), while an original-style value still warns once."""
 from pathlib import Path
 
 import pytest
+import yaml
 from fairseq import tasks, utils
 from fairseq.dataclass.initialize import hydra_init
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from mert_fairseq.models.mert_config import NO_EFFECT_FIELDS as MODEL_NO_EFFECT
+from mert_fairseq.tasks.mert_pretraining import NO_EFFECT_FIELDS as TASK_NO_EFFECT
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs" / "pretrain"
 RVQ_LABELS = [f"encodec_{i}" for i in range(8)]
+RECIPES = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+# tiny widths: what is checked here does not depend on the size
+TINY = [f"++model.{k}={v}" for k, v in dict(
+    encoder_layers=1, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2, final_dim=16,
+    conv_pos=8, conv_pos_groups=2, conv_feature_layers="'[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2'",
+    audio_cqt_bins=84, feature_extractor_cqt_bins=84).items()]
 
 
-def compose_config(name: str, overrides=(), return_hydra_config=False):
+def compose_config(name: str, overrides=(), return_hydra_config=False, config_dir: Path = CONFIG_DIR):
     hydra_init(name)  # registers fairseq's structured schema under this config name, like fairseq-hydra-train
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.1"):  # as fairseq-hydra-train
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.1"):  # as fairseq-hydra-train
         cfg = compose(name, overrides=list(overrides), return_hydra_config=return_hydra_config)
     return cfg
 
@@ -23,6 +34,50 @@ def write_dicts(label_dir: Path, labels, n_codes: int) -> None:
     label_dir.mkdir(parents=True, exist_ok=True)
     for label in labels:
         (label_dir / f"dict.{label}.txt").write_text("".join(f"{c} 1\n" for c in range(n_codes)))
+
+
+def build_recipe(tmp_path: Path, name: str, config_dir: Path = CONFIG_DIR):
+    """(task, model) of recipe `name` with tiny widths, as fairseq-hydra-train builds them."""
+    cfg = compose_config(name, [f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={tmp_path}",
+                                f"task.label_dir={tmp_path}", "model.label_rate=75", *TINY], config_dir=config_dir)
+    if OmegaConf.is_missing(cfg.task, "labels"):  # the RVQ recipes leave the stream names to the user
+        cfg.task.labels = RVQ_LABELS
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    write_dicts(tmp_path, cfg.task.labels, 16)
+    utils.import_user_module(cfg.common)
+    task = tasks.setup_task(cfg.task)
+    return task, task.build_model(cfg.model)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_shipped_recipe_sets_no_field_without_effect(tmp_path, caplog, name):
+    groups = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    assert not set(groups["model"]) & set(MODEL_NO_EFFECT), name
+    assert not set(groups["task"]) & set(TASK_NO_EFFECT), name
+    with caplog.at_level("WARNING"):
+        task, model = build_recipe(tmp_path, name)
+    assert len(model.encoder.layers) == 1  # the recipe was built (tiny)
+    assert "has no effect" not in caplog.text, caplog.text
+
+
+def test_original_value_of_field_without_effect_warns_once(tmp_path, caplog):
+    """An original-style YAML (the demo recipe plus values the original recipes set: dropout_features 0.1,
+    attention_relax 32, store_labels true, the task's copy of the noise lengths) loads, and each of those
+    fields warns exactly once, naming its group."""
+    text = (CONFIG_DIR / "MERT_demo_cpu.yaml").read_text()
+    text = text.replace("\ntask:\n", "\ntask:\n  store_labels: true\n  inbatch_noise_augment_len_range: '[12000, 24000]'\n")
+    text = text.replace("\nmodel:\n", "\nmodel:\n  dropout_features: 0.1\n  attention_relax: 32.0\n")
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    (config_dir / "original_style.yaml").write_text(text)
+    with caplog.at_level("WARNING"):
+        task, model = build_recipe(tmp_path, "original_style", config_dir)
+    assert (model.cfg.dropout_features, model.cfg.attention_relax, task.cfg.store_labels) == (0.1, 32.0, True)
+    lines = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    for key in ("model.dropout_features=0.1", "model.attention_relax=32.0", "task.store_labels=True",
+                "task.inbatch_noise_augment_len_range='[12000, 24000]'"):
+        assert sum(line.startswith(key + " has no effect") for line in lines) == 1, (key, lines)
+    assert len(lines) == 4, lines
 
 
 @pytest.mark.parametrize("name,labels,n_codes,low,high", [
@@ -49,7 +104,7 @@ def test_config_composes_and_builds_expected_size(tmp_path, name, labels, n_code
         assert model.cfg.layer_norm_first and len(model.encoder.layers) == 24
         assert cfg.optimization.update_freq == [8]
     if "RVQ" in name or "KMeans" in name:
-        assert cfg.task.max_sample_size in (120000, 122880) and cfg.model.audio_cqt_bins == 336
+        assert cfg.task.max_sample_size in (120000, 123200) and cfg.model.audio_cqt_bins == 336
 
 
 def test_slurm_launcher_config_composes():

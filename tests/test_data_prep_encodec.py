@@ -154,3 +154,53 @@ def test_bad_arguments_fail_clearly(tmp_path, capsys):
                     "--chunk-seconds 0", "nope.tsv: cannot read manifest"):
         assert message in err, message
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- offline nodes
+
+OFFLINE = """
+import errno, runpy, socket, sys
+def unreachable(*args, **kwargs):
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+def no_route(self, *args, **kwargs):
+    raise OSError(errno.ENETUNREACH, "Network is unreachable")
+socket.getaddrinfo, socket.socket.connect = unreachable, no_route  # no network in this process
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _offline_run(script: str, *args, torch_home):
+    import os
+    import subprocess
+    import sys
+
+    from data_prep_helpers import REPO
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TORCH_HOME": str(torch_home)}
+    return subprocess.run([sys.executable, "-c", OFFLINE, str(REPO / "scripts" / f"{script}.py"), *map(str, args)],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_offline_without_weights_is_one_message_naming_file_cache_and_flag(tmp_path):
+    manifest = make_prepared_dataset(tmp_path / "data", lengths=[4000, 5000], valid_rows=1)
+    args = ["--manifest_path", manifest, "--manifest_file_name", "train.tsv", "--out_root", tmp_path / "labels",
+            "--device", "cpu"]
+    result = _offline_run("prepare_codecs_from_manifest", *args, torch_home=tmp_path / "torch")
+    assert result.returncode == 1, result.stderr[-3000:]
+    cache = tmp_path / "torch" / "hub" / "checkpoints" / "encodec_24khz-d7cc33bc.th"
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert f"encodec_24khz-d7cc33bc.th is not in the cache (looked for {cache})" in errors[0]
+    assert "--checkpoint /path/to/encodec_24khz-d7cc33bc.th" in errors[0] and "$TORCH_HOME" in errors[0]
+    assert "Traceback" not in result.stderr and "Name or service not known" in errors[0]
+    assert not (tmp_path / "labels" / "train.encodec_0").exists()
+    assert not list(cache.parent.iterdir())  # no partial download left in the cache
+
+    # the file where the message says: the same offline command works
+    torch.save(random_encodec(0).state_dict(), cache)
+    result = _offline_run("prepare_codecs_from_manifest", *args, torch_home=tmp_path / "torch")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_manifest(manifest / "train.tsv").rows
+    assert [len(line) for line in read_label_lines(tmp_path / "labels" / "train.encodec_0")] == \
+        [math.ceil(r.num_samples / 320) for r in rows]

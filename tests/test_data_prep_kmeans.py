@@ -163,25 +163,118 @@ def test_cli_two_streams_in_one_call_equal_two_single_calls(manifest_dir, tmp_pa
     common = ("--manifest-dir", manifest_dir, "--n-clusters", 4, "--max-fit-frames", 1000)
     both = tmp_path / "both"
     result = run_script("prepare_kmeans_labels", "all", *common, "--label-dir", both, "--feature", "mfcc+chroma",
-                        "--kmeans-model", both / "{name}.joblib")
+                        "--kmeans-model", both / "{name}.npz")
     assert result.returncode == 0, result.stderr
     for name, feature in (("kmeans", "mfcc"), ("chroma", "chroma")):
         single = tmp_path / name
         result = run_script("prepare_kmeans_labels", "all", *common, "--label-dir", single, "--feature", feature,
-                            "--kmeans-model", single / "km.joblib", "--name", name)
+                            "--kmeans-model", single / "km.npz", "--name", name)
         assert result.returncode == 0, result.stderr
-        assert load_model(both / f"{name}.joblib")[1] == FeatureSpec(feature)
+        assert load_model(both / f"{name}.npz")[1] == FeatureSpec(feature)
         for f in (f"train.{name}", f"valid.{name}", f"dict.{name}.txt"):
             assert (both / f).read_bytes() == (single / f).read_bytes(), f
     named = run_script("prepare_kmeans_labels", "apply", "--manifest-dir", manifest_dir, "--label-dir", tmp_path / "re",
-                       "--kmeans-model", both / "{name}.joblib", "--name", "kmeans,chroma", "--splits", "valid")
+                       "--kmeans-model", both / "{name}.npz", "--name", "kmeans,chroma", "--splits", "valid")
     assert named.returncode == 0, named.stderr
     assert (tmp_path / "re" / "valid.chroma").read_bytes() == (both / "valid.chroma").read_bytes()
-    for extra, message in ((("--kmeans-model", tmp_path / "one.joblib"), "needs a {name} placeholder"),
-                           (("--kmeans-model", both / "{name}.joblib", "--name", "a"), "2 streams but --name a has 1"),
-                           (("--kmeans-model", both / "{name}.joblib", "--name", "a,a"), "stream names must differ")):
+    for extra, message in ((("--kmeans-model", tmp_path / "one.npz"), "needs a {name} placeholder"),
+                           (("--kmeans-model", both / "{name}.npz", "--name", "a"), "2 streams but --name a has 1"),
+                           (("--kmeans-model", both / "{name}.npz", "--name", "a,a"), "stream names must differ")):
         bad = run_script("prepare_kmeans_labels", "all", *common, "--label-dir", tmp_path / "bad", "--feature",
                          "mfcc+chroma", *extra)
         assert bad.returncode == 1 and message in bad.stderr, bad.stderr
     bad = run_script("prepare_kmeans_labels", "fit", *common, "--kmeans-model", both / "x", "--feature", "mfcc+pitch")
     assert bad.returncode == 2 and "unknown feature 'pitch'" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- model files without pickle
+
+
+class _Payload:
+    """Unpickling this creates a marker file (as a hostile model file could run anything)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def _old_format_file(path, km, payload=None):
+    """A model file as earlier versions wrote it (joblib pickle of a dict), optionally with a payload."""
+    import joblib
+
+    saved = {"format": "mert-fairseq-kmeans/1", "kmeans": km, "feature": {"kind": "mfcc", "n_mfcc": 13, "n_mels": 40,
+             "checkpoint": None, "layer": None, "max_chunk_seconds": 30.0, "chroma_gain": 10.0},
+             "fitted_on": "train.tsv", "identity": None}
+    if payload is not None:
+        saved["extra"] = _Payload(payload)
+    joblib.dump(saved, path)
+    return path
+
+
+def test_saved_model_is_data_only_npz(manifest_dir, tmp_path):
+    import zipfile
+
+    from mert_fairseq.prep.kmeans_labels import KMeansModel, nearest_center, save_model
+
+    frames = sample_fit_frames(read_manifest(manifest_dir / "train.tsv"), MfccFeatures(FeatureSpec()), 1000, 0)
+    km = fit_kmeans(frames, 8, seed=0)
+    save_model(tmp_path / "km.npz", km, FeatureSpec("chroma", chroma_gain=3.0), "x.tsv", {"a": 1})
+    with zipfile.ZipFile(tmp_path / "km.npz") as zf:
+        assert sorted(zf.namelist()) == ["cluster_centers.npy", "feature.npy", "fitted_on.npy", "format.npy",
+                                         "identity.npy"]
+    with np.load(tmp_path / "km.npz", allow_pickle=False) as z:  # every member a plain array
+        assert z["cluster_centers"].shape == (8, 39) and str(z["format"]) == "mert-fairseq-kmeans/2"
+    loaded, spec = load_model(tmp_path / "km.npz")
+    assert isinstance(loaded, KMeansModel) and spec == FeatureSpec("chroma", chroma_gain=3.0)
+    assert np.array_equal(loaded.cluster_centers_, km.cluster_centers_) and loaded.n_clusters == 8
+    assert np.array_equal(nearest_center(loaded.cluster_centers_, frames), km.predict(frames))  # sklearn's labels
+    save_model(tmp_path / "again.npz", loaded, spec, "x.tsv", {"a": 1})
+    assert (tmp_path / "again.npz").read_bytes() == (tmp_path / "km.npz").read_bytes()  # reproducible bytes
+
+
+def test_pickled_model_is_refused_unloaded_then_converted_when_trusted(manifest_dir, tmp_path, capsys):
+    from mert_fairseq.prep.kmeans_labels import main, saved_identity
+
+    frames = sample_fit_frames(read_manifest(manifest_dir / "train.tsv"), MfccFeatures(FeatureSpec()), 1000, 0)
+    km = fit_kmeans(frames, 8, seed=0)
+    marker = tmp_path / "code_ran"
+    hostile = _old_format_file(tmp_path / "hostile.joblib", km, payload=marker)
+    for name in ("hostile.joblib", "renamed.npz", "renamed.bin"):  # refused whatever it is called
+        path = tmp_path / name
+        if not path.exists():
+            path.write_bytes(hostile.read_bytes())
+        with pytest.raises(ValueError) as err:
+            load_model(path)
+        assert f"{path}: cannot load k-means model: this is a pickle (joblib) file" in str(err.value)
+        assert f"convert --trust-pickle {path} {path.with_suffix('.npz')}" in str(err.value)
+        assert saved_identity(path) is None
+    argv = ["apply", "--manifest-dir", str(manifest_dir), "--kmeans-model", str(hostile), "--label-dir", str(tmp_path)]
+    assert main(argv) == 1 and "--trust-pickle" in capsys.readouterr().err
+    assert main(["convert", str(hostile), str(tmp_path / "h.npz")]) == 1  # no flag: not loaded either
+    assert "pass --trust-pickle if you trust" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "h.npz").exists()
+    assert main(["convert", str(hostile), str(tmp_path / "h.npz"), "--trust-pickle"]) == 0
+    assert marker.exists()  # the payload ran: only ever with the explicit flag
+
+    # a trusted old model: same centroids, saved feature settings, same labels as sklearn's predict
+    old = _old_format_file(tmp_path / "old.joblib", km)
+    assert main(["convert", str(old), str(tmp_path / "new.npz"), "--trust-pickle"]) == 0
+    new, spec = load_model(tmp_path / "new.npz")
+    assert spec == FeatureSpec() and np.array_equal(new.cluster_centers_, km.cluster_centers_)
+    import joblib
+
+    joblib.dump(km, tmp_path / "bare.pkl")  # a bare sklearn estimator (HuBERT's learn_kmeans.py)
+    assert main(["convert", str(tmp_path / "bare.pkl"), str(tmp_path / "bare.npz"), "--trust-pickle",
+                 "--feature", "chroma"]) == 0
+    assert load_model(tmp_path / "bare.npz")[1] == FeatureSpec("chroma")
+
+
+def test_model_file_with_an_object_array_is_refused(tmp_path):
+    np.savez(tmp_path / "obj.npz", format=np.array("mert-fairseq-kmeans/2"),
+             cluster_centers=np.array([{"a": 1}], dtype=object), feature=np.array("{}"))
+    with pytest.raises(ValueError, match="obj.npz: cannot load k-means model"):
+        load_model(tmp_path / "obj.npz")

@@ -58,8 +58,11 @@ def test_load_checkpoint_state_and_load_mert_model_refuse(hostile):
 def test_fairseq_resume_and_restore_file_loader_refuses(hostile):
     """fairseq's load_checkpoint_to_cpu (resume and checkpoint.restore_file), even with torch's
     environment switch that would otherwise turn weights_only off."""
-    import mert_fairseq  # noqa: F401  (installs the checkpoint hooks)
     from fairseq import checkpoint_utils
+
+    from mert_fairseq.tasks import fairseq_patches
+
+    fairseq_patches.install()  # as MERTPretrainingTask.setup_task does
 
     os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     try:

@@ -86,6 +86,15 @@ def test_fairseq_internals_the_patches_rely_on():
     assert inspect.signature(checkpoint_utils.load_checkpoint_to_cpu).parameters.keys() == \
         {"path", "arg_overrides", "load_on_all_ranks"}
     assert callable(checkpoint_utils._upgrade_state_dict) and callable(checkpoint_utils.overwrite_args_by_name)
+    # preemption (checkpoint/preemption.py): stop through the patience check, exit after the save
+    vs_src = inspect.getsource(fairseq_cli.train.validate_and_save)
+    assert "should_stop |= should_stop_early(cfg, valid_losses[0])" in vs_src
+    assert "if do_save or should_stop:" in vs_src and "checkpoint_utils.save_checkpoint(" in vs_src
+    assert vs_src.index("should_stop_early(") < vs_src.index("checkpoint_utils.save_checkpoint(")
+    assert "getattr(should_stop_early, \"best\"" in inspect.getsource(fairseq_cli.train.should_stop_early)
+    assert inspect.signature(checkpoint_utils.save_checkpoint).parameters.keys() == \
+        {"cfg", "trainer", "epoch_itr", "val_loss"}
+    assert set(fairseq_patches.TRAIN_REPLACEMENTS) <= set(vars(fairseq_cli.train))
 
 
 def test_patches_are_scoped_to_checkpoint_utils_and_undone():
@@ -96,16 +105,20 @@ def test_patches_are_scoped_to_checkpoint_utils_and_undone():
 
     was_installed = fairseq_patches.installed()
     fairseq_patches.uninstall()
+    import fairseq_cli.train
+
     stock_copy, stock_load = PathManager.copy, checkpoint_utils.load_checkpoint
+    stock_stop = fairseq_cli.train.should_stop_early
     fairseq_patches.install()
     try:
         assert PathManager.copy is stock_copy  # other users of fairseq's PathManager are untouched
         assert checkpoint_utils.PathManager.copy is not stock_copy
         assert checkpoint_utils.PathManager.get_local_path is PathManager.get_local_path
         assert checkpoint_utils.load_checkpoint is not stock_load
+        assert fairseq_cli.train.should_stop_early is not stock_stop
     finally:
         fairseq_patches.uninstall()
-        assert checkpoint_utils.load_checkpoint is stock_load and checkpoint_utils.PathManager is PathManager
+        assert checkpoint_utils.load_checkpoint is stock_load and checkpoint_utils.PathManager is PathManager and fairseq_cli.train.should_stop_early is stock_stop
         if was_installed:
             fairseq_patches.install()
 

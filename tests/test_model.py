@@ -2,6 +2,8 @@
 teachers, mixture and masked prediction."""
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from fairseq.criterions.hubert_criterion import HubertCriterion
@@ -113,15 +115,39 @@ def test_training_step_each_family(family):
 
 
 def test_masked_loss_matches_manual_cross_entropy():
+    """The hubert criterion's masked loss equals a cross-entropy computed by hand: cosine of each masked
+    frame's projection with every label embedding, / logit_temp, explicit log-softmax over the C classes,
+    minus the target's log-probability, summed over the masked frames (agreement within 1e-5 per frame)."""
     torch.manual_seed(1)
     model = tiny_model("kmeans").eval()
     source, targets = batch(model, B=2)
-    out = model(source, target_list=targets)
-    logits = out["logit_m_list"][0]
+    seen = {}
+    model.register_forward_hook(lambda m, args, out: seen.update(out=out))
+    model.encoder.register_forward_hook(lambda m, args, out: seen.update(x=out[0]))  # B x T x D
+    criterion = HubertCriterion(None, pred_masked_weight=1.0, pred_nomask_weight=0.0, loss_weights=None)
+    sample = {"net_input": {"source": source, "padding_mask": None}, "target_list": targets,
+              "id": torch.arange(len(source))}
+    with torch.no_grad():
+        loss, sample_size, log = criterion(model, sample)
+    seen["mask"] = seen["out"]["masked"]  # the real masking's mask, kept for the hand computation
+    logits = model.get_logits(seen["out"], True)[0]
     assert logits.shape[1] == 1 + 20
     # column 0 is the target; equal to the target class column of a plain cosine / temp
     assert torch.all(logits[:, 0] <= 1.0 / model.cfg.logit_temp + 1e-4)
     assert torch.isinf(logits).sum() == logits.shape[0]
+
+    x, mask = seen["x"].double(), seen["mask"]  # B x T x D, B x T
+    assert model.feat2tar_ratio == 1 and mask.sum() == sample_size == logits.shape[0]
+    frames = x[mask]  # S x D, row-major like the model
+    target = targets[0][:, : x.shape[1]][mask]  # S dictionary indices
+    proj = frames @ model.final_proj.weight.double().t() + model.final_proj.bias.double()  # S x F
+    embs = model.label_embs_concat.double()  # C x F
+    cos = (proj @ embs.t()) / (proj.norm(dim=1, keepdim=True) * embs.norm(dim=1))  # S x C
+    scores = cos / model.cfg.logit_temp
+    log_probs = scores - torch.log(torch.exp(scores).sum(dim=1, keepdim=True))  # log-softmax over C
+    manual = -log_probs.gather(1, target.long().unsqueeze(1)).sum()
+    assert abs(loss.item() - manual.item()) / sample_size < 1e-5, (loss.item(), manual.item())
+    assert log["loss_m_0"] == pytest.approx(manual.item(), rel=1e-6)
 
 
 def test_mixture_only_in_training():
@@ -137,10 +163,20 @@ def test_mixture_only_in_training():
 
 
 def test_noise_mixture_adds_other_clips_only():
-    g = torch.Generator().manual_seed(0)
+    """Clips 0 and 2 silent, clip 1 ones. Rows 0 and 2 draw their slice from [clip 1, the other silent clip]
+    laid end to end: a seed is taken where both slices fall inside clip 1 (checked from the draws), so each
+    row gets 100-200 samples of exactly 0.5; clip 1's pool is silent, so it stays as it was."""
+    from mert_fairseq.data.step_draws import draw_noise_mixture
+
     src = torch.zeros(3, 1000)
     src[1] = 1.0  # only clip 1 has signal
-    mixed = mix_in_batch_noise(src, 1.0, [100, 200], [1, 1], volume=0.5, generator=g)
+    def inside_clip_1(seed):  # row 0's pool is [clip 1, clip 2], row 2's is [clip 0, clip 1]
+        d = draw_noise_mixture(np.random.default_rng(seed), 3, 1000, 1.0, [100, 200], [1, 1])
+        start, end = d["mix_start"][:, 0], d["mix_start"][:, 0] + d["mix_len"][:, 0]
+        return end[0] <= 1000 and start[2] >= 1000
+
+    seed = next(s for s in range(100) if inside_clip_1(s))
+    mixed = mix_in_batch_noise(src, 1.0, [100, 200], [1, 1], volume=0.5, rng=np.random.default_rng(seed))
     assert torch.equal(src[1], torch.ones(1000))  # input untouched
     for i in (0, 2):
         added = mixed[i]
@@ -148,6 +184,24 @@ def test_noise_mixture_adds_other_clips_only():
         assert 100 <= n <= 200 and torch.all(added[added != 0] == 0.5)
     assert torch.equal(mixed[1], src[1])  # clip 1's noise pool is all zeros
     assert torch.equal(mix_in_batch_noise(src, 0.0, [100, 200], [1, 3]), src)
+
+
+def test_batched_noise_mixture_equals_a_loop_over_clips_and_slices():
+    """apply_noise_mixture (one gather) == the per-clip loop over the other clips laid end to end."""
+    from mert_fairseq.data.step_draws import draw_noise_mixture
+    from mert_fairseq.models.noise_mixture import apply_noise_mixture
+
+    B, L = 4, 500
+    src = torch.randn(B, L)
+    d = draw_noise_mixture(np.random.default_rng(1), B, L, 0.7, [50, 300], [1, 3])
+    got = apply_noise_mixture(src, d["mix_start"], d["mix_pos"], d["mix_len"], volume=0.3)
+    want = src.clone()
+    for i in range(B):
+        pool = torch.cat([src[:i], src[i + 1:]]).flatten()
+        for start, pos, n in zip(*(d[k][i].tolist() for k in ("mix_start", "mix_pos", "mix_len"))):
+            want[i, pos:pos + n] += 0.3 * pool[start:start + n]
+    assert int((d["mix_len"] > 0).sum()) >= 3  # some clips augmented, some slices used
+    assert torch.allclose(got, want, atol=1e-6)
 
 
 def test_cqt_target_shape_and_frame_alignment():

@@ -1,19 +1,14 @@
 """Probing during pretraining: `task.probe_csv` logs probe_<task> keys into fairseq's train log."""
-from pathlib import Path
-
-from test_training import metric, train
+from training_runs import TRAINED_RUN_UPDATES, metric
 
 
-def test_online_probe_logs_probe_keys(tone_data, tmp_path):
-    audio = Path(tone_data["data"]) / "audio"
-    rows = [f"{audio / f'train_{i:03d}.wav'},{'ab'[i % 2]},{i % 4}\n" for i in range(12)]
-    csv = tmp_path / "probe.csv"
-    csv.write_text("file,parity,quarter\n" + "".join(rows))
-    log = train(tone_data, tmp_path / "run", f"task.probe_csv={csv}", "task.probe_interval_updates=2",
-                "task.probe_folds=2", "task.probe_tasks=null", "optimization.max_update=4", "dataset.disable_validation=true",
-                "common.log_interval=1", "checkpoint.save_interval_updates=1000")
+def test_online_probe_logs_probe_keys(trained_run):
+    """The session's run probes 12 clips (columns parity, quarter) every 2 updates and logs every update."""
+    log = trained_run.log
+    assert "task.probe_interval_updates=2" in trained_run.overrides and "common.log_interval=1" in trained_run.overrides
     parity, quarter = metric(log, "train_inner", "probe_parity"), metric(log, "train_inner", "probe_quarter")
-    assert len(parity) == 4 and len(quarter) == 4, log[-3000:]  # every line carries the latest probe
-    assert log.count("online probe (") == 2  # probed at updates 0 and 2
+    n = TRAINED_RUN_UPDATES
+    assert len(parity) == n and len(quarter) == n, log[-3000:]  # every line carries the latest probe
+    assert log.count("online probe (") == len(range(0, n, 2))  # probed at updates 0, 2 and 4
     assert all(0.0 <= v <= 1.0 for v in parity + quarter)
     assert "online probe" in log

@@ -10,33 +10,9 @@ import pytest
 import torch
 
 from synthetic import make_tone_dataset
+from training_runs import ROOT, TRAIN, TRAINED_RUN_OVERRIDES, TRAINED_RUN_UPDATES, load_params, metric, train  # noqa: F401
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = str(Path(sys.executable).parent / "fairseq-hydra-train")
-
-
-def train(data: dict, run_dir: Path, *overrides: str, config: str = "MERT_demo_cpu") -> str:
-    cmd = [TRAIN, "--config-dir", str(ROOT / "configs/pretrain"), "--config-name", config,
-           f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",
-           f"task.label_dir={data['label_dir']}", f"task.labels=[{','.join(data['labels'])}]",
-           f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'checkpoints'}", *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-5000:]
-    return log
-
-
-def metric(log: str, kind: str, name: str) -> list:
-    """Values of `name` in the '[kind]' summary lines of a fairseq simple-format log."""
-    return [float(m) for line in log.splitlines() if f"][{kind}][" in line
-            for m in re.findall(rf"\b{name}[ =]([-0-9.e]+)", line)]
-
-
-def load_params(run_dir: Path) -> dict:
-    from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
-
-    state = load_checkpoint_state(run_dir / "checkpoints" / "checkpoint_last.pt")
-    return state
+# train, metric, load_params, ROOT and TRAIN live in training_runs.py; imported here by other modules too
 
 
 def test_loss_falls_and_masked_accuracy_rises_above_chance(tone_data, tmp_path):
@@ -51,17 +27,17 @@ def test_loss_falls_and_masked_accuracy_rises_above_chance(tone_data, tmp_path):
     assert acc[-1] > 0.35 and acc[-1] > acc[0], acc
 
 
-def test_stop_and_resume_continues_exactly(tone_data, tmp_path):
-    common = ["dataset.max_tokens=192000", "dataset.disable_validation=true",  # 4 clips/batch: 4 updates/epoch
-              "checkpoint.save_interval_updates=1000", "lr_scheduler.warmup_updates=6"]
+def test_stop_and_resume_continues_exactly(tone_data, trained_run, tmp_path):
+    """The session's run (stopped at update 6, mid-epoch 2) continued to 14 updates equals a run of 14."""
+    common = [*TRAINED_RUN_OVERRIDES, "task.probe_csv=null"]  # the probe does not touch training
     train(tone_data, tmp_path / "straight", "optimization.max_update=14", *common)
-    train(tone_data, tmp_path / "resumed", "optimization.max_update=10", *common, "+lr_scheduler.total_num_update=14")
-    first = load_params(tmp_path / "resumed")
-    assert first["optimizer_history"][-1]["num_updates"] == 10
-    assert first["extra_state"]["train_iterator"]["iterations_in_epoch"] == 2  # stopped mid-epoch 3
-    log = train(tone_data, tmp_path / "resumed", "optimization.max_update=14", *common)
-    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch 3 @ 10 updates\)", log), log[-3000:]
-    a, b = load_params(tmp_path / "straight"), load_params(tmp_path / "resumed")
+    resumed = trained_run.copy_to(tmp_path / "resumed")
+    first = load_params(resumed)
+    assert first["optimizer_history"][-1]["num_updates"] == TRAINED_RUN_UPDATES == 6
+    assert first["extra_state"]["train_iterator"]["iterations_in_epoch"] == 2  # stopped mid-epoch 2
+    log = train(tone_data, resumed, "optimization.max_update=14", *common)
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch 2 @ 6 updates\)", log), log[-3000:]
+    a, b = load_params(tmp_path / "straight"), load_params(resumed)
     assert b["optimizer_history"][-1]["num_updates"] == 14
     assert a["extra_state"]["train_iterator"] == b["extra_state"]["train_iterator"]
     assert a["last_optimizer_state"]["param_groups"][0]["lr"] == pytest.approx(
@@ -70,7 +46,10 @@ def test_stop_and_resume_continues_exactly(tone_data, tmp_path):
         assert torch.allclose(v, b["model"][k], atol=1e-6), k
 
 
-def test_two_process_data_parallel_matches_one_process(tmp_path):
+@pytest.mark.parametrize("ddp_backend", ["no_c10d", "c10d"])
+def test_two_process_data_parallel_matches_one_process(tmp_path, ddp_backend):
+    """no_c10d (all-reduce after the backward, the original's) and c10d (bucketed all-reduce overlapping the
+    backward, without find_unused_parameters: the recipes')."""
     data = make_tone_dataset(tmp_path / "data", n_clips=8, seed=3)
     # Deterministic objective (no masking randomness, no mixture): every frame is predicted.
     det = ["model.mask_prob=0.0", "model.skip_masked=true", "model.skip_nomask=false",
@@ -82,7 +61,8 @@ def test_two_process_data_parallel_matches_one_process(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     ddp = [*det, "dataset.max_tokens=192000", "distributed_training.distributed_world_size=2",
-           "distributed_training.distributed_backend=gloo", "distributed_training.ddp_backend=no_c10d",  # as the 95M config
+           "distributed_training.distributed_backend=gloo", f"distributed_training.ddp_backend={ddp_backend}",
+           "distributed_training.find_unused_parameters=false",
            f"distributed_training.distributed_init_method=tcp://127.0.0.1:{port}",
            "distributed_training.distributed_no_spawn=true"]
     with ThreadPoolExecutor(2) as pool:
@@ -103,3 +83,56 @@ def test_bf16_autocast_switch_trains(tone_data, tmp_path):
     assert len(losses) == 4 and all(0 < l < 100 for l in losses), losses
     state = load_params(tmp_path / "run")
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+
+
+def _ddp(port: int, rank: int, run: Path) -> list:
+    return ["distributed_training.distributed_world_size=2", "distributed_training.distributed_backend=gloo",
+            "distributed_training.ddp_backend=c10d", "distributed_training.find_unused_parameters=false",
+            f"distributed_training.distributed_init_method=tcp://127.0.0.1:{port}",
+            "distributed_training.distributed_no_spawn=true", f"distributed_training.distributed_rank={rank}",
+            "checkpoint.load_checkpoint_on_all_dp_ranks=true",  # as the GPU recipes (fairseq's broadcast fails)
+            f"hydra.run.dir={run.parent / (run.name + f'_rank{rank}')}"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_ranks_draw_their_own_masks_and_resume_exactly(tmp_path):
+    """Masking and the noise mixture on, 2 processes (gloo): each rank's batches carry their own draws (row i
+    of rank 0's batch is not masked like row i of rank 1's), and a run stopped after 4 updates and resumed
+    ends with the weights of an uninterrupted run of 8."""
+    from step_helpers import build_recipe
+
+    data = make_tone_dataset(tmp_path / "data", n_clips=16, seed=4)
+    task, model, criterion, ds = build_recipe("MERT_demo_cpu", data, n_streams=1,
+                                              extra=["model.mixture_prob=0.5"])
+    assert task.draw_spec is not None and task.draw_spec.mixture_prob == 0.5
+    ranks = []
+    for rank in (0, 1):  # the batches fairseq hands each rank in epoch 1
+        itr = task.get_batch_iterator(ds, max_tokens=96000, seed=1, num_shards=2, shard_id=rank, num_workers=0,
+                                      disable_iterator_cache=True)
+        batch = next(iter(itr.next_epoch_itr(shuffle=True)))
+        ranks.append(batch)
+    m0, m1 = (b["net_input"]["draws"]["mask"] for b in ranks)
+    assert m0.shape == m1.shape and not torch.equal(m0, m1)
+    assert not all(torch.equal(m0[i], m1[i]) for i in range(len(m0)))
+    assert not torch.equal(ranks[0]["net_input"]["draws"]["mix_len"], ranks[1]["net_input"]["draws"]["mix_len"])
+
+    common = ["dataset.max_tokens=96000", "dataset.disable_validation=true", "checkpoint.save_interval_updates=1000",
+              "lr_scheduler.warmup_updates=4", "model.mixture_prob=0.5", "common.log_interval=1"]
+
+    def two(run: Path, *overrides: str) -> None:
+        port = _free_port()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda r: train(data, run, *common, *overrides, *_ddp(port, r, run)), (0, 1)))
+
+    two(tmp_path / "straight", "optimization.max_update=8")
+    two(tmp_path / "resumed", "optimization.max_update=4", "+lr_scheduler.total_num_update=8")
+    two(tmp_path / "resumed", "optimization.max_update=8")
+    a, b = load_params(tmp_path / "straight"), load_params(tmp_path / "resumed")
+    assert b["optimizer_history"][-1]["num_updates"] == 8
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k

@@ -44,6 +44,10 @@ def load_mert_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     starts) instead of loaded: the random-init baseline of probing.
     """
     state = load_checkpoint_state(path)
+    if "fsdp_metadata" in state:
+        raise ValueError(f"{path}: one rank's shard of a sharded FSDP checkpoint (distributed_training."
+                         "use_sharded_state=true): it holds a slice of the weights. Convert, probe or extract from a "
+                         "consolidated checkpoint: train with use_sharded_state=false (the default)")
     if state.get("cfg") is None:
         raise ValueError(f"{path}: no 'cfg' in checkpoint (not a fairseq hydra checkpoint)")
     cfg = OmegaConf.create(state["cfg"]) if not OmegaConf.is_config(state["cfg"]) else state["cfg"]

@@ -37,13 +37,14 @@ def _safe_classes() -> list:
     from omegaconf.base import ContainerMetadata, Metadata
     from omegaconf.nodes import AnyNode, BooleanNode, EnumNode, FloatNode, IntegerNode, StringNode
 
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # numpy 2 renamed np.core
     classes = [
         Dictionary, argparse.Namespace, collections.OrderedDict, collections.defaultdict, typing.Any,
         dict, list, tuple, set, int, float, str, bool,
         omegaconf.DictConfig, omegaconf.ListConfig, ContainerMetadata, Metadata,
         AnyNode, BooleanNode, EnumNode, FloatNode, IntegerNode, StringNode,
         meters.AverageMeter, meters.SumMeter, meters.TimeMeter, meters.StopwatchMeter, meters.MetersDict,
-        np.dtype, np.ndarray, np.core.multiarray._reconstruct, np.core.multiarray.scalar,
+        np.dtype, np.ndarray, multiarray._reconstruct, multiarray.scalar,
         np.float64, np.float32, np.int64, np.int32, np.bool_,
     ]
     for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType"):

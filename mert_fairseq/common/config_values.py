@@ -1,9 +1,13 @@
 """Parsing of the string-valued config fields the original MERT configs use for lists
-(e.g. "[(512,10,5)] + [(512,3,2)] * 4", "[8000, 24000]"), without `eval`."""
+(e.g. "[(512,10,5)] + [(512,3,2)] * 4", "[8000, 24000]"), without `eval`; the one warning for
+fields accepted only so that original YAMLs and checkpoint configs load (`warn_fields_without_effect`)."""
 from __future__ import annotations
 
 import ast
-from typing import List, Optional, Tuple
+import logging
+from typing import Any, List, Mapping, Optional, Tuple
+
+logger = logging.getLogger(__name__)
 
 
 def parse_list_literal(text: Optional[str], key: str) -> list:
@@ -34,3 +38,22 @@ def parse_conv_layers(spec: str) -> List[Tuple[int, int, int]]:
     if not layers or not all(isinstance(l, tuple) and len(l) == 3 for l in layers):
         raise ValueError(f"model.conv_feature_layers={spec!r}: expected a list of (dim, kernel, stride)")
     return layers
+
+
+def _plain(value: Any) -> Any:
+    """Lists, tuples and OmegaConf ListConfigs compare as lists."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or isinstance(value, Mapping):
+        return value
+    return [_plain(v) for v in value]
+
+
+def warn_fields_without_effect(cfg: Any, defaults: Any, table: Mapping[str, str], group: str) -> List[str]:
+    """One warning per field of `table` (name -> why it does nothing) that `cfg` sets away from its value in
+    `defaults` (None counts as unset); returns those names. `group` names the config group ("model", "task")."""
+    changed = []
+    for name, why in table.items():
+        value = getattr(cfg, name, None)
+        if value is not None and _plain(value) != _plain(getattr(defaults, name)):
+            logger.warning("%s.%s=%r has no effect in mert-fairseq: %s", group, name, value, why)
+            changed.append(name)
+    return changed

@@ -37,6 +37,7 @@ from mert_fairseq.data.audio_reader import read_window
 from mert_fairseq.data.labels import DataError, LabelStream
 from mert_fairseq.data.manifest_index import ManifestIndex, read_manifest_index
 from mert_fairseq.data.seeded_draw import seeded_integer
+from mert_fairseq.data.step_draws import DrawSpec, draw_step, frame_padding, model_frames
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +109,12 @@ class MERTDataset(FairseqDataset):
         seed: int = 1,
         windowed_reads: bool = True,
         max_bad_audio_fraction: float = 1.0,
+        draw_spec: Optional[DrawSpec] = None,
     ) -> None:
         """`store_labels` has no effect any more (labels are read by byte offset or from a memmap);
-        `windowed_reads=False` reads every clip whole (the original behaviour; for comparisons)."""
+        `windowed_reads=False` reads every clip whole (the original behaviour; for comparisons);
+        `draw_spec`: draw the step's masks, mixture, layerdrop and codebook picks in the collater
+        (`net_input["draws"]`, `masked_frames`, `valid_frames`; see `step_draws`)."""
         self.manifest_path = manifest_path
         self.manifest, self.kept_rows, num_rows = load_manifest(manifest_path, min_keep_sample_size,
                                                                 max_keep_sample_size)
@@ -133,6 +137,7 @@ class MERTDataset(FairseqDataset):
         self.num_skipped = 0
         self.skipped_this_epoch: set = set()
         self.seed, self.epoch = seed, 1
+        self.draw_spec = draw_spec
         self._check_label_lengths()
 
     def _check_label_lengths(self) -> None:
@@ -251,7 +256,21 @@ class MERTDataset(FairseqDataset):
             batch.update(target_lengths=lengths[0], ntokens=ntokens[0], target=targets[0])
         else:
             batch.update(target_lengths_list=lengths, ntokens_list=ntokens, target_list=targets)
+        if self.draw_spec is not None:
+            self._add_draws(batch, targets)
         return batch
+
+    def _add_draws(self, batch: dict, targets: List[torch.Tensor]) -> None:
+        """The step's random draws, from one generator seeded by (seed, epoch, ids of the batch's clips): the
+        same on resume, different on every rank (each rank trains on other clips)."""
+        audio, padding_mask = batch["net_input"]["source"], batch["net_input"]["padding_mask"]
+        B, L = audio.shape
+        T = model_frames(self.draw_spec, L, min(t.size(1) for t in targets) if targets else None)
+        pad = frame_padding(padding_mask, T).numpy() if padding_mask is not None else None
+        rng = np.random.default_rng([self.seed, self.epoch, *batch["id"].tolist()])
+        draws, counts = draw_step(self.draw_spec, rng, B, L, T, pad)
+        batch["net_input"]["draws"] = draws
+        batch.update(counts)
 
     def _crop_start(self, sample: dict, diff: int) -> int:
         """Start of the batch crop inside `source` (diff = len(source) - crop size > 0)."""

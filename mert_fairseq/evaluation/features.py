@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -58,7 +59,8 @@ def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
 
 
 class MERTFeatureExtractor:
-    """Wraps a fairseq `mert` model or an HF MERT model; `hidden_states(wav)` gives (N+1) x T x D."""
+    """Wraps a fairseq `mert` model or an HF MERT model; `hidden_states(wav)` gives (N+1) x T x D.
+    The audio is fed in the model's dtype (fp32, or fp16/bf16 after `model.half()`/`.bfloat16()`)."""
 
     def __init__(self, backend: str, model: torch.nn.Module, sample_rate: int, normalize: bool,
                  conv_kernels: Sequence[int], conv_strides: Sequence[int], num_layers: int,
@@ -74,7 +76,8 @@ class MERTFeatureExtractor:
     @torch.no_grad()
     def hidden_states(self, wav: np.ndarray) -> torch.Tensor:
         """Mono waveform [L] (already at the model rate, normalised if needed) -> (N+1) x T x D on CPU, fp32."""
-        x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None].to(self.device)
+        dtype = next(self.model.parameters()).dtype
+        x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None].to(self.device, dtype)
         if self.backend == "fairseq":
             states, _ = self.model.extract_hidden_states(x)
         else:
@@ -148,25 +151,32 @@ class MERTFeatureExtractor:
         return list(layers)
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def load_feature_extractor(checkpoint: Optional[str] = None, hf_model: Optional[str] = None,
-                           device: str = "cpu") -> MERTFeatureExtractor:
-    """From a fairseq checkpoint (`checkpoint`) or an exported HF folder (`hf_model`), in eval mode, fp32."""
+                           device: str = "cpu", dtype: str = "float32") -> MERTFeatureExtractor:
+    """From a fairseq checkpoint (`checkpoint`, whatever precision it was trained in) or an exported HF
+    folder (`hf_model`), in eval mode, with weights in `dtype` (float32, float16 or bfloat16; the CQT
+    teacher and CQT input front end compute in fp32 whatever the dtype)."""
     if (checkpoint is None) == (hf_model is None):
         raise ValueError("give exactly one of checkpoint / hf_model")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if checkpoint is not None:
         from mert_fairseq.checkpoint.model_loading import load_mert_model
         from mert_fairseq.common.config_values import parse_conv_layers
 
         model, task_cfg = load_mert_model(checkpoint)
         conv = parse_conv_layers(model.cfg.conv_feature_layers)
-        return MERTFeatureExtractor("fairseq", model.float(), task_cfg.sample_rate, task_cfg.normalize,
+        return MERTFeatureExtractor("fairseq", model.to(DTYPES[dtype]), task_cfg.sample_rate, task_cfg.normalize,
                                     [c[1] for c in conv], [c[2] for c in conv], model.cfg.encoder_layers, device)
     from transformers import AutoModel
 
     folder = Path(hf_model)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: no config.json (not an exported HF folder)")
-    model = AutoModel.from_pretrained(str(folder), trust_remote_code=True).float()
+    model = AutoModel.from_pretrained(str(folder), trust_remote_code=True).to(DTYPES[dtype])
     cfg = model.config
     sample_rate, normalize = getattr(cfg, "sample_rate", None), False
     pre = folder / "preprocessor_config.json"
@@ -288,3 +298,60 @@ def extract_to_folder(extractor: MERTFeatureExtractor, inputs: Sequence[str], ou
         save_npy_atomic(target, feats)
         summary["written"] += 1
     return summary
+
+
+# ----------------------------------------------------------------------------- command line
+
+CLI_DESCRIPTION = """Extract per-layer MERT features to one .npy per audio input.
+
+INPUT: audio files, folders (searched recursively) or manifest .tsv files (line 1 = audio root).
+Output names mirror the inputs (folder/manifest relative paths, or the file's base name) with .npy;
+arrays are float32 (layers, frames, dim) for --reduce frame, (layers, dim) for --reduce mean.
+Files are written atomically; existing outputs are kept unless --overwrite (so a run can be resumed).
+Any sampling rate and channel count is accepted (channel mean, resampled to the model's rate)."""
+
+
+def build_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(description=CLI_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", help="audio files, folders or manifest .tsv files")
+    p.add_argument("--out-dir", "--output-dir", required=True, help="folder the .npy files are written to")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="fairseq checkpoint of a `mert` model")
+    source.add_argument("--hf-model", help="exported Hugging Face folder (scripts/convert_to_hf.py)")
+    p.add_argument("--layers", default="all", help="'all' or a comma list of hidden-state indices "
+                   "(0 = input of the transformer, N = last layer); ranges like 4-6 allowed")
+    p.add_argument("--reduce", choices=["frame", "mean"], default="frame",
+                   help="frame: (layers, frames, dim); mean: average over time, (layers, dim)")
+    p.add_argument("--window-seconds", type=float, default=30.0,
+                   help="process long files in windows of this length (<= 0: whole file at once)")
+    p.add_argument("--device", default="cpu", help="torch device of the model")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32",
+                   help="weights and audio in this precision (outputs stay float32)")
+    p.add_argument("--extensions", default=",".join(AUDIO_EXTENSIONS), help="audio extensions searched in folders")
+    p.add_argument("--overwrite", action="store_true", help="recompute existing .npy files")
+    p.add_argument("--skip-errors", action="store_true",
+                   help="log unreadable/too short files and go on (exit status 1 at the end)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """scripts/extract_features.py: 0 when every input was written or kept, 1 when some failed, 2 for errors."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        layers = parse_layers(args.layers)
+        extractor = load_feature_extractor(checkpoint=args.checkpoint, hf_model=args.hf_model, device=args.device,
+                                           dtype=args.dtype)
+        summary = extract_to_folder(extractor, args.inputs, args.out_dir, layers=layers, reduce=args.reduce,
+                                    window_seconds=args.window_seconds, overwrite=args.overwrite,
+                                    skip_errors=args.skip_errors, extensions=args.extensions.split(","))
+    except (FeatureExtractionError, ValueError, FileNotFoundError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    print(f"written {summary['written']}, skipped (already there) {summary['skipped']}, "
+          f"failed {len(summary['failed'])} -> {args.out_dir}")
+    for msg in summary["failed"]:
+        print(f"  failed: {msg}", file=sys.stderr)
+    return 1 if summary["failed"] else 0

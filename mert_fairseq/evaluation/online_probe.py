@@ -38,8 +38,9 @@ class OnlineProbe:
 
     @torch.no_grad()
     def features(self, model: torch.nn.Module) -> np.ndarray:
-        """Mean-pooled hidden states N x (layers + 1) x D of the probe clips."""
-        device = next(model.parameters()).device
+        """Mean-pooled hidden states N x (layers + 1) x D of the probe clips (fp32), the audio fed in the
+        model's dtype (fairseq casts the model to fp16/bf16 under common.fp16/bf16)."""
+        param = next(model.parameters())
         by_length: Dict[int, List[int]] = {}
         for i, wav in enumerate(self.wavs):
             by_length.setdefault(len(wav), []).append(i)
@@ -47,7 +48,7 @@ class OnlineProbe:
         for idx in by_length.values():
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start : start + self.batch_size]
-                batch = torch.stack([self.wavs[i] for i in chunk]).to(device)
+                batch = torch.stack([self.wavs[i] for i in chunk]).to(param.device, param.dtype)
                 states, _ = model.extract_hidden_states(batch)  # (layers + 1) x [B x T x D]
                 pooled = torch.stack([s.float().mean(1) for s in states], dim=1).cpu().numpy()  # B x L x D
                 for j, i in enumerate(chunk):

@@ -171,7 +171,7 @@ def plot_run(series: Series, out_png: str | os.PathLike, title: str = "", crop_s
     return [p[0] for p in panels]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser():
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -179,8 +179,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", default=None, help="PNG to write (default: next to the log, training.png)")
     p.add_argument("--crop-seconds", type=float, default=None,
                    help="seconds per clip in a batch (default: from .hydra/config.yaml next to the log)")
-    p.add_argument("--title", default=None)
-    args = p.parse_args(argv)
+    p.add_argument("--title", default=None, help="figure title (default: the log's path)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     path = Path(args.log)
     try:
         series = read_run(path)

@@ -465,24 +465,24 @@ def build_parser():
     p.add_argument("--labels", required=True, help="CSV with a file column and task columns")
     p.add_argument("--tasks", default=None, help="comma list of columns, each optionally column:kind "
                    f"({'/'.join(KINDS)}); default: every column but file and split")
-    p.add_argument("--file-column", default="file")
+    p.add_argument("--file-column", default="file", help="CSV column holding the audio paths")
     p.add_argument("--audio-root", default=None, help="folder the file column is relative to (default: CSV's)")
     p.add_argument("--split-column", default=None, help="column with train/valid/test (else k-fold CV)")
     p.add_argument("--rows", default=None, help="probe only these data rows of the CSV, START:END (0-based, END "
                    "exclusive), e.g. :100 to choose a recipe and 100: to report on clips not used to choose it")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", type=int, default=5, help="k of the k-fold cross-validation (without --split-column)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regressions")
     p.add_argument("--alpha", type=float, default=1.0, help="L2 strength of the ridge regressions")
     p.add_argument("--out-dir", default="probe_results", help="writes probe.json, probe.md and probe_layers.png")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: OUT_DIR/cache)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device for feature extraction")
     p.add_argument("--pool", default="mean", choices=POOLS, help="time pooling of MERT layers (MARBLE: mean); "
                    "mean+std matches the mfcc baseline's statistics")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads for extraction (0: torch's default). "
                    "Clips go through the model one at a time, so on a small or busy machine 1 thread is the "
                    "cheapest (demo: 5x less CPU than 2 threads on 2 shared cores)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--verbose", action="store_true", help="log INFO messages (cache hits, model loading)")
     return p
 

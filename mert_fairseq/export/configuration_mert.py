@@ -21,6 +21,8 @@ class MERTConfig(PretrainedConfig):
             or "layer" (LayerNorm in every conv block, fairseq `extractor_mode=layer_norm`).
         conv_dim, conv_kernel, conv_stride, conv_bias: the CNN blocks (fairseq `conv_feature_layers`).
         num_conv_pos_embeddings, num_conv_pos_embedding_groups: positional convolution kernel / groups.
+        conv_pos_batch_norm: always False (MERT's positional convolution is weight-normalised); written
+            because transformers >= 4.48 HuBERT code, which the original MERT remote code builds on, reads it.
         do_stable_layer_norm: pre-LN encoder (fairseq `layer_norm_first`, MERT 330M) instead of post-LN.
         feat_proj_layer_norm: LayerNorm on the CNN features before the projection (always True for MERT).
         mask_time_prob: kept > 0 so that the learned mask embedding (`masked_spec_embed`) exists.
@@ -59,6 +61,7 @@ class MERTConfig(PretrainedConfig):
         conv_bias=False,
         num_conv_pos_embeddings=128,
         num_conv_pos_embedding_groups=16,
+        conv_pos_batch_norm=False,
         do_stable_layer_norm=False,
         feat_proj_layer_norm=True,
         mask_time_prob=0.05,
@@ -93,6 +96,7 @@ class MERTConfig(PretrainedConfig):
         self.num_feat_extract_layers = len(self.conv_dim)
         self.num_conv_pos_embeddings = num_conv_pos_embeddings
         self.num_conv_pos_embedding_groups = num_conv_pos_embedding_groups
+        self.conv_pos_batch_norm = conv_pos_batch_norm
         self.do_stable_layer_norm = do_stable_layer_norm
         self.feat_proj_layer_norm = feat_proj_layer_norm
         self.mask_time_prob = mask_time_prob
@@ -112,5 +116,8 @@ class MERTConfig(PretrainedConfig):
             )
         if feat_extract_norm not in ("group", "layer"):
             raise ValueError(f"feat_extract_norm={feat_extract_norm!r}: expected 'group' or 'layer'")
+        if conv_pos_batch_norm:
+            raise ValueError("conv_pos_batch_norm=True is not a MERT layout (its positional convolution is "
+                             "weight-normalised)")
         if deepnorm and do_stable_layer_norm:
             raise ValueError("deepnorm requires the post-LN encoder (do_stable_layer_norm=False)")

@@ -6,6 +6,8 @@ The folder holds:
                             names are HubertConfig's, so plain-HuBERT layouts also load with HubertModel
   configuration_mert.py     this project's remote code (copied from mert_fairseq/export)
   modeling_mert.py
+  cqt.py                    the fairseq model's CQT, mert_fairseq/models/teachers/cqt.py itself (the CQT
+                            input front end imports it as a sibling module)
   model.safetensors         fp32 weights, named as transformers' HubertModel names them
   preprocessor_config.json  Wav2Vec2FeatureExtractor: sampling_rate = task.sample_rate, do_normalize =
                             task.normalize, return_attention_mask only for the layer-norm CNN
@@ -13,7 +15,8 @@ The folder holds:
 
 Verification loads the folder with `AutoModel.from_pretrained(folder, trust_remote_code=True)` (and with
 `HubertModel` where the layout is plain HuBERT), runs fairseq and HF models in eval mode and fp32 on
-several inputs and compares every hidden state; any difference above `atol` (1e-4) fails.
+several inputs (music from the demo corpus's synthesiser and a tone-plus-noise clip) and compares every
+hidden state; any difference above `atol` (DEFAULT_ATOL) fails.
 """
 from __future__ import annotations
 
@@ -34,9 +37,14 @@ from mert_fairseq.common.atomic_files import atomic_open, atomic_write_text
 logger = logging.getLogger(__name__)
 
 EXPORT_DIR = Path(__file__).resolve().parent
-REMOTE_CODE_FILES = ("configuration_mert.py", "modeling_mert.py")
+# name in the exported folder -> source file (the CQT is the training model's own file, not a copy of it)
+REMOTE_CODE_FILES: Dict[str, Path] = {
+    "configuration_mert.py": EXPORT_DIR / "configuration_mert.py",
+    "modeling_mert.py": EXPORT_DIR / "modeling_mert.py",
+    "cqt.py": EXPORT_DIR.parent / "models" / "teachers" / "cqt.py",
+}
 AUTO_MAP = {"AutoConfig": "configuration_mert.MERTConfig", "AutoModel": "modeling_mert.MERTModel"}
-DEFAULT_ATOL = 1e-4
+DEFAULT_ATOL = 1e-5
 _CONFIG_NOISE = ("id2label", "label2id", "_name_or_path", "problem_type", "dtype", "torch_dtype",
                  "chunk_size_feed_forward")
 
@@ -99,6 +107,7 @@ def hf_config_dict(model, task_cfg) -> dict:
         conv_bias=bool(cfg.conv_bias),
         num_conv_pos_embeddings=int(cfg.conv_pos),
         num_conv_pos_embedding_groups=int(cfg.conv_pos_groups),
+        conv_pos_batch_norm=False,  # read by the original MERT remote code on transformers >= 4.48
         do_stable_layer_norm=bool(cfg.layer_norm_first),
         feat_proj_layer_norm=True,
         deepnorm=bool(cfg.deepnorm),
@@ -213,8 +222,8 @@ def write_hf_folder(model, task_cfg, out_dir: str | os.PathLike) -> dict:
     # every field written (HubertModel reads this file too, with its own defaults); no classifier-label noise
     config_dict = {k: v for k, v in config.to_dict().items() if k not in _CONFIG_NOISE}
     atomic_write_text(out / "config.json", json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
-    for name in REMOTE_CODE_FILES:
-        shutil.copyfile(EXPORT_DIR / name, out / name)
+    for name, source in REMOTE_CODE_FILES.items():
+        shutil.copyfile(source, out / name)
     tmp = out / ".model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, out / "model.safetensors")
@@ -229,17 +238,21 @@ def write_hf_folder(model, task_cfg, out_dir: str | os.PathLike) -> dict:
 
 # ------------------------------------------------------------------------------------------------ verifying
 def _test_signals(sample_rate: int, min_length: int, seed: int) -> Dict[str, torch.Tensor]:
-    """A few deterministic test waveforms (tones + noise, |x| < 1): 2 s, a short odd length, 1.3 s + odd."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = {"2 s": 2 * sample_rate, "short odd": max(min_length + 1, sample_rate // 3) | 1,
-               "1.3 s odd": int(1.3 * sample_rate) | 1}
+    """Deterministic test waveforms (|x| < 1): three clips of music from the demo corpus's synthesiser
+    (chords, bass, melody, onsets; 2 s, a short odd length, 1.3 s + odd) and a 2 s tone plus noise."""
+    from mert_fairseq.prep.demo_corpus import clip_spec, render_clip
+
+    lengths = {"music 2 s": 2 * sample_rate, "music short odd": max(min_length + 1, sample_rate // 3) | 1,
+               "music 1.3 s odd": int(1.3 * sample_rate) | 1}
     signals = {}
     for i, (name, n) in enumerate(lengths.items()):
-        t = torch.arange(n, dtype=torch.float64) / sample_rate
-        f0 = 110.0 * 2 ** (i / 3)
-        tone = sum(0.2 / k * torch.sin(2 * math.pi * k * f0 * t + k) for k in range(1, 5))
-        noise = 0.05 * torch.randn(n, generator=g, dtype=torch.float64)
-        signals[name] = (tone + noise).float()
+        clip = render_clip(clip_spec(i, math.ceil(n / sample_rate), sample_rate, seed))
+        signals[name] = torch.from_numpy(clip[:n].copy())
+    n = 2 * sample_rate
+    t = torch.arange(n, dtype=torch.float64) / sample_rate
+    tone = sum(0.2 / k * torch.sin(2 * math.pi * k * 110.0 * t + k) for k in range(1, 5))
+    noise = 0.05 * torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    signals["tone + noise 2 s"] = (tone + noise).float()
     return signals
 
 
@@ -313,9 +326,9 @@ def verify_export(model, folder: str | os.PathLike, atol: float = DEFAULT_ATOL, 
                   seed: int = 0, write_report: bool = True, source: Optional[str] = None) -> dict:
     """Compare every hidden state of the HF folder's model(s) with the fairseq `model` (eval, fp32).
 
-    Checks: single clips of three lengths (incl. a short odd one), an equal-length batch of two, and, when the
-    CNN is layer-normed (padding-invariant), a padded batch of the three clips with an attention mask, whose
-    real frames must equal the unpadded fairseq outputs. Returns the report (also written to
+    Checks: single clips (music of three lengths, incl. a short odd one, and a tone plus noise), an
+    equal-length batch of two, and, when the CNN is layer-normed (padding-invariant), a padded batch of
+    all the clips with an attention mask, whose real frames must equal the unpadded fairseq outputs. Returns the report (also written to
     verification.json); raises VerificationError when a difference exceeds `atol` or loading is not clean.
     """
     folder = Path(folder)
@@ -327,7 +340,7 @@ def verify_export(model, folder: str | os.PathLike, atol: float = DEFAULT_ATOL, 
     sr = config["sample_rate"]
     signals = _test_signals(sr, _receptive_field(config), seed)
     single = {name: _fairseq_reference(model, wav[None]) for name, wav in signals.items()}
-    pair = torch.stack([signals["2 s"], 0.5 * torch.roll(signals["2 s"], sr // 7)])
+    pair = torch.stack([signals["music 2 s"], 0.5 * torch.roll(signals["tone + noise 2 s"], sr // 7)])
     pair_ref, pair_raw = _fairseq_reference(model, pair)
     pair_items = [([h[b:b + 1] for h in pair_ref], pair_raw[b:b + 1]) for b in range(2)]
     lengths = [w.shape[0] for w in signals.values()]
@@ -399,14 +412,15 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def build_parser():
     import argparse
 
     parser = argparse.ArgumentParser(
         description="Convert a MERT fairseq checkpoint to a Hugging Face folder and verify it numerically.")
-    parser.add_argument("--checkpoint_path", required=True, help="fairseq checkpoint (.pt) of a `mert` model")
-    parser.add_argument("--pytorch_dump_folder", "--pytorch_dump_folder_path", dest="out", required=True,
-                        help="output folder (created; existing export files are overwritten)")
+    parser.add_argument("--checkpoint", "--checkpoint-path", "--checkpoint_path", required=True,
+                        help="fairseq checkpoint (.pt) of a `mert` model")
+    parser.add_argument("--out-dir", "--pytorch-dump-folder", "--pytorch_dump_folder", "--pytorch_dump_folder_path",
+                        required=True, help="output folder (created; existing export files are overwritten)")
     parser.add_argument("--expect", choices=sorted(EXPECTED_LAYOUTS), default=None,
                         help="fail unless the checkpoint has this layout (post-LN/group-norm CNN for mert_base, "
                              "pre-LN/layer-norm CNN for mert_large)")
@@ -414,21 +428,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--no-verify", action="store_true", help="skip the numerical verification (not advised)")
     parser.add_argument("--verify-only", action="store_true",
                         help="do not write anything but verification.json: re-check an existing folder")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from mert_fairseq.checkpoint.model_loading import load_mert_model
 
     try:
         if args.verify_only:
-            model, _ = load_mert_model(args.checkpoint_path)
-            report = verify_export(model, args.out, atol=args.atol, source=args.checkpoint_path)
+            model, _ = load_mert_model(args.checkpoint)
+            report = verify_export(model, args.out_dir, atol=args.atol, source=args.checkpoint)
             print(format_report(report))
             return 0
-        result = convert_checkpoint(args.checkpoint_path, args.out, verify=not args.no_verify, atol=args.atol,
+        result = convert_checkpoint(args.checkpoint, args.out_dir, verify=not args.no_verify, atol=args.atol,
                                     expected_layout=args.expect)
     except VerificationError as exc:
-        report_path = Path(args.out) / "verification.json"
+        report_path = Path(args.out_dir) / "verification.json"
         if report_path.exists():
             print(format_report(json.loads(report_path.read_text())))
         print(f"ERROR: {exc}\n(report: {report_path})")
@@ -440,7 +458,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           + (f" -- matches {args.expect}" if args.expect else ""))
     for note in result["notes"]:
         print(f"note: {note}")
-    print(f"wrote {args.out}: config.json, model.safetensors, {', '.join(REMOTE_CODE_FILES)}, "
+    print(f"wrote {args.out_dir}: config.json, model.safetensors, {', '.join(REMOTE_CODE_FILES)}, "
           "preprocessor_config.json" + (", verification.json" if result["report"] else ""))
     if result["config"] and is_hubert_compatible(result["config"]):
         print("plain HuBERT layout: also loadable with transformers.HubertModel.from_pretrained(folder)")

@@ -12,8 +12,10 @@ Reproduces the encoder of a mert-fairseq / original MERT fairseq checkpoint exac
 
 Parameter names are those of `transformers.HubertModel`, so one `model.safetensors` serves both.
 Only public, long-stable APIs are used (`PreTrainedModel`, `BaseModelOutput`, torch SDPA), so the
-file works on transformers 4.x and 5.x. The CQT is computed here in plain torch (no nnAudio needed);
-its kernels are built lazily on first use, never stored in the weights file.
+file works on transformers 4.x and 5.x. The CQT is the fairseq model's own (`cqt.py`, the very file
+`mert_fairseq/models/teachers/cqt.py`, torch and numpy only, copied next to this one): the same frames
+(frame j centred on sample hop * j, cut to the CNN's frame count) and the same arithmetic; its kernels are
+built on first use, never stored in the weights file.
 
 `hidden_states` layout (as HuBERT in transformers 4.x and the published MERT models):
   post-LN: [LayerNorm(embeddings + positional conv), output of layer 1, ..., output of layer N]
@@ -32,6 +34,11 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
 from .configuration_mert import MERTConfig
+
+try:  # the exported folder: cqt.py ships next to this file
+    from .cqt import build_cqt, cqt_frames
+except ImportError:  # imported as mert_fairseq.export.modeling_mert: the same file in the package
+    from mert_fairseq.models.teachers.cqt import build_cqt, cqt_frames
 
 # Activation names as in transformers configs ("gelu_new" = the tanh approximation = fairseq "gelu_accurate").
 _ACTIVATIONS = {
@@ -57,73 +64,6 @@ def conv_output_length(input_length, kernel_sizes, strides):
     for kernel, stride in zip(kernel_sizes, strides):
         input_length = (input_length - kernel) // stride + 1
     return input_length
-
-
-# ----------------------------------------------------------------------------------------------------
-# Constant-Q transform (the `feature_extractor_cqt` input front end)
-# ----------------------------------------------------------------------------------------------------
-class MERTConstantQTransform(nn.Module):
-    """Magnitude CQT by time-domain convolution (Brown & Puckette 1992), equal to nnAudio's CQT1992v2
-    with fmin 32.7 Hz, 7 octaves, filter_scale 1, hann window, L1-normalised kernels, centred frames
-    with zero padding and librosa-style sqrt(length) scaling.
-
-    waveform B x L -> B x (L // hop + 1) x n_bins, fp32; frame j is centred on sample hop * j.
-    All kernels share one width (a power of two) but a bin's window is shorter the higher its frequency,
-    so each octave is convolved with its kernels cropped to their common non-zero span (same sums, ~6x
-    fewer multiplications).
-    """
-
-    FMIN = 32.7
-    OCTAVES = 7
-
-    def __init__(self, sample_rate: int, hop_length: int, n_bins: int):
-        super().__init__()
-        self.sample_rate, self.hop_length, self.n_bins = sample_rate, hop_length, n_bins
-        self.bins_per_octave = n_bins // self.OCTAVES
-        self._kernels = None  # built on first use (kept out of the weights file), see _build_kernels
-
-    def _build_kernels(self):
-        """-> (kernel width, [(first column, real n x 1 x w, imag n x 1 x w, sqrt(lengths) n x 1) per octave])."""
-        q = 1.0 / (2 ** (1 / self.bins_per_octave) - 1)
-        freqs = self.FMIN * 2.0 ** (np.arange(self.n_bins) / np.double(self.bins_per_octave))
-        if freqs.max() > self.sample_rate / 2:
-            raise ValueError(f"CQT top bin {freqs.max():.1f} Hz is above the Nyquist frequency")
-        lengths = np.ceil(q * self.sample_rate / freqs)  # window length of every bin (samples)
-        width = int(2 ** np.ceil(np.log2(lengths.max())))  # common kernel width: next power of two
-        kernels = np.zeros((self.n_bins, width), dtype=np.complex64)
-        spans = []
-        for k, (freq, length) in enumerate(zip(freqs, lengths)):
-            n = int(length)
-            start = int(np.ceil(width / 2.0 - length / 2.0)) - (1 if n % 2 == 1 else 0)
-            window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)  # periodic hann
-            t = np.arange(-length // 2, length // 2)  # n sample offsets around the centre
-            sig = window * np.exp(t * 1j * 2 * np.pi * freq / self.sample_rate) / length
-            kernels[k, start:start + n] = sig / np.abs(sig).sum()  # L1 normalisation
-            spans.append((start, start + n))
-        groups = []
-        for lo in range(0, self.n_bins, self.bins_per_octave):
-            hi = min(lo + self.bins_per_octave, self.n_bins)
-            first, last = min(s[0] for s in spans[lo:hi]), max(s[1] for s in spans[lo:hi])
-            crop = kernels[lo:hi, first:last]
-            groups.append((first, torch.tensor(crop.real).unsqueeze(1), torch.tensor(crop.imag).unsqueeze(1),
-                           torch.tensor(lengths[lo:hi], dtype=torch.float32).sqrt().view(-1, 1)))
-        return width, groups
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        if self._kernels is None:
-            self._kernels = self._build_kernels()
-        width, groups = self._kernels
-        if groups[0][1].device != waveform.device:
-            groups = [(first, *(t.to(waveform.device) for t in rest)) for first, *rest in groups]
-            self._kernels = (width, groups)
-        x = F.pad(waveform.float().unsqueeze(1), (width // 2, width // 2))  # B x 1 x (L + width)
-        frames = (x.shape[-1] - width) // self.hop_length + 1
-        out = []
-        for first, real_k, imag_k, scale in groups:  # one octave: n bins, kernels cropped to their span
-            real = F.conv1d(x[..., first:], real_k, stride=self.hop_length)[..., :frames] * scale  # B x n x frames
-            imag = -F.conv1d(x[..., first:], imag_k, stride=self.hop_length)[..., :frames] * scale
-            out.append(torch.sqrt(real.pow(2) + imag.pow(2)))
-        return torch.cat(out, dim=1).transpose(1, 2)  # B x frames x n_bins
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -364,7 +304,7 @@ class MERTModel(MERTPreTrainedModel):
         self.config = config
         self.feature_extractor = MERTFeatureEncoder(config)
         if config.feature_extractor_cqt:
-            self.feature_extractor_cqt = MERTConstantQTransform(
+            self.feature_extractor_cqt = build_cqt(
                 config.sample_rate, int(np.prod(config.conv_stride)), config.feature_extractor_cqt_bins)
         else:
             self.feature_extractor_cqt = None
@@ -394,11 +334,11 @@ class MERTModel(MERTPreTrainedModel):
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = getattr(cfg, "return_dict", True) if return_dict is None else return_dict
 
-        if cfg.wav_normalize:
-            input_values = F.layer_norm(input_values, input_values.shape[-1:])
-        features = self.feature_extractor(input_values).transpose(1, 2)  # B x T x C
+        # as fairseq: wav_normalize applies to the CNN input only, the CQT sees the waveform as given
+        cnn_input = F.layer_norm(input_values, input_values.shape[-1:]) if cfg.wav_normalize else input_values
+        features = self.feature_extractor(cnn_input).transpose(1, 2)  # B x T x C
         if self.feature_extractor_cqt is not None:
-            cqt = self.feature_extractor_cqt(input_values)[:, : features.shape[1]]  # B x T x bins
+            cqt = cqt_frames(self.feature_extractor_cqt, input_values)[:, : features.shape[1]]  # B x T x bins
             features = torch.cat([features, cqt.to(features.dtype)], dim=2)
         frame_mask = None
         if attention_mask is not None:

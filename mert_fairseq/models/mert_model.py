@@ -3,32 +3,39 @@ teacher codes (8 EnCodec codebooks or K-means clusters) + CQT reconstruction.
 
 Data flow for a batch (B clips of L samples at 24 kHz, T = CNN frames at 75 Hz, D = width):
   source B x L --(training: in-batch noise mixture)--> CNN B x 512 x T --> LayerNorm, proj B x T x D
-  --> mask spans with `mask_emb` --> encoder B x T x D --> per codebook k: cosine logits S x (1 + C_k)
-  on the S masked frames; CQT head on the same frames vs. the CQT of the CLEAN audio.
+  --> mask spans with `mask_emb` --> encoder B x T x D --> per codebook k: projections K x B x T x F, cosine
+  logits against every class (`frame_logits`, the `mert` criterion: all frames, weighted by the mask; or the
+  original S x (1 + C_k) layout on the S masked frames, `get_logits`, fairseq's `hubert` criterion); CQT head
+  vs. the CQT of the CLEAN audio, averaged over the masked frames.
+The step's random draws (masks, mixture, layerdrop, random codebooks) come from the collater
+(`data/step_draws.py`), so a training step runs on fixed shapes with no host synchronisation.
 State-dict keys are those of the original MERT (see tests/test_checkpoint_compat.py).
 """
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fairseq.data.data_utils import compute_mask_indices, numpy_seed
+from fairseq.data.data_utils import compute_mask_indices
 from fairseq.data.dictionary import Dictionary
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 from fairseq.modules import GradMultiply
+from omegaconf import OmegaConf
 from torch import nn
 
 from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
-from mert_fairseq.common.config_values import parse_conv_layers, parse_list_literal
+from mert_fairseq.common.config_values import parse_conv_layers, parse_list_literal, warn_fields_without_effect
 from mert_fairseq.models.teachers.cqt import CQTTeacher, build_cqt, cqt_frames
-from mert_fairseq.models.masked_prediction import cosine_logits
+from mert_fairseq.data.step_draws import DrawSpec, draw_step, frame_padding, model_frames
+from mert_fairseq.models.masked_prediction import batched_cosine_logits, cosine_logits
 from mert_fairseq.models.teachers.mel import MelTeacher
 from mert_fairseq.models.mert_config import NO_EFFECT_FIELDS, MERTConfig
-from mert_fairseq.models.noise_mixture import mix_in_batch_noise
+from mert_fairseq.models.noise_mixture import apply_noise_mixture
 from mert_fairseq.models.teachers.random_projection import build_online_targets
 from mert_fairseq.models.transformer_encoder import TransformerEncoder
 
@@ -56,12 +63,17 @@ class MERTModel(BaseFairseqModel):
     def __init__(self, cfg: MERTConfig, task_cfg, dictionaries: List[Optional[Dictionary]]) -> None:
         super().__init__()
         self.cfg = cfg
+        # plain copy of the config for the forward path (torch.compile traces attribute reads of it; DictConfig's
+        # own attribute machinery would break the graph)
+        self.opts = SimpleNamespace(**(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+                                       if OmegaConf.is_config(cfg) else vars(cfg)))
         self._warn_no_effect_fields(cfg)
         sample_rate = int(task_cfg.sample_rate)
         conv_layers = parse_conv_layers(cfg.conv_feature_layers)
         self.feature_extractor = ConvFeatureExtractionModel(
             conv_layers=conv_layers, dropout=0.0, mode=cfg.extractor_mode, conv_bias=cfg.conv_bias
         )
+        self.conv_layers = tuple(tuple(int(v) for v in layer) for layer in conv_layers)
         self.cnn_stride = int(np.prod([s for _, _, s in conv_layers]))
         self.feat2tar_ratio = cfg.label_rate * self.cnn_stride / sample_rate
         embed = conv_layers[-1][0]
@@ -124,7 +136,6 @@ class MERTModel(BaseFairseqModel):
                                                      "model.inbatch_noise_augment_len_range")
         self.noise_count_range = parse_list_literal(cfg.inbatch_noise_augment_number_range,
                                                     "model.inbatch_noise_augment_number_range")
-        self._generator = torch.Generator()  # CPU generator for the training-time random draws
         self.set_num_updates(0)
         if cfg.pretrained_weights:
             self._load_pretrained_cnn(cfg.pretrained_weights)
@@ -140,11 +151,7 @@ class MERTModel(BaseFairseqModel):
 
     @staticmethod
     def _warn_no_effect_fields(cfg: MERTConfig) -> None:
-        defaults = MERTConfig()
-        for name, why in NO_EFFECT_FIELDS.items():
-            value, default = getattr(cfg, name, None), getattr(defaults, name)
-            if value is not None and np.atleast_1d(value).tolist() != np.atleast_1d(default).tolist():
-                logger.warning("model.%s=%r has no effect in mert-fairseq: %s", name, value, why)
+        warn_fields_without_effect(cfg, MERTConfig(), NO_EFFECT_FIELDS, "model")
         if cfg.wav_normalize:
             logger.warning("model.wav_normalize normalises each waveform separately (the original normalised "
                            "the whole batch jointly)")
@@ -187,12 +194,12 @@ class MERTModel(BaseFairseqModel):
     # ------------------------------------------------------------------ forward pieces
     def forward_features(self, source: torch.Tensor) -> torch.Tensor:
         """B x L -> CNN features B x C x T (gradient scaled by feature_grad_mult; frozen if <= 0)."""
-        if self.cfg.wav_normalize:
+        if self.opts.wav_normalize:
             source = F.layer_norm(source, source.shape[-1:])
-        if self.cfg.feature_grad_mult > 0:
+        if self.opts.feature_grad_mult > 0:
             features = self.feature_extractor(source)
-            if self.cfg.feature_grad_mult != 1.0:
-                features = GradMultiply.apply(features, self.cfg.feature_grad_mult)
+            if self.opts.feature_grad_mult != 1.0:
+                features = GradMultiply.apply(features, self.opts.feature_grad_mult)
             return features
         self.feature_extractor.eval()
         with torch.no_grad():
@@ -211,92 +218,98 @@ class MERTModel(BaseFairseqModel):
     @staticmethod
     def forward_padding_mask(features: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """Sample-level B x L mask -> frame-level B x T: a frame is padding only if all its samples are."""
-        extra = padding_mask.size(1) % features.size(1)
-        if extra > 0:
-            padding_mask = padding_mask[:, :-extra]
-        return padding_mask.view(padding_mask.size(0), features.size(1), -1).all(-1)
+        return frame_padding(padding_mask, features.size(1))
 
-    def apply_mask(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]):
-        """Span masking of B x T x D frames; returns (x, mask B x T bool or None)."""
-        x, mask, _ = self._apply_mask(x, padding_mask)
-        return x, mask
+    # ------------------------------------------------------------------ random draws
+    def draw_spec(self) -> DrawSpec:
+        """What a step draws (at the current mask schedule): `data/step_draws.py`."""
+        c = self.opts
+        return DrawSpec(
+            conv_layers=self.conv_layers, feat2tar_ratio=self.feat2tar_ratio, mask_prob=self.mask_prob,
+            mask_length=self.mask_length, mask_selection=c.mask_selection, mask_other=c.mask_other,
+            no_mask_overlap=c.no_mask_overlap, mask_min_space=c.mask_min_space, mask_origin=c.mask_origin,
+            mask_replace=c.mask_replace, mask_replace_type=c.mask_replace_type, mixture_prob=c.mixture_prob,
+            noise_length_range=tuple(self.noise_length_range), noise_count_range=tuple(self.noise_count_range),
+            layerdrop=c.encoder_layerdrop, n_layers=c.encoder_layers, random_codebook=c.random_codebook,
+            n_streams=len(self.num_classes))
 
-    def _apply_mask(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor],
-                    padding_host: Optional[torch.Tensor] = None):
-        """apply_mask, also returning the span mask as drawn on the host (numpy B x T, or None).
-        `padding_host`: a CPU copy of `padding_mask` for the host-side span draws (saves a sync per clip)."""
+    @property
+    def has_mask_schedule(self) -> bool:
+        """mask_dynamic_*: the span-mask law changes with the update count, which loader workers do not know."""
+        return bool(self._prob_schedule[0] or self._len_schedule[0])
+
+    def _draw_here(self, source: torch.Tensor, target_list, padding_mask, mask: bool):
+        """The step's draws when the batch brings none (direct calls): seeded from fairseq's per-update seed
+        (`torch.initial_seed()` = common.seed + num_updates), the update, the call index within the update and
+        the rank (so ranks differ), with the collater's function."""
+        spec = self.draw_spec()
+        if not ((mask and spec.mask_prob > 0) or spec.random_codebook > 0
+                or (self.training and (spec.mixture_prob > 0 or spec.layerdrop > 0))):
+            return {}, {}
+        dist = torch.distributed
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        rng = np.random.default_rng([torch.initial_seed() % 2**63, self.num_updates, self._calls_this_update, rank])
+        B, L = source.shape
+        T = model_frames(spec, L, min(t.size(1) for t in target_list) if target_list else None)
+        pad = frame_padding(padding_mask.cpu(), T).numpy() if padding_mask is not None else None
+        draws, counts = draw_step(spec, rng, B, L, T, pad, span_masks=mask)
+        return {k: v.to(source.device, non_blocking=True) for k, v in draws.items()}, counts
+
+    def _channel_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """mask_channel_prob: zero random feature channels (drawn here, on the host; not in the recipes)."""
+        B, _, D = x.shape
+        seed = int(np.random.SeedSequence([torch.initial_seed() % 2**63, self.num_updates,
+                                           self._calls_this_update, 1]).generate_state(1)[0])
+        ch = compute_mask_indices(
+            (B, D), None, self.opts.mask_channel_prob, self.opts.mask_channel_length,
+            self.opts.mask_channel_selection, self.opts.mask_channel_other,
+            no_overlap=self.opts.no_mask_channel_overlap, min_space=self.opts.mask_channel_min_space,
+            seed=seed, epoch=1, indices=torch.arange(B),
+        )
+        return x.masked_fill(torch.from_numpy(ch).to(x.device, non_blocking=True).unsqueeze(1), 0.0)
+
+    def _fill_masked(self, x: torch.Tensor, mask: torch.Tensor, draws: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Masked frames get `mask_emb`; BERT-style (`mask_origin`, `mask_replace`), the drawn choices say
+        which masked frames keep their own features and which take another frame's (`mask_source`)."""
+        emb = self.mask_emb.to(x.dtype)
+        if "mask_source" not in draws:
+            return torch.where(mask.unsqueeze(-1), emb, x)
         B, T, D = x.shape
-        mask = mask_np = None
-        if self.mask_prob > 0:
-            mask_np = compute_mask_indices(
-                (B, T), padding_host if padding_host is not None else padding_mask, self.mask_prob, self.mask_length, self.cfg.mask_selection,
-                self.cfg.mask_other, min_masks=2, no_overlap=self.cfg.no_mask_overlap,
-                min_space=self.cfg.mask_min_space, **self._mask_seed(B),
-            )
-            mask = torch.from_numpy(mask_np).to(x.device, non_blocking=True)
-            x = self._fill_masked(x, mask, padding_mask)
-        if self.cfg.mask_channel_prob > 0:
-            ch = compute_mask_indices(
-                (B, D), None, self.cfg.mask_channel_prob, self.cfg.mask_channel_length,
-                self.cfg.mask_channel_selection, self.cfg.mask_channel_other,
-                no_overlap=self.cfg.no_mask_channel_overlap, min_space=self.cfg.mask_channel_min_space,
-                **self._mask_seed(B, salt=1),
-            )
-            x = x.masked_fill(torch.from_numpy(ch).to(x.device, non_blocking=True).unsqueeze(1), 0.0)
-        return x, mask, mask_np
+        x = x.reshape(B * T, D).index_select(0, draws["mask_source"].reshape(-1)).view(B, T, D)
+        return torch.where(draws["mask_to_emb"].unsqueeze(-1), emb, x)
 
-    def _mask_seed(self, batch_size: int, salt: int = 0) -> dict:
-        """fairseq's compute_mask_indices draws from fresh OS entropy unless given (seed, epoch, indices)."""
-        seed = int(torch.randint(2**31 - 1, (1,), generator=self._generator))
-        return {"seed": seed, "epoch": salt, "indices": torch.arange(batch_size)}
+    # ------------------------------------------------------------------ masked prediction
+    def _logit_scales(self):
+        """1 / logit_temp, or the learned logit scale of each stream (K)."""
+        if self.opts.learnable_temp:
+            return torch.clamp(self.logit_temp_list.exp(), max=self.opts.learnable_temp_max)
+        return 1.0 / self.opts.logit_temp
 
-    def _fill_masked(self, x: torch.Tensor, mask: torch.Tensor, padding_mask: Optional[torch.Tensor]):
-        """Masked frames get `mask_emb`; BERT-style, a fraction `mask_origin` keeps its own features and a
-        fraction `mask_replace` takes the features of a random non-padding frame (same clip or batch)."""
-        keep_or_replace = self.cfg.mask_origin + self.cfg.mask_replace
-        if keep_or_replace <= 0:
-            return torch.where(mask.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
-        u = torch.rand(mask.shape, generator=self._generator).to(x.device)
-        replace = mask & (u >= self.cfg.mask_origin) & (u < keep_or_replace)
-        to_emb = mask & (u >= keep_or_replace)
-        out = torch.where(to_emb.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
-        valid = ~padding_mask if padding_mask is not None else torch.ones_like(mask)
-        B, T = mask.shape
-        for b, t in replace.nonzero().tolist():
-            if self.cfg.mask_replace_type == "in_sample":
-                src = valid[b].nonzero().flatten()
-                out[b, t] = x[b, src[torch.randint(len(src), (1,), generator=self._generator)].item()]
-            else:
-                src = valid.flatten().nonzero().flatten()
-                flat = src[torch.randint(len(src), (1,), generator=self._generator)].item()
-                out[b, t] = x[flat // T, flat % T]
-        return out
-
-    def _logit_scale(self, k: int):
-        if self.cfg.learnable_temp:
-            return torch.clamp(self.logit_temp_list[k].exp(), max=self.cfg.learnable_temp_max)
-        return 1.0 / self.cfg.logit_temp
-
-    def _projections(self, x: torch.Tensor, n_streams: int) -> List[Optional[torch.Tensor]]:
-        """S x D frames -> one S x F projection per label stream (None for unselected random codebooks)."""
-        if self.cfg.random_codebook > 0:
-            chosen = set(np.random.choice(n_streams, self.cfg.random_codebook, replace=False).tolist())
-            proj = (lambda k: self.final_projs[k](x)) if self.cfg.untie_final_proj else (lambda k: self.final_proj(x))
-            return [proj(k) if k in chosen else None for k in range(n_streams)]
+    def _frame_projections(self, x: torch.Tensor) -> torch.Tensor:
+        """B x T x D frames -> K x B x T x F projections, one per label stream."""
+        K, (B, T, _) = len(self.num_classes), x.shape
+        if self.opts.random_codebook > 0 and self.opts.untie_final_proj:
+            return torch.stack([p(x) for p in self.final_projs])
         y = self.final_proj(x)
-        return list(y.chunk(n_streams, dim=-1)) if self.cfg.untie_final_proj else [y] * n_streams
+        if self.opts.untie_final_proj:
+            return y.view(B, T, K, -1).permute(2, 0, 1, 3)
+        return y.unsqueeze(0).expand(K, -1, -1, -1)
 
-    def compute_logits(self, x: torch.Tensor, targets: List[torch.Tensor]) -> List[Optional[torch.Tensor]]:
-        """x: S x D, targets: per stream S dictionary indices -> per stream S x (1 + C_k) logits."""
-        label_embs = self.label_embs_concat.split(self.num_classes, 0)
-        out = []
-        for k, (proj, t) in enumerate(zip(self._projections(x, len(targets)), targets)):
-            if proj is None:
-                out.append(None)
-                continue
-            embs = self.target_glu(label_embs[k]) if self.target_glu is not None else label_embs[k]
-            out.append(cosine_logits(proj, embs, t, self._logit_scale(k)))
-        return out
+    def _label_embeddings(self) -> List[torch.Tensor]:
+        embs = self.target_glu(self.label_embs_concat) if self.target_glu is not None else self.label_embs_concat
+        return list(embs.split(self.num_classes, 0))
+
+    def frame_logits(self, net_output) -> torch.Tensor:
+        """Every stream's logits at every frame, one batched matmul: K x (B*T) x C fp32 (codebooks of fewer
+        than C classes padded with -inf)."""
+        proj = net_output["proj"].flatten(1, 2)  # K x N x F
+        embs, C = self._label_embeddings(), max(self.num_classes)
+        class_valid = None
+        if min(self.num_classes) != C:
+            sizes = torch.tensor(self.num_classes, device=proj.device)
+            class_valid = torch.arange(C, device=proj.device) < sizes[:, None]
+            embs = [F.pad(e, (0, 0, 0, C - e.size(0))) for e in embs]
+        return batched_cosine_logits(proj, torch.stack(embs), self._logit_scales(), class_valid)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -310,95 +323,93 @@ class MERTModel(BaseFairseqModel):
         features_only: bool = False,
         output_layer: Optional[int] = None,
         return_hidden_states: bool = False,
+        draws: Optional[Dict[str, torch.Tensor]] = None,
     ) -> Dict[str, torch.Tensor]:
         """source: B x L waveform; target_list: per stream B x T_label dictionary indices.
-        `output_layer` is 1-based (fairseq convention).
+        `output_layer` is 1-based (fairseq convention). `draws`: the step's random draws (span masks, noise
+        mixture, layerdrop, random codebooks) as the collater makes them (`data/step_draws.py`); without them
+        the model draws them itself (`_draw_here`, seeded: a resumed run repeats the same draws).
 
-        Mask spans, layerdrop, random codebooks and the noise mixture draw from a seed derived from
-        fairseq's per-update seed (`torch.initial_seed()` = common.seed + num_updates), the update
-        count and the call index within the update, so a resumed run repeats the same draws. (The
-        global torch RNG is not used for them: fairseq's prefetch thread consumes it at varying times.)
+        Training output (fixed shapes whatever the draws): `proj` K x B x T x F, `targets` K x B x T,
+        `masked` / `unmasked` B x T bool (non-padding frames), `features_pen`, the teacher losses over the
+        masked frames, and when the model drew itself the host counts `masked_frames`, `valid_frames`.
         """
-        self._calls_this_update += 1
-        seed = int(np.random.SeedSequence(
-            [torch.initial_seed() % 2**63, self.num_updates, self._calls_this_update]).generate_state(1)[0])
-        self._generator.manual_seed(seed)
-        with numpy_seed(seed):
-            return self._forward(source, target_list, padding_mask, cqt_labels, mel_labels, mask,
-                                 features_only, output_layer, return_hidden_states)
+        if not target_list and not features_only and hasattr(self, "online_targets"):
+            target_list = self.online_targets(source)  # per codebook B x T_label codes of the clean audio
+        counts: dict = {}
+        if draws is None:
+            self._calls_this_update += 1
+            draws, counts = self._draw_here(source, target_list, padding_mask, mask)
+        out = self._forward(source, target_list, padding_mask, cqt_labels, mel_labels, mask, features_only,
+                            output_layer, return_hidden_states, draws)
+        out.update(counts)
+        return out
 
     def _forward(self, source, target_list, padding_mask, cqt_labels, mel_labels, mask, features_only,
-                 output_layer, return_hidden_states) -> Dict[str, torch.Tensor]:
+                 output_layer, return_hidden_states, draws) -> Dict[str, torch.Tensor]:
         clean = source
-        if self.training and self.cfg.mixture_prob > 0:
-            source = mix_in_batch_noise(source, self.cfg.mixture_prob, self.noise_length_range,
-                                        self.noise_count_range, self.cfg.inbatch_noise_augment_volume,
-                                        generator=self._generator)
+        if self.training and "mix_len" in draws:
+            source = apply_noise_mixture(source, draws["mix_start"], draws["mix_pos"], draws["mix_len"],
+                                         self.opts.inbatch_noise_augment_volume)
 
         features = self.forward_features(source)  # B x C x T
-        if not target_list and not features_only and hasattr(self, "online_targets"):
-            target_list = self.online_targets(clean)  # per codebook B x T_label dictionary indices
         if target_list:
             features, target_list = self.forward_targets(features, target_list)
         features_pen = features.float().pow(2).mean()
         features = features.transpose(1, 2)  # B x T x C
-        if self.cfg.feature_extractor_cqt:
+        if self.opts.feature_extractor_cqt:
             cqt = cqt_frames(self.feature_extractor_cqt, source)[:, : features.size(1)]
             features = torch.cat([features, cqt.to(features.dtype)], dim=2)
         features = self.layer_norm(features)
+        B, T = features.shape[:2]
         if padding_mask is not None:
-            padding_mask = self.forward_padding_mask(features, padding_mask)
+            padding_mask = frame_padding(padding_mask, T)
         if self.post_extract_proj is not None:
             features = self.post_extract_proj(features)
             if self.post_proj_layer_norm is not None:
                 features = self.post_proj_layer_norm(features)
         features = self.dropout_input(features)  # B x T x D
 
-        # One host copy of the frame padding (a sync) instead of one sync per clip in compute_mask_indices;
-        # all-False padding (cropped batches) then acts as none: attention without a mask, host-side indices.
-        padding_host = padding_mask.cpu() if padding_mask is not None else None
-        frame_padding = padding_mask if padding_host is not None and bool(padding_host.any()) else None
-        x, mask_indices, mask_host = (self._apply_mask(features, padding_mask, padding_host) if mask
-                                      else (features, None, None))
+        # all-False padding (cropped batches) acts as none: attention without a mask (a sync, padded batches only)
+        pad = padding_mask if padding_mask is not None and bool(padding_mask.any()) else None
+        span = draws.get("mask") if mask else None
+        if span is not None and tuple(span.shape) != (B, T):
+            raise ValueError(f"net_input draws: span mask of shape {tuple(span.shape)} for {B} x {T} model frames "
+                             "(drawn for another CNN or crop?)")
+        x = features if span is None else self._fill_masked(features, span, draws)
+        if mask and self.opts.mask_channel_prob > 0:
+            x = self._channel_mask(x)
         x, hidden_states = self.encoder(
-            x, frame_padding, tgt_layer=None if output_layer is None else output_layer - 1,
+            x, pad, tgt_layer=None if output_layer is None else output_layer - 1,
             return_hidden_states=return_hidden_states,
+            layer_keep=draws.get("layer_keep") if self.training else None,
         )
         if features_only:
             return {"x": x, "padding_mask": padding_mask, "features": features, "hidden_states": hidden_states}
 
-        B, T = x.shape[:2]
-        if frame_padding is None and mask_host is not None:
-            # frame positions known on the host: no device sync to count the selected frames
-            flat = mask_host.reshape(-1)
-            masked = torch.from_numpy(np.flatnonzero(flat)).to(x.device, non_blocking=True)
-            unmasked = torch.from_numpy(np.flatnonzero(~flat)).to(x.device, non_blocking=True)
-            any_masked = bool(flat.any())
-        else:
-            valid = ~frame_padding if frame_padding is not None else x.new_ones((B, T), dtype=torch.bool)
-            masked = valid & mask_indices if mask_indices is not None else torch.zeros_like(valid)
-            unmasked = valid & ~masked
-            any_masked = bool(masked.any())
-        n_streams = len(target_list)
+        masked = span if span is not None else torch.zeros((B, T), dtype=torch.bool, device=x.device)
+        if pad is not None:
+            masked = masked & ~pad
+        unmasked = ~masked if pad is None else ~pad & ~masked
         result = {
-            "logit_m_list": [None] * n_streams if self.cfg.skip_masked
-            else self.compute_logits(select_frames(x, masked), [select_frames(t, masked) for t in target_list]),
-            "logit_u_list": [None] * n_streams if self.cfg.skip_nomask
-            else self.compute_logits(select_frames(x, unmasked), [select_frames(t, unmasked) for t in target_list]),
+            "proj": self._frame_projections(x) if target_list else None,
+            "targets": torch.stack(target_list) if target_list else None,
+            "masked": masked,
+            "unmasked": unmasked,
+            "codebook_weight": draws.get("codebook_weight"),
             "padding_mask": padding_mask,
             "features_pen": features_pen,
         }
-        teachers = (("cqt_pred_m", "encoder_cqt_model", cqt_labels, self.cfg.audio_cqt_loss_m),
-                    ("mel_pred_m", "encoder_mel_model", mel_labels, self.cfg.audio_mel_loss_m))
+        weight = masked.to(torch.float32)
+        teachers = (("cqt_pred_m", "encoder_cqt_model", cqt_labels, self.opts.audio_cqt_loss_m),
+                    ("mel_pred_m", "encoder_mel_model", mel_labels, self.opts.audio_mel_loss_m))
         for name, attr, labels, enabled in teachers:
             if not enabled:
                 continue
-            if not any_masked:  # nothing to reconstruct (e.g. mask_prob=0)
-                result[name] = x.new_zeros((), dtype=torch.float32)
-                continue
             teacher = getattr(self, attr)
             target = labels[:, :T] if labels is not None else teacher.targets(clean, T)
-            result[name] = teacher.loss(select_frames(x, masked), select_frames(target, masked))
+            # mean squared error over the masked frames, as a weighted sum over all B x T (fixed shapes)
+            result[name] = (teacher.frame_errors(x, target) * weight).sum() / weight.sum().clamp(min=1.0)
         return result
 
     # ------------------------------------------------------------------ downstream use
@@ -424,8 +435,24 @@ class MERTModel(BaseFairseqModel):
 
     # ------------------------------------------------------------------ criterion interface
     def get_logits(self, net_output, is_masked: bool = True) -> List[torch.Tensor]:
-        logits = net_output["logit_m_list" if is_masked else "logit_u_list"]
-        return [x.float() for x in logits if x is not None]
+        """fairseq's hubert criterion: per stream S x (1 + C) logits of the masked (or unmasked) frames in the
+        original layout (column 0 the target). Computed once per output; the `mert` criterion uses
+        `frame_logits` instead."""
+        key = "_logit_m_list" if is_masked else "_logit_u_list"
+        if key not in net_output:
+            logits = []
+            if not (self.opts.skip_masked if is_masked else self.opts.skip_nomask) and net_output["proj"] is not None:
+                where = net_output["masked" if is_masked else "unmasked"]
+                weight = net_output.get("codebook_weight")
+                chosen = range(len(self.num_classes)) if weight is None else [
+                    k for k, w in enumerate(weight.tolist()) if w > 0]
+                scales, embs = self._logit_scales(), self._label_embeddings()
+                for k in chosen:
+                    scale = scales[k] if torch.is_tensor(scales) else scales
+                    logits.append(cosine_logits(select_frames(net_output["proj"][k], where), embs[k],
+                                                select_frames(net_output["targets"][k], where), scale).float())
+            net_output[key] = logits
+        return net_output[key]
 
     def get_targets(self, net_output, is_masked: bool = True) -> List[torch.Tensor]:
         """The target is column 0 of every logits row (original layout)."""

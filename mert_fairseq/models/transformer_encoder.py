@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Callable, List, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from fairseq import utils
@@ -178,8 +177,13 @@ class TransformerEncoder(nn.Module):
         padding_mask: Optional[torch.Tensor] = None,
         tgt_layer: Optional[int] = None,
         return_hidden_states: bool = False,
+        layer_keep: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """x: B x T x D -> (B x T x D, hidden states).
+
+        `layer_keep` (N bools, drawn before the step: `data/step_draws.py`) is layerdrop: a layer whose flag is
+        False passes its input through (`torch.where`: one graph whatever the draw, and every layer gets a
+        gradient, zero when dropped, so DDP needs no `find_unused_parameters`).
 
         `tgt_layer` (0-based) stops after that layer and returns its output. `hidden_states` follows
         the transformers HuBERT layout: post-LN: [embeddings after LayerNorm, layer 1..N outputs];
@@ -208,12 +212,11 @@ class TransformerEncoder(nn.Module):
         for i, layer in enumerate(self.layers):
             if return_hidden_states:
                 hidden.append(x[:, :T])
-            dropped = self.training and self.layerdrop > 0 and np.random.random() < self.layerdrop
-            if not dropped:
-                if self.checkpoint_activations and self.training:
-                    x = checkpoint(layer, x, padding_mask, use_reentrant=False)
-                else:
-                    x = layer(x, padding_mask)
+            if self.checkpoint_activations and self.training:
+                y = checkpoint(layer, x, padding_mask, use_reentrant=False)
+            else:
+                y = layer(x, padding_mask)
+            x = y if layer_keep is None else torch.where(layer_keep[i], y, x)
             if i == tgt_layer:
                 return x[:, :T], hidden
         x = x[:, :T]

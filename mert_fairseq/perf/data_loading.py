@@ -177,7 +177,7 @@ def run_throughput(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(1)
     task_cfg = compose_config(args.config).task
-    root = Path(args.workdir or tempfile.mkdtemp(prefix="mert_loading_"))
+    root = Path(args.work_dir or tempfile.mkdtemp(prefix="mert_loading_"))
     asked = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
     formats = [f for f in asked if f in available_formats()]
     if not formats:
@@ -294,7 +294,7 @@ def probe_open(root: Path, npy: bool) -> dict:
 
 
 def run_open(args: argparse.Namespace) -> dict:
-    root = Path(args.workdir or tempfile.mkdtemp(prefix="mert_open_"))
+    root = Path(args.work_dir or tempfile.mkdtemp(prefix="mert_open_"))
     if not (root / "train.enc_0.npy").exists():
         t = time.perf_counter()
         write_big_split(root, args.rows, args.label_frames)
@@ -329,15 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="MERT_RVQ-VAE_CQT_95M", help="pretraining YAML for the task settings")
     p.add_argument("--formats", default="wav,flac,flac-pcm,mp3",
                    help="audio formats (those libsndfile can write; flac-pcm: FLAC packed with pack_audio --pcm)")
-    p.add_argument("--tracks", type=int, default=8)
+    p.add_argument("--tracks", type=int, default=8, help="synthetic tracks per format")
     p.add_argument("--seconds", type=float, default=240.0, help="track length")
     p.add_argument("--streams", default="8,1", help="label stream counts to measure")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4, help="clips per collated batch")
     p.add_argument("--min-batches", type=int, default=50, help="windowed runs: at least this many batches")
     p.add_argument("--min-cpu-s", type=float, default=2.0, help="windowed runs: at least this much CPU time")
     p.add_argument("--rows", type=int, help="measure opening a split of this many rows instead")
     p.add_argument("--label-frames", type=int, default=375, help="--rows: label codes per row (375 = 5 s)")
-    p.add_argument("--workdir", help="keep the synthetic data here (reused when present)")
+    p.add_argument("--work-dir", "--workdir", help="keep the synthetic data here (reused when present)")
     p.add_argument("--out", help="write the results as JSON")
     return p
 

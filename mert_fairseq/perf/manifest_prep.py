@@ -65,16 +65,20 @@ def timed_run(raw: Path, work: Path, workers: int, chunk_size: int, label: str) 
             "load_avg_1min": round(os.getloadavg()[0], 2)}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--files", type=int, default=100_000)
+    p.add_argument("--files", type=int, default=100_000, help="synthetic files to write and convert")
     p.add_argument("--seconds", type=float, default=0.1, help="length of each synthetic file")
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts to time")
-    p.add_argument("--chunk-size", type=int, default=64)
-    p.add_argument("--dir", help="scratch folder (default: a temporary one, removed at the end)")
-    args = p.parse_args(argv)
+    p.add_argument("--chunk-size", type=int, default=64, help="files per task and per journal append")
+    p.add_argument("--work-dir", "--dir", help="scratch folder (default: a temporary one, removed at the end)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.getLogger("mert_fairseq").setLevel(logging.WARNING)
-    scratch = Path(args.dir or tempfile.mkdtemp(prefix="bench_manifest_"))
+    scratch = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_manifest_"))
     try:
         raw = scratch / "raw"
         start = time.perf_counter()
@@ -87,6 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(timed_run(raw, work, workers, args.chunk_size, "fresh")), flush=True)
         print(json.dumps(timed_run(raw, work, workers, args.chunk_size, "rerun (all journaled)")), flush=True)
     finally:
-        if not args.dir:
+        if not args.work_dir:
             shutil.rmtree(scratch, ignore_errors=True)
     return 0

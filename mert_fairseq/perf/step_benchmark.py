@@ -1,8 +1,8 @@
 """Training-throughput benchmark for MERT pretraining, with the original's formulation measured in the same run.
 
 For a pretraining config (configs/pretrain/*.yaml + dotlist overrides), a device, a batch shape and a
-dtype, it measures one full training update (forward with the stock fairseq `hubert` criterion, backward,
-gradient clipping and fairseq's Adam step):
+dtype, it measures one full training update (forward with the config's criterion, `mert` for the recipes, on a
+batch whose random draws the collater made, backward, gradient clipping and fairseq's Adam step):
 
 - throughput (audio-seconds/s, updates/s) after warmup, as the median of N timed steps;
 - peak memory of a step (CUDA max_memory_allocated; on CPU the process's peak RSS, reset before the step
@@ -19,7 +19,8 @@ gradient clipping and fairseq's Adam step):
 `--train-log LOG` instead reads a `fairseq-hydra-train` log and reports the run's steady-state
 audio-seconds/s and MFU (the config's FLOPs per audio-second are counted once, on the CPU).
 
-The *reference* is the straightforward formulation of the same step, as in the original MERT: cosine
+The *reference* is the straightforward formulation of the same step, as in the original MERT: the stock
+`hubert` criterion on a batch without draws (masks and mixture drawn on the host inside the forward), cosine
 logits materialised as (1 + C) x S x F tensors (`direct_cosine_logits`), nnAudio's CQT1992v2 (65536-tap
 conv) every step in the training dtype, and fairseq's own `MultiheadAttention`. It is applied to the
 same model instance by `reference_formulation` (shared weights), and steps of both are interleaved, so
@@ -107,13 +108,17 @@ def build_optimizer(cfg: DictConfig, params):
     return FairseqAdam(adam_cfg, params)
 
 
-def build_criterion(cfg: DictConfig):
-    """The stock fairseq `hubert` criterion: sum of masked CE per codebook + w_i * extra_i * N."""
+def build_criterion(cfg: DictConfig, name: Optional[str] = None):
+    """The config's criterion (`mert`, or the stock fairseq `hubert`: sum of masked CE per codebook +
+    w_i * extra_i * N); `name` overrides it (the reference formulation uses `hubert`)."""
     from fairseq.criterions.hubert_criterion import HubertCriterion
+
+    from mert_fairseq.criterions.mert_criterion import MertCriterion
 
     crit = cfg.get("criterion", {}) or {}
     weights = crit.get("loss_weights", [10, 1])
-    return HubertCriterion(
+    cls = MertCriterion if (name or crit.get("_name", "hubert")) == "mert" else HubertCriterion
+    return cls(
         task=None, pred_masked_weight=float(crit.get("pred_masked_weight", 1.0)),
         pred_nomask_weight=float(crit.get("pred_nomask_weight", 0.0)),
         loss_weights=[float(w) for w in weights] if weights is not None else None,
@@ -410,7 +415,7 @@ def measure_data_prep(seconds: float, device: str) -> dict:
             km = kmeans_labels.fit_kmeans(feats, n_clusters, seed=0, n_init=1)
             t_fit = time.perf_counter() - t
             t = time.perf_counter()
-            km.predict(feats)
+            kmeans_labels.nearest_center(km.cluster_centers_, feats)
             t_pred = time.perf_counter() - t
             out["kmeans"] = {
                 "mfcc_s": t_feat, "predict_s": t_pred, "fit_s": t_fit, "fit_clusters": n_clusters,
@@ -463,33 +468,42 @@ def run(args: argparse.Namespace) -> dict:
                                         args.codes, seed=args.seed)
         dictionaries = [Dictionary.load(os.path.join(tmp, f"dict.{s}.txt")) for s in streams]
         dataset = make_dataset(tmp, cfg, streams, dictionaries, num_samples, numpy_memmap_label=False)
+        model = build_model(cfg, dictionaries).to(device)
+        dataset.draw_spec = model.draw_spec()  # ours: the step's draws made by the collater, as in training
         batches = [to_device(dataset.collater([dataset[(b * args.batch_size + i) % len(dataset)]
                                                for i in range(args.batch_size)]), device) for b in range(2)]
+        # the reference: the original's step, drawing on the host inside the forward
+        ref_batches = [{**b, "net_input": {k: v for k, v in b["net_input"].items() if k != "draws"}} for b in batches]
         data = measure_data_loading(tmp, cfg, streams, dictionaries, num_samples, args.batch_size, n_batches=3)
         logger.info("synthetic corpus and batches ready in %.1fs", time.perf_counter() - t)
 
-    model = build_model(cfg, dictionaries).to(device)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     criterion = build_criterion(cfg)
+    ref_criterion = build_criterion(cfg, "hubert")
+    if args.compile_step or args.cuda_graphs:
+        from mert_fairseq.tasks.mert_pretraining import compile_step
+
+        compile_step(criterion, cuda_graphs=args.cuda_graphs)  # as task.compile_step(/cuda_graphs)=true
     optimizer = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     clip_norm = float(cfg.get("optimization", {}).get("clip_norm", 0.0) or 0.0)
     ref_cache: dict = {}
     modes = ["ours"] if args.no_reference else ["ours", "reference"]
-    if args.compile and not args.no_reference:
-        raise SystemExit("--compile measures our formulation only: add --no-reference")
+    if (args.compile or args.compile_step or args.cuda_graphs) and not args.no_reference:
+        raise SystemExit("--compile / --compile-step / --cuda-graphs measure our formulation only: add --no-reference")
 
     def step(mode: str, i: int, timer: Optional[PhaseTimer] = None) -> float:
-        sample = batches[i % len(batches)]
+        sample = (ref_batches if mode == "reference" else batches)[i % len(batches)]
         ctx = reference_formulation(model, amp_dtype, ref_cache) if mode == "reference" else contextlib.nullcontext()
+        crit = ref_criterion if mode == "reference" else criterion
         with ctx:
             if timer is not None:
                 timer.attach(model)
             try:
                 _sync(device)
                 t0 = time.perf_counter()
-                loss = train_step(model, criterion, optimizer, sample, amp_dtype, scaler, clip_norm, timer)
+                loss = train_step(model, crit, optimizer, sample, amp_dtype, scaler, clip_norm, timer)
                 _sync(device)
                 dt = time.perf_counter() - t0
             finally:
@@ -540,7 +554,8 @@ def run(args: argparse.Namespace) -> dict:
     out = {
         "config": args.config, "config_file": str(recipe_path(args.config, args.config_dir)),
         "overrides": list(args.override), "device": str(device), "dtype": args.dtype,
-        "compile_encoder_layers": args.compile,
+        "compile_encoder_layers": args.compile, "compile_step": args.compile_step, "cuda_graphs": args.cuda_graphs,
+        "criterion": type(criterion).__name__,
         "batch_size": args.batch_size, "seconds_per_clip": args.seconds, "streams": len(streams),
         "classes_per_stream": [len(d) for d in dictionaries], "parameters": n_params,
         "warmup": args.warmup, "steps": args.steps, "split_steps": args.split_steps,
@@ -556,11 +571,40 @@ def run(args: argparse.Namespace) -> dict:
                                             "step_ratios": pairs}
     step_s = results["ours"]["step_s"]
     out["data_loading"]["num_workers_to_keep_up"] = math.ceil(data["text_labels_s"] / step_s)
+    if args.profile_steps:
+        out["profile"] = profile_steps(lambda i: step("ours", i), device, args.profile_steps)
     if not args.skip_cqt:
         out["cqt"] = measure_cqt(model, batches[0]["net_input"]["source"], amp_dtype)
     if not args.skip_data_prep:
         out["data_prep"] = measure_data_prep(args.data_prep_seconds, args.device)
     return out
+
+
+def profile_steps(step, device: torch.device, n_steps: int, top: int = 15) -> dict:
+    """torch.profiler over `n_steps` steps: the top kernels (GPU) or ops (CPU) by self time, and the share of
+    the wall time the device ran no kernel (GPU: waiting for the host)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for i in range(n_steps):
+            step(i)
+    wall = time.perf_counter() - t0
+    on_device = device.type == "cuda"
+    attr = "self_device_time_total" if on_device else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr, 0.0), reverse=True)
+    busy_us = 0.0
+    if on_device:  # union of kernel intervals
+        spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                       if getattr(e, "device_type", None) is not None and e.device_type.name == "CUDA")
+        end = -1.0
+        for a, b in spans:
+            busy_us += max(0.0, b - max(a, end))
+            end = max(end, b)
+    return {"steps": n_steps, "wall_s": wall,
+            "device_idle_share": (1.0 - busy_us / 1e6 / wall) if on_device else None,
+            "top": [{"name": e.key, "self_ms": getattr(e, attr, 0.0) / 1e3, "calls": e.count} for e in events[:top]]}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -679,22 +723,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="MERT_RVQ-VAE_CQT_95M", help="recipe name (in --config-dir) or a yaml path")
     p.add_argument("--config-dir", help="folder of recipe YAMLs (default: the project's configs/pretrain)")
     p.add_argument("--override", "-o", action="append", default=[], help="dotlist override, e.g. model.encoder_layers=4")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: cuda when available)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="autocast dtype (fp16 adds a GradScaler)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4, help="clips per step")
     p.add_argument("--seconds", type=float, default=5.0, help="clip length in seconds")
     p.add_argument("--codes", type=int, default=1024, help="codes per label stream (dictionary = codes + 4)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per formulation before timing")
     p.add_argument("--steps", type=int, default=5, help="timed steps per formulation (interleaved)")
     p.add_argument("--split-steps", type=int, default=2, help="extra synchronised steps for the phase split")
     p.add_argument("--no-reference", action="store_true", help="measure only our formulation")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the encoder layers as task.compile_encoder_layers=true (needs --no-reference)")
+    p.add_argument("--compile-step", action="store_true",
+                   help="torch.compile the mert criterion's whole step as task.compile_step=true (needs --no-reference)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="--compile-step captured in CUDA graphs, as task.cuda_graphs=true (GPU; needs --no-reference)")
+    p.add_argument("--profile-steps", type=int, default=0,
+                   help="also profile N steps of ours with torch.profiler (top kernels, device idle share) into the JSON")
     p.add_argument("--skip-cqt", action="store_true", help="skip the CQT teacher micro-benchmark")
     p.add_argument("--skip-data-prep", action="store_true", help="skip EnCodec / k-means label throughput")
-    p.add_argument("--data-prep-seconds", type=float, default=30.0)
+    p.add_argument("--data-prep-seconds", type=float, default=30.0,
+                   help="audio length of the EnCodec / k-means label throughput measurement")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="seed of the weights and the synthetic corpus")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="device peak in TFLOP/s for MFU (default: a table of known GPUs; none on CPU)")
     p.add_argument("--train-log", help="instead of benchmarking, report steady-state throughput and MFU of this "

@@ -65,6 +65,37 @@ def format_label_line(codes: Iterable[int]) -> str:
     return " ".join(map(str, codes)) + "\n"
 
 
+# ----------------------------------------------------------------------------- downloads
+
+
+class DownloadError(ValueError):
+    """A file that had to be downloaded is neither in the cache nor reachable; says where to put it."""
+
+
+def hub_file(url: str, local_hint: str) -> Path:
+    """The file of `url` in torch's hub cache (``$TORCH_HOME/hub/checkpoints``), downloaded (hash-checked)
+    when missing. No network (an offline node) is one DownloadError naming the file, the cache path and
+    `local_hint` (the flag or variable that points to a local copy) instead of a socket traceback."""
+    import torch.hub
+
+    name = url.rsplit("/", 1)[-1]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / name
+    if path.is_file():
+        return path
+    hash_prefix = name.rsplit("-", 1)[-1].split(".")[0] if "-" in name else None
+    log.info("downloading %s -> %s", url, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(path), hash_prefix, progress=False)
+    except (OSError, RuntimeError) as exc:  # URLError, socket errors, timeouts; RuntimeError: hash mismatch
+        reason = getattr(exc, "reason", None) or exc
+        raise DownloadError(
+            f"{name} is not in the cache (looked for {path}) and downloading it from {url} failed ({reason}). "
+            f"Offline: copy {name} to {path} (the cache follows $TORCH_HOME, default ~/.cache/torch), "
+            f"or {local_hint}") from exc
+    return path
+
+
 # ----------------------------------------------------------------------------- output files
 
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}

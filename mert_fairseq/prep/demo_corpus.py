@@ -257,11 +257,11 @@ def make_demo_corpus(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out-dir", default="data/demo")
-    p.add_argument("--num-clips", type=int, default=200)
-    p.add_argument("--seconds", type=float, default=6.0)
-    p.add_argument("--sample-rate", type=int, default=24_000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", default="data/demo", help="corpus folder: wav/ and metadata.csv")
+    p.add_argument("--num-clips", type=int, default=200, help="clips to synthesise")
+    p.add_argument("--seconds", type=float, default=6.0, help="length of each clip")
+    p.add_argument("--sample-rate", type=int, default=24_000, help="sampling rate of the wavs (Hz)")
+    p.add_argument("--seed", type=int, default=0, help="corpus seed: clip i draws from default_rng([seed, i])")
     return p
 
 

@@ -1,14 +1,15 @@
 """EnCodec 24 kHz codes as MERT acoustic-teacher labels.
 
-Output for a manifest ``{split}.tsv``: ``{out_root}/{split}.encodec_{i}`` for each codebook i (one
-line per manifest row, same order, space-separated codes) and ``{out_root}/dict.encodec_{i}.txt``
+Output for a manifest ``{split}.tsv``: ``{label_dir}/{split}.encodec_{i}`` for each codebook i (one
+line per manifest row, same order, space-separated codes) and ``{label_dir}/dict.encodec_{i}.txt``
 (every code 0..1023 with its count in that split, fairseq Dictionary format -> 4 + 1024 symbols).
 
 - Rate: 6 kbps = 8 codebooks x 1024 codes (10 bits) at 75 Hz; ``n_codebook`` codebooks use
   ``0.75 * n_codebook`` kbps (2, 4, 8, 16 or 32 codebooks).
 - Frame rule: a file of n samples gets ``ceil(n / 320)`` frames; frame j starts at sample 320 j.
-- Weights: ``EncodecModel.encodec_model_24khz()`` downloads them (needs internet), or
-  ``--checkpoint`` loads a local state dict (e.g. a downloaded ``encodec_24khz-d7cc33bc.th``), or
+- Weights: ``encodec_24khz-d7cc33bc.th`` from torch's hub cache (``$TORCH_HOME/hub/checkpoints``),
+  downloaded there when missing (needs internet; offline, a missing file is one error saying where to put
+  it), or ``--checkpoint`` loads a local state dict (e.g. a copied ``encodec_24khz-d7cc33bc.th``), or
   ``--random-init`` builds a seeded random model (tests, offline runs; codes carry no meaning).
 - Chunking: every file is encoded in chunks of ``chunk_seconds`` (a multiple of 320 samples),
   each with ``context_seconds`` of preceding audio whose frames are dropped. The 24 kHz model is
@@ -22,7 +23,7 @@ line per manifest row, same order, space-separated codes) and ``{out_root}/dict.
   nearest-code search flipped by float noise (2-3 of 1500 frames), exactly as often as encoding
   the same whole file in a batch of two, or with another thread count, flips them.
 - Resumable: each shard of consecutive rows (about ``shard_seconds`` of audio) is saved to
-  ``{out_root}/.{split}.encodec.partial/`` when done; a re-run with the same manifest and
+  ``{label_dir}/.{split}.encodec.partial/`` when done; a re-run with the same manifest and
   settings skips finished shards; the final files are assembled atomically at the end. A
   finished split leaves ``.{split}.encodec.done.json``; a re-run with the same settings is a no-op.
 - Several jobs: ``--shard-id i --num-shards n`` (or a Slurm array / torchrun rank) labels a
@@ -46,8 +47,8 @@ from tqdm import tqdm
 
 from mert_fairseq.data.audio import AudioError, to_mono
 from mert_fairseq.prep.common import (
-    LABEL_HOP, SAMPLE_RATE, OutputError, Part, add_shard_args, file_sha256, num_label_frames, parse_list, plan_blocks,
-    resolve_part, setup_logging, split_name,
+    LABEL_HOP, SAMPLE_RATE, OutputError, Part, add_shard_args, file_sha256, hub_file, num_label_frames, parse_list,
+    plan_blocks, resolve_part, setup_logging, split_name,
 )
 from mert_fairseq.data.manifest import Manifest, ManifestError, ManifestRow, check_audio, read_manifest
 from mert_fairseq.prep.merge_parts import LabelOutputs, write_labels
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 CODEBOOK_SIZE = 1024
 KBPS_PER_CODEBOOK = 0.75  # 10 bits x 75 Hz
 SUPPORTED_CODEBOOKS = (2, 4, 8, 16, 32)  # the 24 kHz model's bandwidths 1.5, 3, 6, 12, 24 kbps
+PRETRAINED_FILE = "encodec_24khz-d7cc33bc.th"  # encodec's published 24 kHz weights (hash prefix in the name)
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,19 @@ def load_encodec(
             model = EncodecModel.encodec_model_24khz(pretrained=False)
             model.load_state_dict(_load_state_dict(checkpoint))
         else:
-            model = EncodecModel.encodec_model_24khz()  # downloads the weights (internet)
+            model = EncodecModel.encodec_model_24khz(pretrained=False)
+            model.load_state_dict(_load_state_dict(pretrained_weights()))
     if model.sample_rate != SAMPLE_RATE or model.channels != 1:
         raise ValueError(f"expected a 24 kHz mono EnCodec model, got {model.sample_rate} Hz, {model.channels} ch")
     model.set_target_bandwidth(bandwidth_for(n_codebook))
     return model.eval().to(device)
+
+
+def pretrained_weights() -> str:
+    """Path of the published 24 kHz weights in torch's hub cache, downloaded when missing."""
+    from encodec.model import ROOT_URL
+
+    return str(hub_file(ROOT_URL + PRETRAINED_FILE, "pass --checkpoint /path/to/" + PRETRAINED_FILE))
 
 
 def _load_state_dict(path: str) -> dict:
@@ -309,16 +319,24 @@ def encode_manifest(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--manifest_path", "--manifest-path", required=True, help="folder holding the manifests")
-    p.add_argument("--manifest_file_name", "--manifest-file-name", default="train.tsv",
-                   help="manifest file(s) in it, comma-separated (train.tsv,valid.tsv)")
-    p.add_argument("--out_root", "--out-root", required=True, help="label directory")
-    p.add_argument("--codebook_size", "--codebook-size", type=int, default=CODEBOOK_SIZE)
-    p.add_argument("--n_codebook", "--n-codebook", type=int, default=8, help="8 codebooks = 6 kbps")
-    p.add_argument("--checkpoint", help="local EnCodec 24 kHz state dict (default: download via encodec)")
+    p.add_argument("--manifest-dir", "--manifest-path", "--manifest_path", required=True,
+                   help="folder holding the {split}.tsv manifests")
+    splits = p.add_mutually_exclusive_group()
+    splits.add_argument("--splits", help="comma-separated splits to label (default: train)")
+    splits.add_argument("--manifest-file-name", "--manifest_file_name",
+                        help="the original's form of --splits: manifest file names, comma-separated (train.tsv,valid.tsv)")
+    p.add_argument("--label-dir", "--out-root", "--out_root", required=True,
+                   help="label folder written: {split}.encodec_{i} and dict.encodec_{i}.txt")
+    p.add_argument("--codebook-size", "--codebook_size", type=int, default=CODEBOOK_SIZE,
+                   help=f"codes per codebook; EnCodec 24 kHz has {CODEBOOK_SIZE} (any other value is an error)")
+    p.add_argument("--n-codebook", "--n_codebook", type=int, default=8,
+                   help=f"codebooks (label streams) to write, one of {SUPPORTED_CODEBOOKS}; 8 codebooks = 6 kbps")
+    p.add_argument("--checkpoint", help=f"local EnCodec 24 kHz state dict, e.g. a copy of {PRETRAINED_FILE} "
+                   "(default: that file from torch's hub cache, $TORCH_HOME/hub/checkpoints, downloaded when missing)")
     p.add_argument("--random-init", action="store_true", help="seeded random weights (tests/offline only)")
     p.add_argument("--seed", type=int, default=0, help="seed of --random-init")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device of the EnCodec model (default: cuda when available)")
     p.add_argument("--batch-size", type=int, help="chunks per forward pass (default: 1 on CPU, fastest "
                    "there; 16 on GPU)")
     p.add_argument("--chunk-seconds", type=float, default=30.0, help="rounded to a multiple of 320 samples")
@@ -347,14 +365,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_id=_model_id(args),
         )
         part = resolve_part(args.shard_id, args.num_shards)
-        manifests = [read_manifest(Path(args.manifest_path) / name) for name in parse_list(args.manifest_file_name)]
+        manifests = [read_manifest(Path(args.manifest_dir) / name) for name in _manifest_names(args)]
         model = load_encodec(args.checkpoint, args.random_init, args.seed, args.n_codebook, args.device)
         for manifest in manifests:
-            encode_manifest(model, manifest, args.out_root, settings, batch_size, args.device, part=part)
+            encode_manifest(model, manifest, args.label_dir, settings, batch_size, args.device, part=part)
     except (ManifestError, AudioError, ValueError, OutputError) as exc:
         log.error("%s", exc)
         return 1
     return 0
+
+
+def _manifest_names(args: argparse.Namespace) -> list[str]:
+    """Manifest files named by --splits (train -> train.tsv) or by the original's --manifest_file_name."""
+    if args.manifest_file_name:
+        return parse_list(args.manifest_file_name)
+    return [f"{split}.tsv" for split in parse_list(args.splits or "train")]
 
 
 def _model_id(args: argparse.Namespace) -> str:

@@ -17,14 +17,16 @@ frames, frame j centred on sample 320 j):
   last frame is repeated (or extra frames cut) to give ``ceil(n / 320)``.
 
 Several label streams in one call (one k-means model per feature, e.g. the demo's pitch-bearing
-pair): ``--feature mfcc+chroma`` with ``--kmeans-model DIR/{name}.joblib`` fits and applies one model
+pair): ``--feature mfcc+chroma`` with ``--kmeans-model DIR/{name}.npz`` fits and applies one model
 per feature; ``--name`` gives the stream names (default: ``kmeans`` for the first feature, the feature
 kind for the others, so ``mfcc+chroma`` -> ``kmeans`` and ``chroma``). Train on them with
 ``task.labels=[kmeans,chroma] model.untie_final_proj=true`` (``split_streams``).
 
 ``fit`` samples at most ``--max-fit-frames`` frames uniformly at random from a split (memory:
-frames x dims x 4 bytes), fits k-means and saves it with its feature settings (joblib, written
-atomically). ``apply`` labels splits with a saved model: ``{label_dir}/{split}.{name}`` and
+frames x dims x 4 bytes), fits k-means and saves its centroids with the feature settings as a data-only
+``.npz`` (numeric and string arrays, read with ``allow_pickle=False``: nothing in a model file runs;
+written atomically). Models of earlier versions were joblib pickles: they are refused, and ``convert
+--trust-pickle OLD NEW.npz`` converts one the user trusts. ``apply`` labels splits with a saved model: ``{label_dir}/{split}.{name}`` and
 ``dict.{name}.txt`` (every cluster id with its count in that split). ``all`` does both.
 
 Resuming after a kill (same command): ``fit`` saves the sampled frames of every ~``--shard-seconds``
@@ -40,13 +42,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
+import json
 import logging
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import joblib
 import numpy as np
 import torch
 from sklearn.cluster import MiniBatchKMeans
@@ -62,7 +66,7 @@ from mert_fairseq.prep.merge_parts import LabelOutputs, write_labels
 
 log = logging.getLogger(__name__)
 
-MODEL_FORMAT = "mert-fairseq-kmeans/1"
+MODEL_FORMAT = "mert-fairseq-kmeans/2"  # .npz of centroids + settings (/1: the joblib pickle of earlier versions)
 Extractor = Callable[[np.ndarray], np.ndarray]  # mono 24 kHz [n] -> [ceil(n / 320), dims]
 
 
@@ -221,29 +225,129 @@ def fit_kmeans(
     return km.fit(frames)
 
 
-def save_model(path: str | Path, km: MiniBatchKMeans, spec: FeatureSpec, fitted_on: str, identity: dict | None = None) -> None:
-    saved = {"format": MODEL_FORMAT, "kmeans": km, "feature": asdict(spec), "fitted_on": fitted_on, "identity": identity}
+@dataclass(frozen=True)
+class KMeansModel:
+    """A saved k-means model: the centroids (K x D; named as sklearn's fitted attribute) and nothing else."""
+
+    cluster_centers_: np.ndarray
+
+    @property
+    def n_clusters(self) -> int:
+        return len(self.cluster_centers_)
+
+
+def nearest_center(centers: np.ndarray, feats: np.ndarray) -> np.ndarray:
+    """Index of the nearest centroid (Euclidean) of every row of feats [T, D], in the centroids' dtype."""
+    from sklearn.metrics import pairwise_distances_argmin
+
+    centers = np.asarray(centers)
+    return pairwise_distances_argmin(np.asarray(feats, dtype=centers.dtype), centers).astype(np.int32)
+
+
+def _npz_bytes(arrays: dict) -> bytes:
+    """An .npz archive of `arrays` with fixed timestamps, so the same model gives the same bytes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, value in arrays.items():
+            with zf.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w") as member:
+                np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
+    return buf.getvalue()
+
+
+def save_model(path: str | Path, km, spec: FeatureSpec, fitted_on: str, identity: dict | None = None) -> None:
+    """Write `km`'s centroids (a fitted sklearn model or a KMeansModel) and the settings as a data-only .npz."""
+    if Path(path).suffix == ".joblib":
+        log.warning("%s: k-means models are saved as data-only .npz (not joblib) whatever the name; "
+                    "name the file .npz", path)
+    arrays = {"format": MODEL_FORMAT, "cluster_centers": np.ascontiguousarray(km.cluster_centers_),
+              "feature": json.dumps(asdict(spec), sort_keys=True), "fitted_on": fitted_on,
+              "identity": json.dumps(identity, sort_keys=True)}
     with output_file(path, "wb") as f:
-        joblib.dump(saved, f)
+        f.write(_npz_bytes(arrays))
+
+
+PICKLE_CONTAINERS = (b"x", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x5d\x00")  # joblib: zlib, gzip, bz2, xz, lzma
+
+
+def _pickle_refusal(path: str | Path) -> str:
+    return (f"{path}: cannot load k-means model: this is a pickle (joblib) file, the format of earlier versions; "
+            "loading it would run whatever code it holds, so it is refused. If you trust the file, convert it once "
+            f"to the data-only format: python scripts/prepare_kmeans_labels.py convert --trust-pickle {path} "
+            f"{Path(path).with_suffix('.npz')}")
+
+
+def _read_model_npz(path: str | Path) -> dict:
+    """The arrays of a model file, read without pickle; ValueError naming the file otherwise."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot load k-means model ({exc.strerror or exc})") from exc
+    if head != b"PK\x03\x04":  # not a zip (.npz) archive
+        if head[:1] == b"\x80" or head.startswith(PICKLE_CONTAINERS):
+            raise ValueError(_pickle_refusal(path))
+        raise ValueError(f"{path}: cannot load k-means model (not an .npz model written by prepare_kmeans_labels.py)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+    except Exception as exc:  # a damaged archive, or an object array (which would need pickle)
+        raise ValueError(f"{path}: cannot load k-means model ({exc})") from exc
+    if str(arrays.get("format", "")) != MODEL_FORMAT:
+        raise ValueError(f"{path}: cannot load k-means model (format {str(arrays.get('format'))!r}, "
+                         f"expected {MODEL_FORMAT!r})")
+    return arrays
+
+
+def _spec_from_json(path: str | Path, text: str) -> FeatureSpec:
+    fields = json.loads(text)
+    unknown = set(fields) - set(FeatureSpec.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"{path}: unknown feature settings {sorted(unknown)}")
+    return FeatureSpec(**fields)
 
 
 def saved_identity(path: str | Path) -> dict | None:
     """The inputs and settings a saved model was fitted with (None when unknown or unreadable)."""
     try:
-        saved = joblib.load(path)
-    except Exception:
+        return json.loads(str(_read_model_npz(path)["identity"]))
+    except (ValueError, KeyError):
         return None
-    return saved.get("identity") if isinstance(saved, dict) and saved.get("format") == MODEL_FORMAT else None
 
 
-def load_model(path: str | Path) -> tuple[MiniBatchKMeans, FeatureSpec]:
+def load_model(path: str | Path) -> tuple[KMeansModel, FeatureSpec]:
+    arrays = _read_model_npz(path)
     try:
-        saved = joblib.load(path)
-    except Exception as exc:
+        centers = np.asarray(arrays["cluster_centers"])
+        spec = _spec_from_json(path, str(arrays["feature"]))
+    except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: cannot load k-means model ({exc})") from exc
-    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path}: not a k-means model written by prepare_kmeans_labels.py")
-    return saved["kmeans"], FeatureSpec(**saved["feature"])
+    if centers.ndim != 2 or centers.dtype.kind != "f" or not len(centers) or not np.isfinite(centers).all():
+        raise ValueError(f"{path}: cannot load k-means model (centroids must be a finite K x D float array, "
+                         f"got {centers.dtype} {centers.shape})")
+    return KMeansModel(centers), spec
+
+
+def convert_pickled_model(src: str | Path, dst: str | Path, trust_pickle: bool, spec: FeatureSpec) -> None:
+    """A joblib model of earlier versions (or a bare sklearn KMeans, saved with `spec`) -> data-only .npz.
+    Unpickling runs code from the file: only with `trust_pickle`."""
+    if not trust_pickle:
+        raise ValueError(f"{src}: converting a pickle file loads it, which runs any code it holds; "
+                         "pass --trust-pickle if you trust where it comes from")
+    import joblib  # only here: nothing else in mert-fairseq unpickles
+
+    try:
+        saved = joblib.load(src)
+    except Exception as exc:
+        raise ValueError(f"{src}: cannot load the pickle ({type(exc).__name__}: {exc})") from exc
+    if isinstance(saved, dict) and saved.get("format") == "mert-fairseq-kmeans/1":
+        km, spec, fitted_on, identity = saved["kmeans"], FeatureSpec(**saved["feature"]), saved["fitted_on"], None
+    elif hasattr(saved, "cluster_centers_"):
+        km, fitted_on, identity = saved, str(src), None
+        log.info("%s: a bare k-means estimator; saved with feature settings %s", src, asdict(spec))
+    else:
+        raise ValueError(f"{src}: not a k-means model (neither prepare_kmeans_labels.py's nor an sklearn KMeans)")
+    save_model(dst, km, spec, fitted_on, identity)
+    log.info("converted %s -> %s (%d clusters)", src, dst, len(km.cluster_centers_))
 
 
 def kmeans_outputs(label_dir: str | Path, split: str, name: str, n_clusters: int, part: Part = Part()) -> LabelOutputs:
@@ -251,7 +355,8 @@ def kmeans_outputs(label_dir: str | Path, split: str, name: str, n_clusters: int
 
 
 def apply_kmeans(
-    manifest: Manifest, extractor: Extractor, km: MiniBatchKMeans, label_dir: str | Path, name: str, split: str,
+    manifest: Manifest, extractor: Extractor, km: KMeansModel | MiniBatchKMeans, label_dir: str | Path, name: str,
+    split: str,
     part: Part = Part(), shard_samples: int = 600 * SAMPLE_RATE, spec: FeatureSpec | None = None,
     on_shard_done: Callable[[int], None] | None = None,
 ) -> list[int] | None:
@@ -260,9 +365,9 @@ def apply_kmeans(
     rows = part.slice(len(manifest.rows))
     centers = np.ascontiguousarray(km.cluster_centers_)
     identity = {"manifest": str(manifest.path.resolve()), "manifest_sha256": file_sha256(manifest.path),
-                "centers_sha256": hashlib.sha256(centers.tobytes()).hexdigest(), "n_clusters": int(km.n_clusters),
+                "centers_sha256": hashlib.sha256(centers.tobytes()).hexdigest(), "n_clusters": len(centers),
                 "feature": asdict(spec) if spec else None, "shard_samples": int(shard_samples)}
-    out = kmeans_outputs(label_dir, split, name, km.n_clusters, part)
+    out = kmeans_outputs(label_dir, split, name, len(centers), part)
     if out.finished(identity):
         log.info("%s: k-means labels %s.%s%s are complete; nothing to do", label_dir, split, name, part.suffix)
         return None
@@ -276,7 +381,7 @@ def apply_kmeans(
         out = []
         for j in shard:
             feats = extractor(load_mono(manifest.audio_path(manifest.rows[j])))
-            out.append(km.predict(feats.astype(centers.dtype)).astype(np.int32)[None])
+            out.append(nearest_center(centers, feats)[None])
             bar.update()
         return out
 
@@ -299,8 +404,7 @@ def fit_partial_dir(model_path: str | Path) -> Path:
 
 
 def run_fit(args: argparse.Namespace, on_shard_done: Callable[[int], None] | None = None) -> None:
-    spec = FeatureSpec(args.feature, args.n_mfcc, args.n_mels, args.checkpoint, args.layer, args.max_chunk_seconds,
-                       args.chroma_gain)
+    spec = feature_spec(args)
     manifest = load_split(args.manifest_dir, args.split)
     shard_samples = max(1, int(args.shard_seconds * SAMPLE_RATE))
     identity = {"manifest": str(manifest.path.resolve()), "manifest_sha256": file_sha256(manifest.path),
@@ -350,38 +454,56 @@ def split_streams(args: argparse.Namespace) -> list[argparse.Namespace]:
         raise ValueError(f"--name {','.join(names)}: stream names must differ")
     if "{name}" not in args.kmeans_model:
         raise ValueError(f"--kmeans-model {args.kmeans_model}: with several streams it needs a {{name}} placeholder, "
-                         "e.g. labels/{name}.joblib (one model per stream)")
+                         "e.g. labels/{name}.npz (one model per stream)")
     return [argparse.Namespace(**{**vars(args), "name": name, "kmeans_model": args.kmeans_model.format(name=name),
                                   **({"feature": features[i]} if features else {})}) for i, name in enumerate(names)]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest-dir", required=True, help="folder holding {split}.tsv")
-    p.add_argument("--kmeans-model", required=True, help="fitted model file (joblib); with several streams a "
-                   "pattern with {name}, e.g. labels/{name}.joblib")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--kmeans-model", required=True, help="fitted model file (data-only .npz); with several "
+                   "streams a pattern with {name}, e.g. labels/{name}.npz")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device of the feature extractor (default: cuda when available)")
     p.add_argument("--checkpoint", help="MERT checkpoint for --feature mert (apply: overrides the saved path)")
     p.add_argument("--shard-seconds", type=float, default=600.0, help="audio per resumable shard")
 
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="train", help="split to fit on")
-    p.add_argument("--feature", type=_feature_list, default="mfcc",
-                   help="frame features: mfcc, chroma (CQT pitch class) or mert (a MERT layer); several joined by "
-                   "'+' (e.g. mfcc+chroma) fit one model and write one label stream each")
+    _feature_args(p, several=True)
+    p.add_argument("--n-clusters", type=int, default=500, help="k-means clusters = label codes")
+    p.add_argument("--max-fit-frames", type=int, default=500_000, help="frames sampled for fitting")
+    p.add_argument("--seed", type=int, default=0, help="seed of the frame sampling and of k-means")
+
+
+def _feature_args(p: argparse.ArgumentParser, several: bool = False) -> None:
+    if several:
+        p.add_argument("--feature", type=_feature_list, default="mfcc",
+                       help="frame features: mfcc, chroma (CQT pitch class) or mert (a MERT layer); several joined "
+                       "by '+' (e.g. mfcc+chroma) fit one model and write one label stream each")
+    else:
+        p.add_argument("--feature", choices=FEATURE_KINDS, default="mfcc",
+                       help="frame features: MFCCs, CQT chroma (pitch class) or a MERT layer")
     p.add_argument("--layer", type=int, help="MERT layer for --feature mert (0 = CNN/input projection)")
-    p.add_argument("--n-mfcc", type=int, default=13)
-    p.add_argument("--n-mels", type=int, default=40)
+    p.add_argument("--n-mfcc", type=int, default=13, help="MFCCs per frame for --feature mfcc")
+    p.add_argument("--n-mels", type=int, default=40, help="mel bands the MFCCs are computed from")
     p.add_argument("--chroma-gain", type=float, default=10.0, help="chroma: log(1 + gain x) compression")
     p.add_argument("--max-chunk-seconds", type=float, default=30.0, help="MERT input chunk length")
-    p.add_argument("--n-clusters", type=int, default=500)
-    p.add_argument("--max-fit-frames", type=int, default=500_000, help="frames sampled for fitting")
-    p.add_argument("--seed", type=int, default=0)
+
+
+def _convert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="joblib model of an earlier version (or a bare sklearn KMeans pickle)")
+    p.add_argument("dst", help="data-only .npz model to write")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="required: loading a pickle runs code stored in it; pass only for files you trust")
+    p.add_argument("--checkpoint", help="MERT checkpoint for --feature mert (bare estimators only)")
+    _feature_args(p)
 
 
 def _apply_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splits", default="train,valid", help="splits to label")
-    p.add_argument("--label-dir", required=True)
+    p.add_argument("--label-dir", required=True, help="label folder written: {split}.{name} and dict.{name}.txt")
     p.add_argument("--name", default=None, help="label name: files {split}.{name}, dict.{name}.txt (default "
                    "kmeans); several streams: a comma list, one per feature (default kmeans, then the feature kinds)")
     add_shard_args(p)
@@ -402,21 +524,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     for command, adders, text in (
-        ("fit", (_fit_args,), "fit k-means on a split and save it"),
-        ("apply", (_apply_args,), "label splits with a saved model"),
-        ("all", (_fit_args, _apply_args), "fit, then label"),
+        ("fit", (_common, _fit_args), "fit k-means on a split and save it"),
+        ("apply", (_common, _apply_args), "label splits with a saved model"),
+        ("all", (_common, _fit_args, _apply_args), "fit, then label"),
+        ("convert", (_convert_args,), "convert a trusted joblib model of an earlier version to .npz "
+                                      "(feature settings: the saved ones, or the flags for a bare estimator)"),
     ):
         sp = sub.add_parser(command, help=text)
-        _common(sp)
         for add in adders:
             add(sp)
     return p
+
+
+def feature_spec(args: argparse.Namespace) -> FeatureSpec:
+    return FeatureSpec(args.feature, args.n_mfcc, args.n_mels, args.checkpoint, args.layer, args.max_chunk_seconds,
+                       args.chroma_gain)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
+        if args.command == "convert":
+            convert_pickled_model(args.src, args.dst, args.trust_pickle, feature_spec(args))
+            return 0
         for stream in split_streams(args):
             if args.command in ("fit", "all"):
                 run_fit(stream)

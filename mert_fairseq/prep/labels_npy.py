@@ -68,14 +68,20 @@ def labels_to_npy(src: PathLike, dst: Optional[PathLike] = None, dtype: str = "a
     return dst
 
 
-def main(argv=None) -> int:
+def build_parser():
     import argparse
 
     p = argparse.ArgumentParser(description="Convert text frame labels ({split}.{label}) to {split}.{label}.npy "
                                             "for task.numpy_memmap_label=true.")
     p.add_argument("labels", nargs="+", help="text label files, e.g. LABELS/train.encodec_0 LABELS/train.encodec_1")
-    p.add_argument("--dtype", default="auto", choices=["auto", "int16", "int32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "int16", "int32"],
+                   help="auto: int16 when every code fits, else int32")
     p.add_argument("--out", help="output path (only with a single input; default: INPUT.npy)")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.out and len(args.labels) != 1:
         p.error("--out needs exactly one input file")

@@ -272,7 +272,7 @@ def pack_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike,
     return packed
 
 
-def main(argv=None) -> int:
+def build_parser():
     import argparse
 
     p = argparse.ArgumentParser(description="Pack a manifest's audio into uncompressed ZIP shards and write a "
@@ -290,7 +290,11 @@ def main(argv=None) -> int:
                    help="with --pcm: auto (as above); PCM_16 (every file as 16-bit: non-16-bit sources are "
                         "rounded) or FLOAT (every converted file as float32) imply --pcm")
     p.add_argument("--workers", type=int, default=1, help="processes writing shards in parallel")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         out = pack_manifest(args.manifest, args.out_dir, int(args.max_shard_bytes), args.prefix,

@@ -152,12 +152,12 @@ def _root_problems(manifest: Manifest) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--manifest-dir", required=True)
+    p.add_argument("--manifest-dir", required=True, help="folder holding the {split}.tsv manifests")
     p.add_argument("--label-dir", help="label folder (omit to check only manifests and audio)")
-    p.add_argument("--splits", default="train,valid")
+    p.add_argument("--splits", default="train,valid", help="comma-separated splits to check")
     p.add_argument("--labels", help="comma-separated label names (default: every dict.*.txt in --label-dir)")
-    p.add_argument("--sample-rate", type=int, default=SAMPLE_RATE)
-    p.add_argument("--label-rate", type=float, default=LABEL_RATE)
+    p.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help="sampling rate every audio file must have (Hz)")
+    p.add_argument("--label-rate", type=float, default=LABEL_RATE, help="label frames per second of audio, for the length check")
     return p
 
 

@@ -2,35 +2,50 @@
 
 `install()` is called by `MERTPretrainingTask.setup_task`, i.e. once fairseq has built the task, before
 it loads or saves a checkpoint. Importing the plugin changes nothing. Each patch replaces one attribute
-of `fairseq.checkpoint_utils` (fairseq-fixed 0.12.3.1) and affects that module's callers only:
+of `fairseq.checkpoint_utils` or (when a training run has imported it) `fairseq_cli.train`
+(fairseq-fixed 0.12.3.1) and affects that module's callers only:
 
 | attribute of checkpoint_utils | replaced by | why | fairseq internals it relies on |
 |---|---|---|---|
 | `torch_persistent_save` | `_persistent_save` | fairseq writes checkpoints in place: a kill or a full disk leaves a torn file | `save_checkpoint` calls the module-level name `torch_persistent_save(obj, filename, async_write)` |
 | `PathManager` | `_CheckpointPathManager` (fairseq's PathManager with an atomic local `copy`) | `save_checkpoint` copies the first file to `checkpoint_last.pt`, ... with a plain copy that a kill tears | `save_checkpoint` calls `PathManager.copy(src, dst, overwrite=True)` through the module-level name |
-| `load_checkpoint` | `_load_checkpoint` | resume past a damaged `checkpoint_last.pt`; stop at once when already at `max_update` | `fairseq_cli.train.main` calls `checkpoint_utils.load_checkpoint(cfg.checkpoint, trainer, ...)` through the module |
-| `load_checkpoint_to_cpu` | `_load_checkpoint_to_cpu` | read with `weights_only=True` and the allow-list whatever the environment says; errors name the file | the trainer's `load_checkpoint` and fairseq's model loading call `checkpoint_utils.load_checkpoint_to_cpu` through the module; the state is finished by fairseq's `_upgrade_state_dict` |
+| `load_checkpoint` | `_load_checkpoint` | resume past a damaged `checkpoint_last.pt`; stop at once when already at `max_update`; catch SIGUSR1/SIGTERM from here on (`checkpoint.preemption`) | `fairseq_cli.train.main` calls `checkpoint_utils.load_checkpoint(cfg.checkpoint, trainer, ...)` through the module |
+| `save_checkpoint` | `_save_checkpoint` | preemption: once the checkpoint of a run stopped by SIGUSR1/SIGTERM is saved, exit with code 75 (and requeue a Slurm job): `checkpoint.preemption` | `fairseq_cli.train.validate_and_save` calls `checkpoint_utils.save_checkpoint(cfg.checkpoint, trainer, epoch_itr, val_loss)` through the module, on every rank |
+| `load_checkpoint_to_cpu` | `_load_checkpoint_to_cpu` | read with `weights_only=True` and the allow-list whatever the environment says; errors name the file; while resuming a `mert`-criterion run, a checkpoint written with `hubert` counts as `mert` (same loss, neither has state), so older checkpoints resume under the recipes | the trainer's `load_checkpoint` and fairseq's model loading call `checkpoint_utils.load_checkpoint_to_cpu` through the module; the state is finished by fairseq's `_upgrade_state_dict`; the trainer compares `optimizer_history[-1]["criterion_name"]` with its criterion's class name |
+| `fairseq_cli.train.should_stop_early` | `_should_stop_early` | preemption: stop (and so save) after the update during which a signal came, on every rank at once | `validate_and_save` calls the module-level name `should_stop_early(cfg, valid_loss)` after every update, then saves when it is true; fairseq keeps its patience state as attributes of that name |
 
-With `MERT_FAULT_POINT` or `MERT_FAULT_NAN_UPDATES` set (the fault-injection harness), `install()` also arms
-the harness's kill points (`mert_fairseq.testing.fault_points.install`). `tests/test_fairseq_patches.py`
+and one attribute of `fairseq.models.distributed_fairseq_model`:
+
+| attribute | replaced by | why | fairseq internals it relies on |
+|---|---|---|---|
+| `DistributedDataParallel` | `_DistributedDataParallel` (torch's, without `device_ids`/`output_device` for a CPU module) | `ddp_backend=c10d` (the recipes') passes `device_ids=[device_id]`, which torch refuses for CPU modules: c10d could not run on CPU/gloo | `DistributedFairseqModel` calls the module-level name `DistributedDataParallel(module=..., device_ids=..., ...)` |
+
+With `MERT_FAULT_POINT`, `MERT_FAULT_NAN_UPDATES` or `MERT_FAULT_RANK_WEIGHTS` set (the fault-injection
+harness and tests), `install()` also arms the harness's kill points and hooks (`mert_fairseq.testing.fault_points.install`). `tests/test_layout.py`
 fails when one of the internals above changes.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import IO, Callable
+import sys
+from typing import IO, Callable, Optional
 
+import torch
 from fairseq import checkpoint_utils
+from fairseq.models import distributed_fairseq_model
 from fairseq.file_io import PathManager
 from omegaconf import OmegaConf
 
-from mert_fairseq.checkpoint import resume
+from mert_fairseq.checkpoint import preemption, resume
 from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
 
 logger = logging.getLogger(__name__)
 
-_stock: dict = {}  # the replaced fairseq attributes, by name
+_stock: dict = {}  # the replaced fairseq attributes, by name (fairseq_cli.train's with its module prefix)
+_resuming_criterion: list = []  # class name of the criterion of the run being resumed (inside _load_checkpoint)
+# criteria computing the same loss with no state: a checkpoint of the first resumes under the second
+CRITERION_ALIASES = {("HubertCriterion", "MertCriterion")}
 
 
 def _fault_wrap(point: str) -> Callable[[IO[bytes]], IO[bytes]]:
@@ -77,7 +92,11 @@ def _load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks: bool = 
         state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
         if arg_overrides is not None:
             checkpoint_utils.overwrite_args_by_name(state["cfg"], arg_overrides)
-    return checkpoint_utils._upgrade_state_dict(state)
+    state = checkpoint_utils._upgrade_state_dict(state)
+    history = state.get("optimizer_history") or []
+    if _resuming_criterion and history and (history[-1].get("criterion_name"), _resuming_criterion[0]) in CRITERION_ALIASES:
+        history[-1]["criterion_name"] = _resuming_criterion[0]
+    return state
 
 
 def _load_checkpoint(cfg, trainer, **passthrough_args):
@@ -91,39 +110,85 @@ def _load_checkpoint(cfg, trainer, **passthrough_args):
                                           explicit=cfg.restore_file != "checkpoint_last.pt")
         if chosen != path:
             cfg = resume.with_restore_file(cfg, chosen)
-    extra_state, epoch_itr = _stock["load_checkpoint"](cfg, trainer, **passthrough_args)
+    preemption.install_handlers()  # a training process: from here on a signal ends with a saved checkpoint
+    _resuming_criterion[:] = [type(trainer.get_criterion()).__name__]
+    try:
+        extra_state, epoch_itr = _stock["load_checkpoint"](cfg, trainer, **passthrough_args)
+    finally:
+        _resuming_criterion.clear()
     resume.stop_if_already_complete(trainer.get_num_updates(), trainer.cfg.optimization.max_update, path)
     return extra_state, epoch_itr
 
+
+def _save_checkpoint(cfg, trainer, epoch_itr, val_loss):
+    """fairseq's `save_checkpoint`; then, for a preempted run, exit (preemption.after_save)."""
+    saved = _stock["save_checkpoint"](cfg, trainer, epoch_itr, val_loss)
+    preemption.after_save(trainer)
+    return saved
+
+
+def _should_stop_early(cfg, valid_loss) -> bool:
+    """fairseq's patience check (it keeps its state as attributes of the name it is called by, i.e. of this
+    function), or a preemption signal agreed by all ranks."""
+    early = _stock["fairseq_cli.train.should_stop_early"](cfg, valid_loss)
+    return preemption.stop_requested() or early
+
+
+class _DistributedDataParallel(torch.nn.parallel.DistributedDataParallel):
+    """torch's DDP; for a module on the CPU without the device_ids / output_device fairseq passes."""
+
+    def __init__(self, module, device_ids=None, output_device=None, **kwargs):
+        if all(p.device.type == "cpu" for p in module.parameters()):
+            device_ids = output_device = None
+        super().__init__(module, device_ids=device_ids, output_device=output_device, **kwargs)
+
+
+DDP_REPLACEMENTS = {"DistributedDataParallel": _DistributedDataParallel}
 
 REPLACEMENTS = {
     "torch_persistent_save": _persistent_save,
     "PathManager": _CheckpointPathManager(),
     "load_checkpoint": _load_checkpoint,
     "load_checkpoint_to_cpu": _load_checkpoint_to_cpu,
+    "save_checkpoint": _save_checkpoint,
 }
+TRAIN_REPLACEMENTS = {"should_stop_early": _should_stop_early}  # attributes of fairseq_cli.train
 
 
 def installed() -> bool:
     return bool(_stock)
 
 
-def install() -> None:
-    """Apply the patches above (idempotent)."""
+def install(task_class: Optional[type] = None, dataset_class: Optional[type] = None) -> None:
+    """Apply the patches above (idempotent). With the fault-injection variables set, also arm the harness's
+    points in `task_class` and `dataset_class` (the task passes its own classes)."""
     if _stock:
         return
     for name, replacement in REPLACEMENTS.items():
         _stock[name] = getattr(checkpoint_utils, name)
         setattr(checkpoint_utils, name, replacement)
-    if os.environ.get("MERT_FAULT_POINT") or os.environ.get("MERT_FAULT_NAN_UPDATES"):
+    for name, replacement in DDP_REPLACEMENTS.items():
+        _stock["ddp." + name] = getattr(distributed_fairseq_model, name)
+        setattr(distributed_fairseq_model, name, replacement)
+    train_module = sys.modules.get("fairseq_cli.train")  # imported when training (importing it sets up logging)
+    for name, replacement in TRAIN_REPLACEMENTS.items() if train_module else ():
+        _stock[f"fairseq_cli.train.{name}"] = getattr(train_module, name)
+        setattr(train_module, name, replacement)
+    fault_vars = ("MERT_FAULT_POINT", "MERT_FAULT_NAN_UPDATES", "MERT_FAULT_RANK_WEIGHTS")
+    if task_class is not None and any(os.environ.get(v) for v in fault_vars):
         from mert_fairseq.testing import fault_points
 
-        fault_points.install()
-    logger.debug("patched fairseq.checkpoint_utils: %s", ", ".join(REPLACEMENTS))
+        fault_points.install(task_class, dataset_class)
+    logger.debug("patched fairseq.checkpoint_utils: %s; fairseq_cli.train: %s; distributed_fairseq_model: %s",
+                 ", ".join(REPLACEMENTS), ", ".join(TRAIN_REPLACEMENTS), ", ".join(DDP_REPLACEMENTS))
 
 
 def uninstall() -> None:
     """Put fairseq's own attributes back (tests)."""
     for name, original in _stock.items():
-        setattr(checkpoint_utils, name, original)
+        if name.startswith("ddp."):
+            setattr(distributed_fairseq_model, name[len("ddp."):], original)
+        else:
+            module, _, attr = name.rpartition(".")
+            setattr(sys.modules[module] if module else checkpoint_utils, attr, original)
     _stock.clear()

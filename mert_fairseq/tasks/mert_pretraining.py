@@ -23,10 +23,10 @@ from fairseq.tasks.fairseq_task import FairseqTask
 from omegaconf import II, MISSING
 
 from mert_fairseq.data import allocator, loader_shutdown
-from mert_fairseq.common.config_values import parse_list_literal
+from mert_fairseq.common.config_values import parse_list_literal, warn_fields_without_effect
 from mert_fairseq.data.mert_dataset import DataError, MERTDataset
 from mert_fairseq.models.teachers.random_projection import code_dictionary
-from mert_fairseq.optim.non_finite import NonFiniteGuard, clean_logging_outputs
+from mert_fairseq.optim.non_finite import NonFiniteGuard
 from mert_fairseq.tasks import fairseq_patches
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class MERTPretrainingConfig(FairseqDataclass):
     label_rate: float = field(default=-1.0, metadata={"help": "label frames per second (75 for EnCodec at 24 kHz)"})
     sample_rate: int = field(default=16_000, metadata={"help": "audio sample rate; files must already have it"})
     normalize: bool = field(default=False, metadata={"help": "normalise each clip to zero mean, unit variance"})
-    enable_padding: bool = field(default=False, metadata={"help": "legacy HuBERT field (use pad_audio)"})
+    enable_padding: bool = field(default=False, metadata={"help": "no effect: legacy HuBERT field (use pad_audio)"})
     max_keep_size: Optional[int] = field(default=None, metadata={"help": "drop clips longer than this (samples)"})
     max_sample_size: Optional[int] = field(default=None, metadata={"help": "crop clips to at most this (samples)"})
     min_sample_size: Optional[int] = field(default=None, metadata={"help": "drop clips shorter than this (samples)"})
@@ -62,13 +62,13 @@ class MERTPretrainingConfig(FairseqDataclass):
     )
     augmentation_probs: Optional[str] = field(default="[]", metadata={"help": "probability of each effect"})
     inbatch_noise_augment_len_range: Optional[str] = field(
-        default="[8000, 24000]", metadata={"help": "informational copy; the model's field is used"}
+        default="[8000, 24000]", metadata={"help": "no effect: the model's field of this name is used"}
     )
     inbatch_noise_augment_number_range: Optional[str] = field(
-        default="[1, 3]", metadata={"help": "informational copy; the model's field is used"}
+        default="[1, 3]", metadata={"help": "no effect: the model's field of this name is used"}
     )
     inbatch_noise_augment_volume: float = field(
-        default=1.0, metadata={"help": "informational copy; the model's field is used"}
+        default=1.0, metadata={"help": "no effect: the model's field of this name is used"}
     )
     dynamic_crops: Optional[str] = field(
         default="[]", metadata={"help": "max clip seconds per stage, e.g. [5, 10]"}
@@ -107,6 +107,21 @@ class MERTPretrainingConfig(FairseqDataclass):
         default=False,
         metadata={"help": "torch.compile each transformer layer in place (same state-dict keys); first steps "
                           "compile (tens of seconds); a GPU lever, slower on CPU"},
+    )
+    draws_in_collater: bool = field(
+        default=True,
+        metadata={"help": "draw masks, noise mixture, layerdrop and random codebooks in the data loader (fixed "
+                          "shapes, no host sync in the step); false: the model draws them (as before)"},
+    )
+    compile_step: bool = field(
+        default=False,
+        metadata={"help": "torch.compile the mert criterion's step (forward + loss; fullgraph, inductor); "
+                          "the first steps compile; a GPU lever"},
+    )
+    cuda_graphs: bool = field(
+        default=False,
+        metadata={"help": "with compile_step: capture the compiled step in CUDA graphs (inductor's "
+                          "reduce-overhead mode; fixed batch shapes: cropped batches of one size)"},
     )
     seed: int = II("common.seed")
     resume_from_intact_checkpoint: bool = field(
@@ -148,11 +163,90 @@ class MERTPretrainingConfig(FairseqDataclass):
     online_targets_seed: int = field(default=0, metadata={"help": "seed of the projections and codebooks"})
 
 
+# field -> why it does nothing; the task warns once when one differs from its default
+# (common.config_values.warn_fields_without_effect; the model's table: models.mert_config.NO_EFFECT_FIELDS).
+NO_EFFECT_FIELDS = {
+    "enable_padding": "legacy HuBERT field; task.pad_audio pads to the longest clip",
+    "store_labels": "labels are read by byte offset (text) or memory-mapped (.npy), never held in memory",
+    "cqt_loss_bin_dataloader": "the model computes CQT targets in fp32",
+    "inbatch_noise_augment_len_range": "the model's field model.inbatch_noise_augment_len_range is used",
+    "inbatch_noise_augment_number_range": "the model's field model.inbatch_noise_augment_number_range is used",
+    "inbatch_noise_augment_volume": "the model's field model.inbatch_noise_augment_volume is used",
+}
+
+
+FSDP_NEEDS_CUDA = (
+    "distributed_training.ddp_backend=fully_sharded (fairscale's FullyShardedDataParallel) needs CUDA: fairscale "
+    "gathers the sharded weights on CUDA streams and defaults its compute device to the GPU, and this run has "
+    "{why}. On CPU use distributed_training.ddp_backend=legacy_ddp (or no_c10d, c10d).")
+
+
+def in_fsdp_wrap_context() -> bool:
+    """True while fairseq builds the model for distributed_training.ddp_backend=fully_sharded (fsdp_enable_wrap)."""
+    try:
+        from fairscale.nn.wrap.auto_wrap import ConfigAutoWrap
+    except ImportError:
+        return False
+    return bool(ConfigAutoWrap.in_autowrap_context)
+
+
+def check_fsdp(cfg) -> None:
+    """A clear error for FSDP where fairscale cannot run it (instead of 'Found no NVIDIA driver' deep inside).
+    `cfg` is the task's config node; the run's full config is its parent (as fairseq builds it)."""
+    root = cfg._get_parent() if hasattr(cfg, "_get_parent") else None
+    if root is not None and root.get("common") is not None and root.common.get("cpu"):
+        raise ValueError(FSDP_NEEDS_CUDA.format(why="common.cpu=true"))
+    if not torch.cuda.is_available():
+        raise ValueError(FSDP_NEEDS_CUDA.format(why="no CUDA device (torch.cuda.is_available() is False)"))
+    if cfg.get("probe_csv"):
+        raise ValueError("task.probe_csv (online probes) is not supported with distributed_training.ddp_backend="
+                         "fully_sharded: the probe runs the model outside FSDP's forward; probe the saved checkpoints "
+                         "with scripts/probe.py instead")
+
+
+def wrap_encoder_layers_for_fsdp(model) -> None:
+    """Shard every encoder layer on its own (fairseq's fsdp_wrap), so that only one layer's full weights are
+    gathered at a time; the outer model is wrapped by fairseq."""
+    from fairseq.distributed import fsdp_wrap
+
+    for i, layer in enumerate(model.encoder.layers):
+        model.encoder.layers[i] = fsdp_wrap(layer)
+
+
 def compile_encoder_layers(model) -> None:
     """torch.compile every encoder layer in place (nn.Module.compile keeps parameter names)."""
     for layer in model.encoder.layers:
         layer.compile()
     logger.info("compiled %d encoder layers with torch.compile", len(model.encoder.layers))
+
+
+class CompiledStep:
+    """The mert criterion's step compiled as one graph of fixed shapes (`fullgraph=True, dynamic=False`).
+    The first step of each input shape runs eager: it builds what the model caches per clip length (the CQT
+    kernel spectra, host-side numpy work that is no part of the graph); later steps of that shape run the
+    compiled graph, which is traced once and reused whatever the masks and mixture draws."""
+
+    def __init__(self, step, cuda_graphs: bool = False) -> None:
+        self.eager = step
+        self.compiled = torch.compile(step, fullgraph=True, dynamic=False,
+                                      mode="reduce-overhead" if cuda_graphs else None)
+        self.seen: set = set()
+
+    def __call__(self, model, target_list, net_input):
+        key = (tuple(net_input["source"].shape), str(net_input["source"].device))
+        if key not in self.seen:
+            self.seen.add(key)
+            return self.eager(model, target_list, net_input)
+        return self.compiled(model, target_list, net_input)
+
+
+def compile_step(criterion, cuda_graphs: bool = False) -> None:
+    """task.compile_step: the mert criterion's step through `CompiledStep`; `cuda_graphs` also captures it in
+    CUDA graphs (inductor's reduce-overhead mode)."""
+    if not hasattr(criterion, "step_tensors"):
+        raise ValueError(f"task.compile_step needs criterion mert, not {type(criterion).__name__}")
+    criterion.compiled_step = CompiledStep(criterion.step_tensors, cuda_graphs)
+    logger.info("compiled the training step (torch.compile fullgraph%s)", ", CUDA graphs" if cuda_graphs else "")
 
 
 @register_task("mert_pretraining", dataclass=MERTPretrainingConfig)
@@ -173,20 +267,34 @@ class MERTPretrainingTask(FairseqTask):
             raise ValueError("task.dynamic_crops_epoches must start at epoch 1")
         self.nonfinite_guard = NonFiniteGuard(cfg.max_consecutive_bad_updates)
         self._online_probe, self._probed_at, self._probe_scores = None, -1, None  # task.probe_csv
-        if (cfg.cqt_loss_bin_dataloader or -1) > 0:
-            logger.warning("task.cqt_loss_bin_dataloader has no effect: the model computes CQT targets in fp32")
+        warn_fields_without_effect(cfg, MERTPretrainingConfig(), NO_EFFECT_FIELDS, "task")
 
     def build_model(self, cfg, from_checkpoint: bool = False):
+        fsdp = in_fsdp_wrap_context()
+        if fsdp:
+            check_fsdp(self.cfg)
         model = super().build_model(cfg, from_checkpoint)
         if self.cfg.compile_encoder_layers:
             compile_encoder_layers(model)
+        # what the collater draws for this model (datasets are loaded after the model is built); not with a
+        # mask schedule (the workers do not know the update) or online targets (labels made by the model)
+        self.draw_spec = (model.draw_spec() if self.cfg.draws_in_collater and not model.has_mask_schedule
+                          and not self.cfg.online_targets and hasattr(model, "draw_spec") else None)
+        if fsdp:
+            wrap_encoder_layers_for_fsdp(model)
         return model
+
+    def build_criterion(self, cfg, from_checkpoint: bool = False):
+        criterion = super().build_criterion(cfg, from_checkpoint)
+        if self.cfg.compile_step:
+            compile_step(criterion, self.cfg.cuda_graphs)
+        return criterion
 
     @classmethod
     def setup_task(cls, cfg: MERTPretrainingConfig, **kwargs) -> "MERTPretrainingTask":
         """The task, with mert-fairseq's patches of fairseq's checkpoint handling installed
         (`fairseq_patches`: atomic checkpoint files, resume past a damaged checkpoint_last.pt)."""
-        fairseq_patches.install()
+        fairseq_patches.install(cls, MERTDataset)
         return cls(cfg)
 
     @property
@@ -265,6 +373,7 @@ class MERTPretrainingTask(FairseqTask):
             max_bad_audio_fraction=self.cfg.max_bad_audio_fraction,
             seed=self.cfg.seed,
             windowed_reads=self.cfg.windowed_reads,
+            draw_spec=getattr(self, "draw_spec", None),
         )
 
     # ------------------------------------------------------------------ steps
@@ -305,7 +414,7 @@ class MERTPretrainingTask(FairseqTask):
             if ignore_grad:
                 loss *= 0
             optimizer.backward(loss)
-        self.nonfinite_guard.after_backward(loss, model, optimizer, update_num, logging_output)
+        self.nonfinite_guard.after_backward(loss, optimizer, update_num)
         return loss, sample_size, logging_output
 
     def optimizer_step(self, optimizer, model, update_num):
@@ -317,10 +426,9 @@ class MERTPretrainingTask(FairseqTask):
             self.nonfinite_guard.log_skip(update_num)
 
     def reduce_metrics(self, logging_outputs, criterion):
-        """Logs of skipped (non-finite) micro-batches are left out of the averages."""
-        good, _ = clean_logging_outputs(logging_outputs)
-        if good:
-            super().reduce_metrics(good, criterion)
+        """Logs of a skipped (non-finite) update are left out of the averages."""
+        if not self.nonfinite_guard.take_skipped_logs():
+            super().reduce_metrics(logging_outputs, criterion)
         else:
             metrics.log_scalar("loss", 0.0, weight=0)  # keeps fairseq from logging a placeholder loss
 

@@ -5,7 +5,9 @@
    checkpoints and validation, batches of two 1 s crops).
 3. Trains the same command again, killing its whole process group with SIGKILL N times: at random
    times and at forced moments (half-way through a checkpoint write or copy, while reading a clip,
-   inside a validation step; see `fault_points`). After each kill the same command is started again
+   inside a validation step; see `fault_points`), or sending it SIGUSR1 / SIGTERM at a random time
+   (a Slurm time limit or preemption: the run must save and exit with code 75,
+   `checkpoint.preemption`, losing no update). After each fault the same command is started again
    until the run reaches `--max-update`.
 4. Compares every weight, the optimizer state, the LR-scheduler state and the data-iterator position
    of the two final `checkpoint_last.pt` files, and prints kills, resumes that succeeded, updates
@@ -27,17 +29,19 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from mert_fairseq.checkpoint.preemption import EXIT_PREEMPTED
 from mert_fairseq.checkpoint.safe_load import checkpoint_num_updates, load_checkpoint_state
 from mert_fairseq.common.recipes import PACKAGE_DIR, child_pythonpath, recipe_dir
 
 POINT_KINDS = ("checkpoint_write", "checkpoint_copy", "data_loading", "validation")
-KINDS = POINT_KINDS + ("time", "startup")  # timed kills: after the first update / during start-up
+SIGNAL_KINDS = {"sigusr1": signal.SIGUSR1, "sigterm": signal.SIGTERM}  # graceful stop at a random time
+KINDS = POINT_KINDS + ("time", "startup") + tuple(SIGNAL_KINDS)  # timed kills: after the 1st update / in start-up
 
 
 @dataclasses.dataclass
 class Fault:
-    kind: str  # a fault point name, "time" or "startup"
-    at: float  # hit number for a fault point; seconds after the first update ("time") or the start ("startup")
+    kind: str  # a fault point name, "time", "startup", "sigusr1" or "sigterm"
+    at: float  # hit number for a fault point; seconds after the first update ("time", signals) or the start
     killed: bool = False
     exit_code: Optional[int] = None
     last_update: Optional[int] = None  # last update logged before the kill
@@ -53,6 +57,8 @@ class Fault:
         return max(self.last_update - self.resumed_from, 0)
 
     def describe(self) -> str:
+        if self.kind in SIGNAL_KINDS:
+            return f"{self.kind.upper()}, {self.at:.1f} s after 1st update"
         if self.kind == "time":
             return f"timed, {self.at:.1f} s after 1st update"
         if self.kind == "startup":
@@ -73,7 +79,7 @@ def prepare_demo_data(work: Path, num_clips: int = 32, seconds: float = 4.0) -> 
                                             "--out-dir", manifest, "--target-rate", 24000, "--valid-percent", 0.1,
                                             "--seed", 1]),
             ("mert_fairseq.prep.kmeans_labels", ["all", "--manifest-dir", manifest, "--label-dir", labels,
-                                                 "--kmeans-model", labels / "kmeans.joblib", "--name", "kmeans",
+                                                 "--kmeans-model", labels / "kmeans.npz", "--name", "kmeans",
                                                  "--n-clusters", 50]),
         ]
         for module, args in steps:  # each in its own process, as the scripts run them
@@ -108,21 +114,33 @@ def _child_env(fault: Optional[Fault] = None) -> dict:
 
 
 # ---------------------------------------------------------------- running
+def interrupted(fault: Fault, code: int) -> bool:
+    """The fault took effect: SIGKILLed, or (a signal fault) saved and exited with EXIT_PREEMPTED."""
+    return code == -signal.SIGKILL or (fault.kind in SIGNAL_KINDS and code == EXIT_PREEMPTED)
+
+
 def run_once(cmd: Sequence[str], log_path: Path, fault: Optional[Fault], timeout: float) -> int:
-    """Start `cmd` in a new process group; SIGKILL the group at the time of a timed fault."""
+    """Start `cmd` in a new process group; SIGKILL the group at the time of a timed fault, or send it the
+    signal of a signal fault (as Slurm signals every process of a job step) and wait for the exit."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env(fault),
                                 start_new_session=True)
         deadline = time.time() + timeout
         if fault is not None and fault.kind == "startup":
             deadline = time.time() + fault.at
-        elif fault is not None and fault.kind == "time":
+        elif fault is not None and (fault.kind == "time" or fault.kind in SIGNAL_KINDS):
             while proc.poll() is None and "num_updates=" not in log_path.read_text(errors="replace"):
                 time.sleep(0.2)
             deadline = time.time() + fault.at
         try:
             return proc.wait(timeout=max(deadline - time.time(), 0.01))
         except subprocess.TimeoutExpired:
+            if fault is not None and fault.kind in SIGNAL_KINDS:
+                os.killpg(proc.pid, SIGNAL_KINDS[fault.kind])
+                try:
+                    return proc.wait(timeout=120)  # one update and a save (Slurm's KillWait is 30 s by default)
+                except subprocess.TimeoutExpired:
+                    pass
             os.killpg(proc.pid, signal.SIGKILL)
             return proc.wait()
 
@@ -143,7 +161,8 @@ def loaded_update(log: str) -> Optional[int]:
 def plan_faults(n: int, seed: int, kinds: Optional[Sequence[str]], save_every: int,
                 startup_s: float, update_s: float) -> List[Fault]:
     """Seeded faults: with no `kinds`, n // 6 (at least 1) of each fault point, n // 10 during start-up
-    (loading the checkpoint, building the model), the rest at a random time after the first update.
+    (loading the checkpoint, building the model), n // 10 of each signal, the rest SIGKILLs at a random
+    time after the first update.
 
     Hit numbers and times are drawn so that most starts make progress before they are killed: a
     timed kill lands up to 3 save intervals after the first update."""
@@ -151,6 +170,7 @@ def plan_faults(n: int, seed: int, kinds: Optional[Sequence[str]], save_every: i
     if kinds is None:
         each = max(1, n // 6)
         kinds = [k for k in POINT_KINDS for _ in range(each)][:n] + ["startup"] * (n // 10)
+        kinds += [k for k in SIGNAL_KINDS for _ in range(n // 10)][: max(n - len(kinds), 0)]
         kinds += ["time"] * (n - len(kinds))
         kinds = [kinds[i] for i in rng.permutation(len(kinds))]
     at = {
@@ -160,6 +180,8 @@ def plan_faults(n: int, seed: int, kinds: Optional[Sequence[str]], save_every: i
         "data_loading": lambda: rng.integers(24, 24 + 4 * save_every),
         "validation": lambda: rng.integers(1, 4),
         "time": lambda: rng.uniform(0, 3 * save_every) * update_s,
+        "sigusr1": lambda: rng.uniform(0, 3 * save_every) * update_s,
+        "sigterm": lambda: rng.uniform(0, 3 * save_every) * update_s,
         "startup": lambda: rng.uniform(0.3, 1.0) * startup_s,
     }
     return [Fault(kind, float(at[kind]())) for kind in kinds]
@@ -194,23 +216,24 @@ def run_with_faults(cmd: Sequence[str], run_dir: Path, faults: List[Fault], max_
     for i, fault in enumerate(faults + [None]):
         log_path = run_dir / f"start_{i:02d}.log"
         temp_before = _temp_files(run_dir)
-        if fault is not None and fault.kind == "time":  # land before the run finishes
+        if fault is not None and (fault.kind == "time" or fault.kind in SIGNAL_KINDS):  # before the run finishes
             fault.at = min(fault.at, 0.6 * (max_update - _saved_update(run_dir)) * update_s)
         code = run_once(cmd, log_path, fault, timeout)
         log = log_path.read_text(errors="replace")
         resumed = loaded_update(log)
-        if pending and (resumed is not None or code not in (0, -signal.SIGKILL)):
+        if pending and (resumed is not None or code not in (0, -signal.SIGKILL, EXIT_PREEMPTED)):
             for earlier in pending:
                 earlier.resumed_from, earlier.resume_ok = resumed, resumed is not None
                 earlier.damaged_reported = "damaged checkpoint" in log
             pending = []
         if fault is None:
             return code
-        fault.exit_code, fault.killed = code, code == -signal.SIGKILL
+        fault.exit_code, fault.killed = code, interrupted(fault, code)
         fault.last_update = last_logged_update(log)
         fault.partial_files = len(_temp_files(run_dir) - temp_before)
         print(f"  start {i + 1:2d}: {fault.describe():32s} -> "
-              f"{'killed' if fault.killed else f'exit {code}'} at update {fault.last_update}"
+              f"{('stopped, exit %d' % code if code > 0 else 'killed') if fault.killed else f'exit {code}'} "
+              f"at update {fault.last_update}"
               f"{f', {fault.partial_files} partial checkpoint file(s) left' if fault.partial_files else ''}",
               flush=True)
         if not fault.killed:  # finished before the fault fired, or failed
@@ -269,8 +292,11 @@ def summary(faults: List[Fault], cmp: dict, seconds: float) -> str:
     survived = [f for f in killed if f.resume_ok]
     identical = cmp["max_weight_diff"] == 0 and cmp["optimizer_diff"] == 0 and cmp["iterator_equal"] \
         and cmp["lr_scheduler_equal"] and cmp["updates"][0] == cmp["updates"][1]
+    stopped = [f for f in killed if f.kind in SIGNAL_KINDS]
     return "\n".join([
         f"kills: {len(killed)} of {len(faults)} planned",
+        f"SIGUSR1/SIGTERM stops (exit {EXIT_PREEMPTED}, checkpoint saved): {len(stopped)}, "
+        f"updates lost by them: {sum(f.redone for f in stopped)}",
         f"resumes that succeeded: {len(survived)}/{len(killed)}",
         f"updates redone: {sum(f.redone for f in killed)}",
         f"final update: {cmp['updates'][1]} (uninterrupted run: {cmp['updates'][0]})",
@@ -295,14 +321,15 @@ def markdown_table(faults: List[Fault]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--kills", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kills", type=int, default=20, help="SIGKILLs of the training (ignored with --kinds)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fault plan (kinds and times)")
     p.add_argument("--kinds", default=None, help="comma-separated fault kinds instead of the seeded mix: "
                                                  + ", ".join(KINDS))
     p.add_argument("--max-update", type=int, default=None, help="default: 8 per kill + 40")
     p.add_argument("--save-every", type=int, default=5, help="checkpoint.save_interval_updates")
     p.add_argument("--validate-every", type=int, default=10, help="dataset.validate_interval_updates")
-    p.add_argument("--work-dir", default="runs/fault_injection")
+    p.add_argument("--work-dir", default="runs/fault_injection",
+                   help="working folder: demo data and the runs (killed and uninterrupted)")
     p.add_argument("--data", default=None, help="train on this manifest directory instead of preparing the demo data")
     p.add_argument("--label-dir", default=None, help="with --data: labels and dict.{label}.txt (default: --data)")
     p.add_argument("--labels", default="kmeans", help="with --data: comma-separated label streams")

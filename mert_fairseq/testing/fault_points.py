@@ -13,7 +13,10 @@ job would). Points:
 `MERT_FAULT_NAN_UPDATES=3,4,4` (testing only) fills the audio of a batch trained as update 3, and of
 two batches trained as update 4 (a skipped update is retried with the next batch), with NaN,
 to show that a corrupted batch is skipped and cannot poison the weights.
-The data-loading, validation and NaN points are installed by `install()` (called by
+`MERT_FAULT_RANK_WEIGHTS=DIR` (testing only) makes every data-parallel rank write its model weights to
+`DIR/rank{R}.pt` whenever fairseq saves a checkpoint (fairseq saves on rank 0 only), to show that all
+ranks hold the same weights.
+The data-loading, validation, NaN and rank-weights hooks are installed by `install()` (called by
 `mert_fairseq.tasks.fairseq_patches.install` when the task is set up, and only when one of the variables
 is set) by wrapping those methods.
 """
@@ -26,6 +29,7 @@ from typing import IO, Optional, Tuple
 
 ENV_POINT = "MERT_FAULT_POINT"
 ENV_NAN_UPDATES = "MERT_FAULT_NAN_UPDATES"
+ENV_RANK_WEIGHTS = "MERT_FAULT_RANK_WEIGHTS"
 POINTS = ("checkpoint_write", "checkpoint_copy", "data_loading", "validation")
 
 _hits: collections.Counter = collections.Counter()
@@ -89,14 +93,15 @@ def halfway_writer(f: IO[bytes], name: str) -> IO[bytes]:
     return _HalfWayWriter(f, name) if armed and armed[0] == name else f
 
 
-def install() -> None:
-    """Wrap dataset reads, validation steps and (testing) NaN batches when the variables are set."""
+def install(MERTPretrainingTask: type, MERTDataset: type) -> None:
+    """Wrap the task's validation and training steps and the dataset's reads (the classes are passed in by
+    the task's setup) when the variables are set."""
     armed = armed_point()
     nan_updates = os.environ.get(ENV_NAN_UPDATES)
+    if os.environ.get(ENV_RANK_WEIGHTS):
+        _install_rank_weights(os.environ[ENV_RANK_WEIGHTS])
     if armed is None and not nan_updates:
         return
-    from mert_fairseq.data.mert_dataset import MERTDataset
-    from mert_fairseq.tasks.mert_pretraining import MERTPretrainingTask
 
     if armed and armed[0] == "data_loading":
         read = MERTDataset.__getitem__
@@ -125,3 +130,19 @@ def install() -> None:
             return train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad)
 
         MERTPretrainingTask.train_step = poisoned_train_step
+
+
+def _install_rank_weights(out_dir: str) -> None:
+    from fairseq import checkpoint_utils
+    import torch
+
+    save = checkpoint_utils.save_checkpoint
+
+    def save_with_rank_weights(cfg, trainer, epoch_itr, val_loss):
+        os.makedirs(out_dir, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in trainer.get_model().state_dict().items()}
+        torch.save({"num_updates": trainer.get_num_updates(), "model": state},
+                   os.path.join(out_dir, f"rank{trainer.data_parallel_rank}.pt"))
+        return save(cfg, trainer, epoch_itr, val_loss)
+
+    checkpoint_utils.save_checkpoint = save_with_rank_weights

@@ -1,5 +1,7 @@
 """The musical teacher: a constant-Q transform of the clean audio that the model regresses at masked
-frames (`audio_cqt_loss_m`), and the optional CQT input front end (`feature_extractor_cqt`).
+frames (`audio_cqt_loss_m`), and the optional CQT input front end (`feature_extractor_cqt`). The Hugging
+Face export ships this very file as `cqt.py` beside its `modeling_mert.py`: keep it self-contained (the
+standard library, numpy and torch only; tests/test_hf_export.py checks).
 
 The transform is the one of nnAudio's CQT1992v2 with the original's settings (fmin 32.7 Hz, 7 octaves,
 periodic hann, L1-normalised kernels scaled by sqrt(length), centred with zero padding, magnitude):
@@ -76,7 +78,9 @@ class SpectralCQT(nn.Module):
         l_int = self.lengths.astype(np.int64)
         self._d0 = np.ceil(half - self.lengths / 2).astype(np.int64) - (l_int % 2) - half
         self._reach = int(max((-self._d0).max(), (self._d0 + l_int).max()))
-        self._scale = torch.tensor(np.sqrt(self.lengths) / self.hop_length, dtype=torch.float32)
+        # numpy, not a tensor: a module built under a meta-device context (transformers' from_pretrained)
+        # holds no tensor state that would have to be materialised
+        self._scale = (np.sqrt(self.lengths) / self.hop_length).astype(np.float32)
         self._cache: "OrderedDict[Tuple[int, str], tuple]" = OrderedDict()
 
     def extra_repr(self) -> str:
@@ -172,7 +176,7 @@ class SpectralCQT(nn.Module):
                 imag.append(P[:, :B, n:] + P[:, B:, :n])
             F = torch.complex(torch.cat(real, 2).float(), torch.cat(imag, 2).float()).permute(1, 2, 0)  # B x bins x M
             c = torch.fft.ifft(F, dim=-1)[..., :frames]
-            return c.abs() * self._scale.to(x.device)[:, None]
+            return c.abs() * torch.from_numpy(self._scale).to(x.device)[:, None]
 
 
 def build_cqt(sample_rate: int, hop_length: int, n_bins: int) -> SpectralCQT:
@@ -216,6 +220,6 @@ class CQTTeacher(nn.Module):
             raise ValueError(f"CQT has {cqt.size(1)} frames, fewer than the {num_frames} model frames")
         return cqt[:, :num_frames]
 
-    def loss(self, x_masked: torch.Tensor, target_masked: torch.Tensor) -> torch.Tensor:
-        """x_masked: S x D encoder outputs, target_masked: S x bins -> mean squared error (fp32)."""
-        return nn.functional.mse_loss(self.fc(x_masked).float(), target_masked)
+    def frame_errors(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """x: ... x D encoder outputs, target: ... x bins -> squared error per frame, averaged over bins (fp32)."""
+        return (self.fc(x).float() - target).pow(2).mean(-1)

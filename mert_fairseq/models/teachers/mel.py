@@ -30,5 +30,6 @@ class MelTeacher(nn.Module):
         logmel = (logmel - logmel.mean()) / (logmel.std() + 1e-5)
         return logmel[:, :num_frames]
 
-    def loss(self, x_masked: torch.Tensor, target_masked: torch.Tensor) -> torch.Tensor:
-        return nn.functional.mse_loss(self.fc(x_masked).float(), target_masked)
+    def frame_errors(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """x: ... x D encoder outputs, target: ... x bins -> squared error per frame, averaged over bins (fp32)."""
+        return (self.fc(x).float() - target).pow(2).mean(-1)

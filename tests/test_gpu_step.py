@@ -1,0 +1,194 @@
+"""The training step built for a GPU, checked on the CPU: criterion `mert` computes hubert's loss; the step's
+random draws come from the collater (seeded, fixed shapes); the step runs no data-dependent op and compiles
+as one graph reused across batches with different masks."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from fairseq.criterions.hubert_criterion import HubertCriterion
+from torch.utils._python_dispatch import TorchDispatchMode
+from step_helpers import batch, build_recipe
+from tiny_models import tiny_model
+
+from mert_fairseq.criterions.mert_criterion import MertCriterion
+
+RECIPES = ["MERT_RVQ-VAE_CQT_95M", "MERT_RVQ-VAE_CQT_330M"]
+DATA_DEPENDENT = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.unique",
+                  "aten._unique2", "aten.unique_consecutive", "aten.unique_dim", "aten.item", "aten.is_nonzero"}
+
+
+class CountOps(TorchDispatchMode):
+    """Counts every aten op run (forward and backward), and the boolean-mask indexing ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.bool_index = {}, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name.replace("::", ".")
+        self.ops[name] = self.ops.get(name, 0) + 1
+        if name in ("aten.index", "aten.index_put", "aten.index_put_", "aten._index_put_impl_"):
+            indices = args[1] if len(args) > 1 else []
+            self.bool_index += sum(1 for i in indices if torch.is_tensor(i) and i.dtype == torch.bool)
+        return func(*args, **(kwargs or {}))
+
+    def data_dependent(self) -> dict:
+        found = {k: v for k, v in self.ops.items() if k in DATA_DEPENDENT}
+        if self.bool_index:
+            found["boolean-mask indexing"] = self.bool_index
+        return found
+
+
+# ------------------------------------------------------------------------------------------ criterion
+def _sample(model, B=3, L=24000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    targets = [torch.randint(4, n, (B, math.ceil(L / 320)), generator=g) for n in model.num_classes]
+    return {"id": torch.arange(B), "net_input": {"source": torch.randn(B, L, generator=g), "padding_mask": None},
+            "target_list": targets}
+
+
+@pytest.mark.parametrize("family,extra", [
+    ("rvq_95m", {}), ("rvq_330m", {}), ("kmeans", {"skip_nomask": False}),
+    ("rvq_95m", {"learnable_temp": True, "mask_origin": 0.1, "mask_replace": 0.1, "encoder_layerdrop": 0.3}),
+])
+def test_mert_criterion_equals_hubert_with_the_same_masks(family, extra):
+    """Same draws (the model's own, same seed) -> loss and every logged value within 1e-5 relative, every
+    gradient within 1e-5 of its largest magnitude (other float summation orders)."""
+    weights = dict(pred_masked_weight=1.0, pred_nomask_weight=0.5 if "skip_nomask" in extra else 0.0,
+                   loss_weights=[10.0, 1.0])
+    torch.manual_seed(0)
+    model = tiny_model(family, **extra).train()
+    sample = _sample(model)
+    results = []
+    for crit in (HubertCriterion(None, **weights), MertCriterion(None, **weights)):
+        model.zero_grad()
+        torch.manual_seed(3)
+        model.set_num_updates(7)
+        loss, n, log = crit(model, sample)
+        loss.backward()
+        results.append((loss.detach(), n, log, {k: p.grad.clone() for k, p in model.named_parameters()
+                                                if p.grad is not None}))
+    (lh, nh, logh, gh), (lm, nm, logm, gm) = results
+    assert nh == nm and isinstance(nm, int) and nm > 0
+    assert torch.allclose(lh, lm, rtol=1e-5, atol=1e-5), (lh, lm)
+    assert set(logh) == set(logm)
+    for k, v in logh.items():
+        assert float(logm[k]) == pytest.approx(float(v), rel=1e-5, abs=1e-4), k
+    assert set(gh) == set(gm)
+    for k in gh:
+        assert (gh[k] - gm[k]).abs().max() <= 1e-5 * gh[k].abs().max() + 1e-7, k
+
+
+def test_mert_criterion_logging_values_stay_on_the_device_and_reduce_like_hubert():
+    from fairseq.logging import metrics
+
+    model = tiny_model("rvq_95m").train()
+    _, n, log = MertCriterion(None, 1.0, 0.0, [10.0, 1.0])(model, _sample(model))
+    assert torch.is_tensor(log["loss"]) and torch.is_tensor(log["loss_m_0"]) and torch.is_tensor(log["correct_m_0"])
+    assert isinstance(log["sample_size"], int) and log["count_m_0"] == n
+    logs = [log, {k: (v * 2 if torch.is_tensor(v) else v) for k, v in log.items()}]
+    got, want = {}, {}
+    for reduce, into in ((MertCriterion.reduce_metrics, got), (HubertCriterion.reduce_metrics, want)):
+        with metrics.aggregate(new_root=True) as agg:
+            reduce(logs if into is got else [{k: float(v) if torch.is_tensor(v) else v for k, v in l.items()}
+                                             for l in logs])
+            into.update(agg.get_smoothed_values())
+    assert set(got) == set(want)
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-5), k  # float32 device sums vs host doubles
+    assert MertCriterion.logging_outputs_can_be_summed()
+
+
+# ------------------------------------------------------------------------------------------ collater draws
+@pytest.mark.parametrize("name", RECIPES)
+def test_collater_draws_are_seeded_static_and_differ_between_batches(tone_data, name):
+    task, model, criterion, ds = build_recipe(name, tone_data)
+    assert task.draw_spec is not None and task.draw_spec.mask_prob == 0.8
+    a, again, other = batch(ds, [0, 1, 2, 3]), batch(ds, [0, 1, 2, 3]), batch(ds, [4, 5, 6, 7])
+    draws = a["net_input"]["draws"]
+    B, T = 4, 74  # 24000 samples -> 74 CNN frames
+    assert draws["mask"].shape == (B, T) and draws["mask"].dtype == torch.bool
+    assert a["masked_frames"] == int(draws["mask"].sum()) > 0 and a["valid_frames"] == B * T
+    for k, v in draws.items():
+        assert torch.equal(v, again["net_input"]["draws"][k]), k  # same batch, same epoch: same draws
+    assert not torch.equal(draws["mask"], other["net_input"]["draws"]["mask"])
+    if "95M" in name:
+        assert draws["mix_len"].shape == (B, 3) and draws["layer_keep"].shape == (2,)
+    ds.set_epoch(2)
+    assert not torch.equal(draws["mask"], batch(ds, [0, 1, 2, 3])["net_input"]["draws"]["mask"])
+
+
+def test_model_without_draws_draws_the_same_way_as_the_collater():
+    """The model's own draws (direct calls) come from the same function: same seed -> same masks."""
+    from mert_fairseq.data.step_draws import draw_step
+
+    model = tiny_model("rvq_95m").train()
+    spec = model.draw_spec()
+    draws, counts = draw_step(spec, np.random.default_rng(5), 3, 24000, 74)
+    again, _ = draw_step(spec, np.random.default_rng(5), 3, 24000, 74)
+    assert all(torch.equal(draws[k], again[k]) for k in draws)
+    frac = np.mean([draw_step(spec, np.random.default_rng(s), 3, 24000, 74)[1]["masked_frames"] / (3 * 74)
+                    for s in range(20)])
+    torch.manual_seed(1)
+    own = [model(**_sample(model, seed=s)["net_input"], target_list=_sample(model, seed=s)["target_list"])
+           for s in range(20)]
+    frac_own = np.mean([o["masked_frames"] / o["valid_frames"] for o in own])
+    assert abs(frac - frac_own) < 0.05 and 0.4 < frac < 0.95  # same law (80 % of frames start a 5-frame span)
+
+
+# ------------------------------------------------------------------------------------------ one graph
+def _step(criterion, model, sample):
+    loss, n, log = criterion(model, sample)
+    (loss / n).backward()
+    return loss
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_step_runs_no_data_dependent_op(tone_data, name):
+    task, model, criterion, ds = build_recipe(name, tone_data)
+    assert isinstance(criterion, MertCriterion)
+    model.train()
+    sample = batch(ds, [0, 1, 2, 3])
+    _step(criterion, model, sample)  # warm-up (CQT kernels built once per length)
+    model.zero_grad()
+    sample = batch(ds, [4, 5, 6, 7])  # the collater's work (loader workers) is not part of the step
+    with CountOps() as ops:
+        _step(criterion, model, sample)
+    assert ops.data_dependent() == {}, ops.data_dependent()
+    assert sum(ops.ops.values()) > 100  # the counter saw the step
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_step_is_one_graph_reused_across_masks(tone_data, name):
+    """torch._dynamo.explain: 0 graph breaks; compiled fullgraph (aot_eager backend: the graph capture and
+    autograd split that inductor gets, without C++ code generation), reused for 3 batches whose masks differ,
+    with the loss equal to eager."""
+    task, model, criterion, ds = build_recipe(name, tone_data, extra=["++model.dropout=0.0", "++model.attention_dropout=0.0",
+                                                                       "++model.dropout_input=0.0"])
+    model.train()
+    samples = [batch(ds, ids) for ids in ([0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11])]
+    assert not torch.equal(samples[0]["net_input"]["draws"]["mask"], samples[1]["net_input"]["draws"]["mask"])
+    s = samples[0]
+    criterion.step_tensors(model, s["target_list"], s["net_input"])  # eager once per shape (CompiledStep does too)
+    explain = torch._dynamo.explain(criterion.step_tensors)(model, s["target_list"], s["net_input"])
+    assert explain.graph_break_count == 0 and explain.graph_count == 1, explain.break_reasons
+    torch._dynamo.reset()
+    graphs = []
+
+    def backend(gm, example_inputs):  # aot_eager, counting the graphs dynamo hands over
+        from torch._dynamo.backends.debugging import aot_eager
+
+        graphs.append(gm)
+        return aot_eager(gm, example_inputs)
+
+    compiled = torch.compile(criterion.step_tensors, backend=backend, fullgraph=True, dynamic=False)
+    for s in samples:
+        eager = criterion.step_tensors(model, s["target_list"], s["net_input"])["loss"]
+        out = compiled(model, s["target_list"], s["net_input"])
+        out["loss"].backward()
+        assert torch.allclose(out["loss"], eager, rtol=1e-5), (out["loss"], eager)
+    assert len(graphs) == 1  # no recompilation for new masks, mixtures, layerdrop draws
+    torch._dynamo.reset()
