@@ -64,9 +64,10 @@ run_demo() {
     "$PY" "$ROOT/scripts/prepare_manifest.py" --root-dir "$corpus" --converted-root-dir "$audio" \
       --out-dir "$manifest" --target-rate 24000 --valid-percent 0.1 --seed 1
   fi
-  # one label stream per feature ("mfcc" -> kmeans; "chroma" -> kmeans; "mfcc+chroma" -> kmeans + chroma), one call
-  local names
-  if [[ "$feature" == mfcc+chroma ]]; then names=kmeans,chroma; else names=kmeans; fi
+  # one label stream per feature, one call: the first is "kmeans", the others are named by their feature
+  # ("mfcc" or "chroma" -> kmeans; "mfcc+chroma" -> kmeans + chroma; "mfcc+cqt" -> kmeans + cqt)
+  local names=kmeans rest="${feature#*+}"
+  if [[ "$feature" == *+* ]]; then names+=",${rest//+/,}"; fi
   local stream done=1
   for stream in ${names//,/ }; do
     [[ -s "$labels/train.$stream" && -s "$labels/valid.$stream" && -s "$labels/dict.$stream.txt" ]] || done=0

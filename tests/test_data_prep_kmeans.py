@@ -147,6 +147,21 @@ def test_chroma_frames_follow_the_label_rule_and_peak_at_the_pitch_class():
     assert np.abs(chroma(np.zeros(SR, np.float32))).max() == 0.0  # silence stays at the origin
 
 
+def test_cqt_frames_keep_the_octave_that_chroma_folds_away():
+    from mert_fairseq.prep.kmeans_labels import ChromaFeatures, make_extractor
+
+    cqt, chroma = make_extractor(FeatureSpec("cqt")), ChromaFeatures(FeatureSpec("chroma"))
+    assert isinstance(cqt, ChromaFeatures) and not cqt.fold
+    t = np.arange(SR) / SR
+    assert cqt(np.zeros(3201, np.float32)).shape == (math.ceil(3201 / 320), 84)
+    for midi in (45, 57, 60, 71):  # A2, A3 (same pitch class, an octave apart), C4, B4; bin 0 = C1 = MIDI 24
+        wav = (0.3 * np.sin(2 * np.pi * 440.0 * 2 ** ((midi - 69) / 12) * t)).astype(np.float32)
+        middle = cqt(wav)[20:-20]
+        assert (middle.argmax(1) == midi - 24).all() and (chroma(wav)[20:-20].argmax(1) == midi % 12).all()
+        np.testing.assert_allclose(np.linalg.norm(middle, axis=1), 1.0, rtol=1e-5)
+    assert np.abs(cqt(np.zeros(SR, np.float32))).max() == 0.0
+
+
 def test_cli_fit_with_chroma_saves_its_feature_settings(manifest_dir, tmp_path):
     model_path = tmp_path / "chroma.joblib"
     result = run_script("prepare_kmeans_labels", "all", "--manifest-dir", manifest_dir, "--kmeans-model", model_path,

@@ -11,6 +11,8 @@ frames, frame j centred on sample 320 j):
   octaves, ``log(1 + chroma_gain x)``, L2-normalised per frame (frames quieter than the norm floor
   stay small: silence clusters at the origin). MFCC codes are nearly pitch-blind; chroma codes carry
   pitch class (key, chords), and the CQT loss still carries timbre.
+- ``cqt``: the same 84 log-CQT bins without the octave sum (``log(1 + chroma_gain x)``, L2-normalised
+  per frame): pitch with its octave, chord shape and register; codes close to the CQT input and teacher.
 - ``mert`` (later iterations): hidden states of layer N of a trained MERT checkpoint
   (``mert_fairseq.checkpoint.model_loading.load_mert_model``). Long files are cut in chunks of whole frames;
   the conv front end yields ``floor((n - 400) / 320) + 1`` frames, one fewer than the rule, so the
@@ -66,6 +68,7 @@ from mert_fairseq.prep.merge_parts import LabelOutputs, write_labels
 
 log = logging.getLogger(__name__)
 
+FEATURE_KINDS = ("mfcc", "chroma", "cqt", "mert")
 MODEL_FORMAT = "mert-fairseq-kmeans/2"  # .npz of centroids + settings (/1: the joblib pickle of earlier versions)
 Extractor = Callable[[np.ndarray], np.ndarray]  # mono 24 kHz [n] -> [ceil(n / 320), dims]
 
@@ -74,13 +77,13 @@ Extractor = Callable[[np.ndarray], np.ndarray]  # mono 24 kHz [n] -> [ceil(n / 3
 class FeatureSpec:
     """Which features to cluster; saved with the k-means model and reused when applying it."""
 
-    kind: str = "mfcc"  # "mfcc", "chroma" or "mert"
+    kind: str = "mfcc"  # one of FEATURE_KINDS
     n_mfcc: int = 13
     n_mels: int = 40
     checkpoint: str | None = None
     layer: int | None = None
     max_chunk_seconds: float = 30.0
-    chroma_gain: float = 10.0  # chroma: log(1 + gain x) of the octave-summed CQT magnitudes
+    chroma_gain: float = 10.0  # chroma, cqt: log(1 + gain x) of the (octave-summed) CQT magnitudes
 
 
 def fit_to_frames(features: np.ndarray, num_samples: int) -> np.ndarray:
@@ -114,23 +117,26 @@ class MfccFeatures:
 
 
 class ChromaFeatures:
-    """12-bin chroma at 75 Hz from the CQT teacher's transform (pitch class 0 = C)."""
+    """12-bin chroma at 75 Hz from the CQT teacher's transform (pitch class 0 = C); ``fold=False``
+    (``--feature cqt``): the 84 log-CQT bins themselves (pitch and octave, chord shape, register)."""
 
     OCTAVES, BINS_PER_OCTAVE, NORM_FLOOR = 7, 12, 0.1
 
-    def __init__(self, spec: FeatureSpec):
+    def __init__(self, spec: FeatureSpec, fold: bool = True):
         from mert_fairseq.models.teachers.cqt import build_cqt  # fmin 32.7 Hz = C1, so bin k is pitch class k % 12
 
         self.cqt = build_cqt(SAMPLE_RATE, LABEL_HOP, self.OCTAVES * self.BINS_PER_OCTAVE)
-        self.gain = spec.chroma_gain
+        self.gain, self.fold = spec.chroma_gain, fold
 
     def __call__(self, wav: np.ndarray) -> np.ndarray:
         from mert_fairseq.models.teachers.cqt import cqt_frames
 
         mag = cqt_frames(self.cqt, torch.from_numpy(wav).float()[None])[0]  # [n // 320 + 1, 84]
-        chroma = torch.log1p(self.gain * mag.reshape(len(mag), self.OCTAVES, self.BINS_PER_OCTAVE).sum(1))  # [T, 12]
-        chroma = chroma / chroma.norm(dim=1, keepdim=True).clamp_min(self.NORM_FLOOR)
-        return fit_to_frames(chroma.numpy().astype(np.float32), len(wav))
+        if self.fold:
+            mag = mag.reshape(len(mag), self.OCTAVES, self.BINS_PER_OCTAVE).sum(1)  # [T, 12]
+        feats = torch.log1p(self.gain * mag)
+        feats = feats / feats.norm(dim=1, keepdim=True).clamp_min(self.NORM_FLOOR)
+        return fit_to_frames(feats.numpy().astype(np.float32), len(wav))
 
 
 class MertFeatures:
@@ -166,13 +172,13 @@ class MertFeatures:
 def make_extractor(spec: FeatureSpec, device: str = "cpu") -> Extractor:
     if spec.kind == "mfcc":
         return MfccFeatures(spec)
-    if spec.kind == "chroma":
-        return ChromaFeatures(spec)
+    if spec.kind in ("chroma", "cqt"):
+        return ChromaFeatures(spec, fold=spec.kind == "chroma")
     if spec.kind == "mert":
         if not spec.checkpoint or spec.layer is None:
             raise ValueError("--feature mert needs --checkpoint and --layer")
         return MertFeatures(spec, device)
-    raise ValueError(f"unknown feature kind {spec.kind!r} (mfcc, chroma or mert)")
+    raise ValueError(f"unknown feature kind {spec.kind!r} ({', '.join(FEATURE_KINDS)})")
 
 
 # ----------------------------------------------------------------------------- fit and apply
@@ -480,15 +486,15 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
 def _feature_args(p: argparse.ArgumentParser, several: bool = False) -> None:
     if several:
         p.add_argument("--feature", type=_feature_list, default="mfcc",
-                       help="frame features: mfcc, chroma (CQT pitch class) or mert (a MERT layer); several joined "
-                       "by '+' (e.g. mfcc+chroma) fit one model and write one label stream each")
+                       help="frame features: mfcc, chroma (CQT pitch class), cqt (84 log-CQT bins) or mert (a MERT "
+                       "layer); several joined by '+' (e.g. mfcc+chroma) fit one model and write one label stream each")
     else:
         p.add_argument("--feature", choices=FEATURE_KINDS, default="mfcc",
-                       help="frame features: MFCCs, CQT chroma (pitch class) or a MERT layer")
+                       help="frame features: MFCCs, CQT chroma (pitch class), 84 log-CQT bins or a MERT layer")
     p.add_argument("--layer", type=int, help="MERT layer for --feature mert (0 = CNN/input projection)")
     p.add_argument("--n-mfcc", type=int, default=13, help="MFCCs per frame for --feature mfcc")
     p.add_argument("--n-mels", type=int, default=40, help="mel bands the MFCCs are computed from")
-    p.add_argument("--chroma-gain", type=float, default=10.0, help="chroma: log(1 + gain x) compression")
+    p.add_argument("--chroma-gain", type=float, default=10.0, help="chroma, cqt: log(1 + gain x) compression")
     p.add_argument("--max-chunk-seconds", type=float, default=30.0, help="MERT input chunk length")
 
 
@@ -509,7 +515,6 @@ def _apply_args(p: argparse.ArgumentParser) -> None:
     add_shard_args(p)
 
 
-FEATURE_KINDS = ("mfcc", "chroma", "mert")
 
 
 def _feature_list(text: str) -> str:
