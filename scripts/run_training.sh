@@ -81,7 +81,8 @@ run_demo() {
       --feature "$feature" --max-fit-frames 20000
   fi
   local stream_args=()
-  [[ "$names" == kmeans ]] || stream_args=("task.labels=[$names]" model.untie_final_proj=true)
+  # several streams: one projection each, no in-batch noise (it mixes other clips' pitch into the input)
+  [[ "$names" == kmeans ]] || stream_args=("task.labels=[$names]" model.untie_final_proj=true model.mixture_prob=0)
   say_t "4/5 training MERT_demo_cpu -> $save (resumes from checkpoint_last.pt when present)"
   local log="$save/train.log" ckpt="$save/checkpoints/checkpoint_last.pt"
   mkdir -p "$save"
