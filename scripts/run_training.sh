@@ -64,23 +64,25 @@ run_demo() {
     "$PY" "$ROOT/scripts/prepare_manifest.py" --root-dir "$corpus" --converted-root-dir "$audio" \
       --out-dir "$manifest" --target-rate 24000 --valid-percent 0.1 --seed 1
   fi
-  # one label stream per feature: "mfcc" -> kmeans; "chroma" -> kmeans; "mfcc+chroma" -> kmeans + chroma
-  local streams=() stream feat
-  if [[ "$feature" == mfcc+chroma ]]; then streams=(kmeans:mfcc chroma:chroma); else streams=("kmeans:$feature"); fi
-  for stream in "${streams[@]}"; do
-    feat="${stream#*:}"; stream="${stream%%:*}"
-    if [[ -s "$labels/train.$stream" && -s "$labels/valid.$stream" && -s "$labels/dict.$stream.txt" ]]; then
-      say_t "3/5 K-means labels: already in $labels ($stream)"
-    else
-      say_t "3/5 K-means labels ($feat features, 100 clusters fitted on 20k frames) -> $labels ($stream)"
-      OMP_NUM_THREADS=1 "$PY" "$ROOT/scripts/prepare_kmeans_labels.py" all --manifest-dir "$manifest" \
-        --label-dir "$labels" --kmeans-model "$labels/$stream.npz" --name "$stream" --n-clusters 100 \
-        --feature "$feat" --max-fit-frames 20000
-    fi
+  # one label stream per feature, one call: the first is "kmeans", the others are named by their feature
+  # ("mfcc" or "chroma" -> kmeans; "mfcc+chroma" -> kmeans + chroma; "mfcc+cqt" -> kmeans + cqt)
+  local names=kmeans rest="${feature#*+}"
+  if [[ "$feature" == *+* ]]; then names+=",${rest//+/,}"; fi
+  local stream done=1
+  for stream in ${names//,/ }; do
+    [[ -s "$labels/train.$stream" && -s "$labels/valid.$stream" && -s "$labels/dict.$stream.txt" ]] || done=0
   done
-  local stream_args=() names
-  names="$(IFS=,; echo "${streams[*]%%:*}")"  # kmeans,chroma
-  [[ "${#streams[@]}" == 1 ]] || stream_args=("task.labels=[$names]" model.untie_final_proj=true)
+  if [[ "$done" == 1 ]]; then
+    say_t "3/5 K-means labels: already in $labels ($names)"
+  else
+    say_t "3/5 K-means labels ($feature features, 100 clusters fitted on 20k frames) -> $labels ($names)"
+    OMP_NUM_THREADS=1 "$PY" "$ROOT/scripts/prepare_kmeans_labels.py" all --manifest-dir "$manifest" \
+      --label-dir "$labels" --kmeans-model "$labels/{name}.npz" --name "$names" --n-clusters 100 \
+      --feature "$feature" --max-fit-frames 20000
+  fi
+  local stream_args=()
+  # several streams: one projection each, no in-batch noise (it mixes other clips' pitch into the input)
+  [[ "$names" == kmeans ]] || stream_args=("task.labels=[$names]" model.untie_final_proj=true model.mixture_prob=0)
   say_t "4/5 training MERT_demo_cpu -> $save (resumes from checkpoint_last.pt when present)"
   local log="$save/train.log" ckpt="$save/checkpoints/checkpoint_last.pt"
   mkdir -p "$save"
@@ -92,9 +94,17 @@ run_demo() {
   local acc
   acc=$(grep -E "\]\[valid\]" "$log" | tail -1 | grep -oE "correct_m_0 [0-9.]+" | awk '{print $2}')
   say_t "5/5 probes on the held-out clips: demo model vs the same model at random init vs MFCC statistics"
-  "$PY" "$ROOT/scripts/probe.py" "demo=$ckpt" "random-init=random-init:$ckpt" mfcc --labels "$probe/metadata.csv" \
-    --tasks "${DEMO_PROBE_TASKS:-timbre,chord_timbre,key,mode,percussion,tempo_bpm:regression}" --folds 5 \
-    --out-dir "$save/probe" --no-progress --threads 1 --pool mean+std
+  # recipes were chosen on probe rows :100; the table reports rows 100: (clips no choice looked at;
+  # DEMO_PROBE_ROWS=START:END for others),
+  # MERT layers pooled by mean+std (the MFCC baseline's statistics) and by mean (MARBLE's default)
+  local pool out clips="${DEMO_PROBE_CLIPS:-200}" rows
+  rows="${DEMO_PROBE_ROWS:-$(( clips >= 20 ? clips / 2 : 0 )):}"  # default: the second half (all of a tiny set)
+  for pool in mean+std mean; do
+    out="$save/probe"; [[ "$pool" == mean ]] && out+="_mean"
+    "$PY" "$ROOT/scripts/probe.py" "demo=$ckpt" "random-init=random-init:$ckpt" mfcc --labels "$probe/metadata.csv" \
+      --tasks "${DEMO_PROBE_TASKS:-timbre,chord_timbre,key,mode,percussion,tempo_bpm:regression}" --folds 5 \
+      --rows "$rows" --out-dir "$out" --no-progress --threads 1 --pool "$pool"
+  done
   "$PY" "$ROOT/scripts/plot_training.py" "$log" --out "$save/training.png" --title "MERT_demo_cpu"
   say_t "done."
   echo "  corpus:      $corpus (probe clips: $probe)"
@@ -102,7 +112,7 @@ run_demo() {
   echo "  labels:      $labels"
   echo "  checkpoints: $save/checkpoints (checkpoint_last.pt)"
   echo "  log:         $log"
-  echo "  probe:       $save/probe/probe.md, probe.json, probe_layers.png (score per layer per task)"
+  echo "  probe:       $save/probe/probe.md, probe.json, probe_layers.png (score per layer per task; mean pooling: probe_mean/)"
   echo "  training:    $save/training.png (loss, masked accuracy, CQT loss, lr, audio-s/s, online probes)"
   echo "  final validation masked accuracy (K-means targets, chance ~1%): ${acc:-n/a}"
 }

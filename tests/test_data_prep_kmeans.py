@@ -147,6 +147,21 @@ def test_chroma_frames_follow_the_label_rule_and_peak_at_the_pitch_class():
     assert np.abs(chroma(np.zeros(SR, np.float32))).max() == 0.0  # silence stays at the origin
 
 
+def test_cqt_frames_keep_the_octave_that_chroma_folds_away():
+    from mert_fairseq.prep.kmeans_labels import ChromaFeatures, make_extractor
+
+    cqt, chroma = make_extractor(FeatureSpec("cqt")), ChromaFeatures(FeatureSpec("chroma"))
+    assert isinstance(cqt, ChromaFeatures) and not cqt.fold
+    t = np.arange(SR) / SR
+    assert cqt(np.zeros(3201, np.float32)).shape == (math.ceil(3201 / 320), 84)
+    for midi in (45, 57, 60, 71):  # A2, A3 (same pitch class, an octave apart), C4, B4; bin 0 = C1 = MIDI 24
+        wav = (0.3 * np.sin(2 * np.pi * 440.0 * 2 ** ((midi - 69) / 12) * t)).astype(np.float32)
+        middle = cqt(wav)[20:-20]
+        assert (middle.argmax(1) == midi - 24).all() and (chroma(wav)[20:-20].argmax(1) == midi % 12).all()
+        np.testing.assert_allclose(np.linalg.norm(middle, axis=1), 1.0, rtol=1e-5)
+    assert np.abs(cqt(np.zeros(SR, np.float32))).max() == 0.0
+
+
 def test_cli_fit_with_chroma_saves_its_feature_settings(manifest_dir, tmp_path):
     model_path = tmp_path / "chroma.joblib"
     result = run_script("prepare_kmeans_labels", "all", "--manifest-dir", manifest_dir, "--kmeans-model", model_path,
@@ -157,6 +172,34 @@ def test_cli_fit_with_chroma_saves_its_feature_settings(manifest_dir, tmp_path):
     assert spec == FeatureSpec("chroma", chroma_gain=5.0) and km.cluster_centers_.shape == (4, 12)
     lines = read_label_lines(tmp_path / "labels" / "train.kmeans")
     assert [len(line) for line in lines] == [math.ceil(r.num_samples / 320) for r in read_manifest(manifest_dir / "train.tsv").rows]
+
+
+def test_cli_two_streams_in_one_call_equal_two_single_calls(manifest_dir, tmp_path):
+    common = ("--manifest-dir", manifest_dir, "--n-clusters", 4, "--max-fit-frames", 1000)
+    both = tmp_path / "both"
+    result = run_script("prepare_kmeans_labels", "all", *common, "--label-dir", both, "--feature", "mfcc+chroma",
+                        "--kmeans-model", both / "{name}.npz")
+    assert result.returncode == 0, result.stderr
+    for name, feature in (("kmeans", "mfcc"), ("chroma", "chroma")):
+        single = tmp_path / name
+        result = run_script("prepare_kmeans_labels", "all", *common, "--label-dir", single, "--feature", feature,
+                            "--kmeans-model", single / "km.npz", "--name", name)
+        assert result.returncode == 0, result.stderr
+        assert load_model(both / f"{name}.npz")[1] == FeatureSpec(feature)
+        for f in (f"train.{name}", f"valid.{name}", f"dict.{name}.txt"):
+            assert (both / f).read_bytes() == (single / f).read_bytes(), f
+    named = run_script("prepare_kmeans_labels", "apply", "--manifest-dir", manifest_dir, "--label-dir", tmp_path / "re",
+                       "--kmeans-model", both / "{name}.npz", "--name", "kmeans,chroma", "--splits", "valid")
+    assert named.returncode == 0, named.stderr
+    assert (tmp_path / "re" / "valid.chroma").read_bytes() == (both / "valid.chroma").read_bytes()
+    for extra, message in ((("--kmeans-model", tmp_path / "one.npz"), "needs a {name} placeholder"),
+                           (("--kmeans-model", both / "{name}.npz", "--name", "a"), "2 streams but --name a has 1"),
+                           (("--kmeans-model", both / "{name}.npz", "--name", "a,a"), "stream names must differ")):
+        bad = run_script("prepare_kmeans_labels", "all", *common, "--label-dir", tmp_path / "bad", "--feature",
+                         "mfcc+chroma", *extra)
+        assert bad.returncode == 1 and message in bad.stderr, bad.stderr
+    bad = run_script("prepare_kmeans_labels", "fit", *common, "--kmeans-model", both / "x", "--feature", "mfcc+pitch")
+    assert bad.returncode == 2 and "unknown feature 'pitch'" in bad.stderr
 
 
 # ----------------------------------------------------------------------------- model files without pickle

@@ -50,7 +50,7 @@ def test_demo_with_mfcc_and_chroma_streams(tmp_path):
     assert (labels / "train.kmeans").read_text() != (labels / "train.chroma").read_text()
     state = load_checkpoint_state(save / "checkpoints" / "checkpoint_last.pt")
     assert list(state["cfg"]["task"]["labels"]) == ["kmeans", "chroma"]
-    assert state["cfg"]["model"]["untie_final_proj"] is True
+    assert state["cfg"]["model"]["untie_final_proj"] is True and state["cfg"]["model"]["mixture_prob"] == 0
     assert "| key | accuracy |" in out
 
 

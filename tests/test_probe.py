@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mert_fairseq.evaluation.probe import (ProbeError, ProbeSet, extract_pooled, feature_source, main, make_task,
-                                           probe_all, probe_task, read_probe_csv)
+from mert_fairseq.evaluation.probe import (ProbeError, ProbeSet, extract_pooled, feature_source, format_table, main,
+                                           make_task, parse_rows, probe_all, probe_task, read_probe_csv)
 
 SR = 24000
 
@@ -79,6 +79,28 @@ def test_split_column_selects_on_valid_and_reports_test(tmp_path):
     assert probe_set.files[3] == tmp_path / "x3.wav" and list(probe_set.split) == list(split)
     (res,) = probe_all(feats, probe_set)
     assert res["best_layer"] == 1 and res["score"] > 0.95 and "valid" in res["layers"][0]
+
+
+def test_rows_subset_and_fold_spread_in_the_table(tmp_path):
+    feats, y = clustered(n=200)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,cls\n" + "".join(f"x{i}.wav,c{v}\n" for i, v in enumerate(y)))
+    full = read_probe_csv(csv)
+    assert list(parse_rows(":100", 200)) == list(range(100)) and list(parse_rows("100:", 200)) == list(range(100, 200))
+    assert list(parse_rows(" 5 : 8 ", 200)) == [5, 6, 7]
+    for bad, message in (("100", "expected START:END"), ("150:120", "need 0 <= START < END <= 200"),
+                         ("0:201", "need 0 <= START < END <= 200"), ("-1:5", "expected START:END")):
+        with pytest.raises(ProbeError, match=message):
+            parse_rows(bad, 200)
+    rows = parse_rows("100:", 200)
+    held_out = full.subset(rows)
+    assert held_out.files[0] == tmp_path / "x100.wav" and len(held_out.files) == 100
+    assert np.array_equal(held_out.tasks[0].y, full.tasks[0].y[100:]) and held_out.tasks[0].classes == full.tasks[0].classes
+    (res,) = probe_all(feats[rows], held_out, folds=5)
+    layer = res["layers"][res["best_layer"]]
+    assert res["std"] == layer["std"] and 0 <= res["std"] < 0.1, res
+    table = format_table({"m": [res]})
+    assert f"| {res['score']:.3f} ± {res['std']:.3f} (L1) |" in table, table
 
 
 def test_csv_errors_name_file_and_line(tmp_path):
@@ -165,10 +187,15 @@ def test_cli_writes_table_json_and_png(models, tmp_path, capsys):
         torch.set_num_threads(threads)
     assert rc == 0
     out = capsys.readouterr().out
-    assert "| pitch | accuracy |" in out and "| tempo | r2 |" in out
+    assert "| pitch | accuracy |" in out and "| tempo | r2 |" in out and " ± " in out
     data = json.loads((tmp_path / "out" / "probe.json").read_text())
     assert set(data["results"]) == {"ckpt", "mfcc"} and data["results"]["mfcc"][0]["score"] > 0.9
     png = (tmp_path / "out" / "probe_layers.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert main(["mfcc", "--labels", str(models / "labels.csv"), "--rows", "6:", "--folds", "3", "--tasks", "pitch",
+                 "--out-dir", str(tmp_path / "rows"), "--no-progress"]) == 0
+    held_out = json.loads((tmp_path / "rows" / "probe.json").read_text())
+    assert held_out["clips"] == 6 and "rows 6:" in held_out["evaluation"]
+    assert main(["mfcc", "--labels", str(models / "labels.csv"), "--rows", "6:20", "--out-dir", str(tmp_path / "x")]) == 2
     assert main(["nosuch.pt", "--labels", str(models / "labels.csv"), "--out-dir", str(tmp_path / "x")]) == 2
     assert main(["mfcc", "--labels", str(models / "labels.csv"), "--threads", "-1"]) == 2

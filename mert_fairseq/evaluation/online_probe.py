@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mert_fairseq.data.audio import load_mono
-from mert_fairseq.evaluation.probe import ProbeSet, probe_all, read_probe_csv
+from mert_fairseq.evaluation.probe import probe_all, read_probe_csv
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class OnlineProbe:
                  max_clips: int = 100, clip_seconds: float = 4.0, folds: int = 3, batch_size: int = 16) -> None:
         full = read_probe_csv(csv_path, tasks.split(",") if tasks else None)
         n = min(max_clips, len(full.files))
-        self.probe_set = ProbeSet(full.files[:n], [t.subset(np.arange(n)) for t in full.tasks])
+        self.probe_set = full.subset(np.arange(n))
         self.folds, self.batch_size = folds, batch_size
         limit = int(clip_seconds * sample_rate) if clip_seconds and clip_seconds > 0 else None
         self.wavs: List[torch.Tensor] = []

@@ -66,6 +66,11 @@ class ProbeSet:
     tasks: List[ProbeTask]
     split: Optional[np.ndarray] = None  # "train" / "valid" / "test" per row
 
+    def subset(self, rows: np.ndarray) -> "ProbeSet":
+        """The rows `rows` (indices into the CSV's data rows) as a probe set of their own."""
+        return ProbeSet([self.files[i] for i in rows], [t.subset(rows) for t in self.tasks],
+                        None if self.split is None else self.split[rows])
+
 
 def _is_number(text: str) -> bool:
     try:
@@ -148,6 +153,18 @@ def read_probe_csv(path: str | os.PathLike, tasks: Optional[Sequence[str]] = Non
     return ProbeSet(files, probe_tasks, split)
 
 
+def parse_rows(spec: str, n: int) -> np.ndarray:
+    """`START:END` (0-based data rows, END exclusive; either may be omitted) -> row indices, e.g. the
+    first 100 clips to choose a recipe on (`:100`) and the rest to report on (`100:`)."""
+    match = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", spec)
+    if not match:
+        raise ProbeError(f"--rows {spec!r}: expected START:END (0-based data rows, END exclusive), e.g. 100:200")
+    start, end = (int(g) if g else d for g, d in zip(match.groups(), (0, n)))
+    if not 0 <= start < end <= n:
+        raise ProbeError(f"--rows {spec!r}: need 0 <= START < END <= {n} (rows in the CSV)")
+    return np.arange(start, end)
+
+
 # ---------------------------------------------------------------------------------------------- scoring
 def fit_and_score(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
                   C: float = 1.0, alpha: float = 1.0) -> Dict[str, float]:
@@ -202,7 +219,8 @@ def probe_task(features: np.ndarray, task: ProbeTask, split: Optional[np.ndarray
     select = "valid" if per_layer and "valid" in per_layer[0] else "score"
     best = max(per_layer, key=lambda e: -np.inf if np.isnan(e[select]) else e[select])
     return {"task": task.name, "kind": task.kind, "metric": METRIC[task.kind], "layers": per_layer,
-            "best_layer": best["layer"], "score": best["score"], "chance": chance_score(task)}
+            "best_layer": best["layer"], "score": best["score"], "std": best.get("std"),
+            "chance": chance_score(task)}
 
 
 def _probe_layers(features: np.ndarray, task: ProbeTask, split: Optional[np.ndarray], folds: int, seed: int,
@@ -375,7 +393,7 @@ def run_probes(sources: Sequence[FeatureSource], probe_set: ProbeSet, cache_dir:
 
 # ---------------------------------------------------------------------------------------------- outputs
 def format_table(results: Dict[str, List[dict]]) -> str:
-    """Markdown table: one row per task, one column per model: best-layer score (layer)."""
+    """Markdown table: one row per task, one column per model: best-layer score +- its fold std (layer)."""
     names = list(results)
     tasks = [r["task"] for r in next(iter(results.values()))]
     head = ["task", "metric", "chance"] + names
@@ -383,9 +401,14 @@ def format_table(results: Dict[str, List[dict]]) -> str:
     for i, task in enumerate(tasks):
         first = results[names[0]][i]
         cells = [task, first["metric"], f"{first['chance']:.3f}"]
-        cells += [f"{results[n][i]['score']:.3f} (L{results[n][i]['best_layer']})" for n in names]
+        cells += [_cell(results[n][i]) for n in names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(result: dict) -> str:
+    spread = f" ± {result['std']:.3f}" if result.get("std") is not None else ""  # k-fold CV only
+    return f"{result['score']:.3f}{spread} (L{result['best_layer']})"
 
 
 def write_json(results: Dict[str, List[dict]], path: str | os.PathLike, extra: Optional[dict] = None) -> None:
@@ -445,6 +468,8 @@ def build_parser():
     p.add_argument("--file-column", default="file", help="CSV column holding the audio paths")
     p.add_argument("--audio-root", default=None, help="folder the file column is relative to (default: CSV's)")
     p.add_argument("--split-column", default=None, help="column with train/valid/test (else k-fold CV)")
+    p.add_argument("--rows", default=None, help="probe only these data rows of the CSV, START:END (0-based, END "
+                   "exclusive), e.g. :100 to choose a recipe and 100: to report on clips not used to choose it")
     p.add_argument("--folds", type=int, default=5, help="k of the k-fold cross-validation (without --split-column)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regressions")
@@ -478,6 +503,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         probe_set = read_probe_csv(args.labels, args.tasks.split(",") if args.tasks else None, args.file_column,
                                    args.split_column, args.audio_root)
+        if args.rows is not None:
+            probe_set = probe_set.subset(parse_rows(args.rows, len(probe_set.files)))
         sources = [feature_source(m, args.device, args.pool) for m in args.models]
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
@@ -490,7 +517,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.error("%s", exc)
         return 2
     table = format_table(results)
-    evaluation = f"split column {args.split_column!r}" if args.split_column else f"{args.folds}-fold CV"
+    evaluation = f"split column {args.split_column!r}" if args.split_column else f"{args.folds}-fold CV (± fold std)"
+    if args.rows is not None:
+        evaluation += f", rows {args.rows} of {args.labels}"
     evaluation += f", MERT layers pooled {args.pool}"
     write_json(results, out / "probe.json", {"labels": str(args.labels), "clips": len(probe_set.files),
                                              "evaluation": evaluation, "models": list(args.models)})

@@ -11,10 +11,18 @@ frames, frame j centred on sample 320 j):
   octaves, ``log(1 + chroma_gain x)``, L2-normalised per frame (frames quieter than the norm floor
   stay small: silence clusters at the origin). MFCC codes are nearly pitch-blind; chroma codes carry
   pitch class (key, chords), and the CQT loss still carries timbre.
+- ``cqt``: the same 84 log-CQT bins without the octave sum (``log(1 + chroma_gain x)``, L2-normalised
+  per frame): pitch with its octave, chord shape and register; codes close to the CQT input and teacher.
 - ``mert`` (later iterations): hidden states of layer N of a trained MERT checkpoint
   (``mert_fairseq.checkpoint.model_loading.load_mert_model``). Long files are cut in chunks of whole frames;
   the conv front end yields ``floor((n - 400) / 320) + 1`` frames, one fewer than the rule, so the
   last frame is repeated (or extra frames cut) to give ``ceil(n / 320)``.
+
+Several label streams in one call (one k-means model per feature, e.g. the demo's pitch-bearing
+pair): ``--feature mfcc+chroma`` with ``--kmeans-model DIR/{name}.npz`` fits and applies one model
+per feature; ``--name`` gives the stream names (default: ``kmeans`` for the first feature, the feature
+kind for the others, so ``mfcc+chroma`` -> ``kmeans`` and ``chroma``). Train on them with
+``task.labels=[kmeans,chroma] model.untie_final_proj=true`` (``split_streams``).
 
 ``fit`` samples at most ``--max-fit-frames`` frames uniformly at random from a split (memory:
 frames x dims x 4 bytes), fits k-means and saves its centroids with the feature settings as a data-only
@@ -60,6 +68,7 @@ from mert_fairseq.prep.merge_parts import LabelOutputs, write_labels
 
 log = logging.getLogger(__name__)
 
+FEATURE_KINDS = ("mfcc", "chroma", "cqt", "mert")
 MODEL_FORMAT = "mert-fairseq-kmeans/2"  # .npz of centroids + settings (/1: the joblib pickle of earlier versions)
 Extractor = Callable[[np.ndarray], np.ndarray]  # mono 24 kHz [n] -> [ceil(n / 320), dims]
 
@@ -68,13 +77,13 @@ Extractor = Callable[[np.ndarray], np.ndarray]  # mono 24 kHz [n] -> [ceil(n / 3
 class FeatureSpec:
     """Which features to cluster; saved with the k-means model and reused when applying it."""
 
-    kind: str = "mfcc"  # "mfcc", "chroma" or "mert"
+    kind: str = "mfcc"  # one of FEATURE_KINDS
     n_mfcc: int = 13
     n_mels: int = 40
     checkpoint: str | None = None
     layer: int | None = None
     max_chunk_seconds: float = 30.0
-    chroma_gain: float = 10.0  # chroma: log(1 + gain x) of the octave-summed CQT magnitudes
+    chroma_gain: float = 10.0  # chroma, cqt: log(1 + gain x) of the (octave-summed) CQT magnitudes
 
 
 def fit_to_frames(features: np.ndarray, num_samples: int) -> np.ndarray:
@@ -108,23 +117,26 @@ class MfccFeatures:
 
 
 class ChromaFeatures:
-    """12-bin chroma at 75 Hz from the CQT teacher's transform (pitch class 0 = C)."""
+    """12-bin chroma at 75 Hz from the CQT teacher's transform (pitch class 0 = C); ``fold=False``
+    (``--feature cqt``): the 84 log-CQT bins themselves (pitch and octave, chord shape, register)."""
 
     OCTAVES, BINS_PER_OCTAVE, NORM_FLOOR = 7, 12, 0.1
 
-    def __init__(self, spec: FeatureSpec):
+    def __init__(self, spec: FeatureSpec, fold: bool = True):
         from mert_fairseq.models.teachers.cqt import build_cqt  # fmin 32.7 Hz = C1, so bin k is pitch class k % 12
 
         self.cqt = build_cqt(SAMPLE_RATE, LABEL_HOP, self.OCTAVES * self.BINS_PER_OCTAVE)
-        self.gain = spec.chroma_gain
+        self.gain, self.fold = spec.chroma_gain, fold
 
     def __call__(self, wav: np.ndarray) -> np.ndarray:
         from mert_fairseq.models.teachers.cqt import cqt_frames
 
         mag = cqt_frames(self.cqt, torch.from_numpy(wav).float()[None])[0]  # [n // 320 + 1, 84]
-        chroma = torch.log1p(self.gain * mag.reshape(len(mag), self.OCTAVES, self.BINS_PER_OCTAVE).sum(1))  # [T, 12]
-        chroma = chroma / chroma.norm(dim=1, keepdim=True).clamp_min(self.NORM_FLOOR)
-        return fit_to_frames(chroma.numpy().astype(np.float32), len(wav))
+        if self.fold:
+            mag = mag.reshape(len(mag), self.OCTAVES, self.BINS_PER_OCTAVE).sum(1)  # [T, 12]
+        feats = torch.log1p(self.gain * mag)
+        feats = feats / feats.norm(dim=1, keepdim=True).clamp_min(self.NORM_FLOOR)
+        return fit_to_frames(feats.numpy().astype(np.float32), len(wav))
 
 
 class MertFeatures:
@@ -160,13 +172,13 @@ class MertFeatures:
 def make_extractor(spec: FeatureSpec, device: str = "cpu") -> Extractor:
     if spec.kind == "mfcc":
         return MfccFeatures(spec)
-    if spec.kind == "chroma":
-        return ChromaFeatures(spec)
+    if spec.kind in ("chroma", "cqt"):
+        return ChromaFeatures(spec, fold=spec.kind == "chroma")
     if spec.kind == "mert":
         if not spec.checkpoint or spec.layer is None:
             raise ValueError("--feature mert needs --checkpoint and --layer")
         return MertFeatures(spec, device)
-    raise ValueError(f"unknown feature kind {spec.kind!r} (mfcc, chroma or mert)")
+    raise ValueError(f"unknown feature kind {spec.kind!r} ({', '.join(FEATURE_KINDS)})")
 
 
 # ----------------------------------------------------------------------------- fit and apply
@@ -430,9 +442,33 @@ def run_apply(args: argparse.Namespace, on_shard_done: Callable[[int], None] | N
         log.info("wrote %s/%s.%s%s", args.label_dir, split, args.name, part.suffix)
 
 
+def split_streams(args: argparse.Namespace) -> list[argparse.Namespace]:
+    """One namespace per label stream: ``--feature a+b`` and/or ``--name x,y`` (same count) with a
+    ``{name}`` placeholder in ``--kmeans-model``; a single stream is returned unchanged."""
+    features = getattr(args, "feature", None)
+    features = features.split("+") if features else None
+    names = args.name.split(",") if getattr(args, "name", None) else None
+    count = len(features or names or [None])
+    if names is None:
+        names = ["kmeans"] + (features[1:] if features else [])
+    if count == 1 and len(names) == 1:  # "{name}" in --kmeans-model is allowed here too
+        return [argparse.Namespace(**{**vars(args), "kmeans_model": args.kmeans_model.replace("{name}", names[0]),
+                                      **({"name": names[0]} if hasattr(args, "name") else {})})]
+    if features is not None and len(features) != len(names):
+        raise ValueError(f"--feature {args.feature} has {len(features)} streams but --name {args.name} has {len(names)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--name {','.join(names)}: stream names must differ")
+    if "{name}" not in args.kmeans_model:
+        raise ValueError(f"--kmeans-model {args.kmeans_model}: with several streams it needs a {{name}} placeholder, "
+                         "e.g. labels/{name}.npz (one model per stream)")
+    return [argparse.Namespace(**{**vars(args), "name": name, "kmeans_model": args.kmeans_model.format(name=name),
+                                  **({"feature": features[i]} if features else {})}) for i, name in enumerate(names)]
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest-dir", required=True, help="folder holding {split}.tsv")
-    p.add_argument("--kmeans-model", required=True, help="fitted model file (data-only .npz)")
+    p.add_argument("--kmeans-model", required=True, help="fitted model file (data-only .npz); with several "
+                   "streams a pattern with {name}, e.g. labels/{name}.npz")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device of the feature extractor (default: cuda when available)")
     p.add_argument("--checkpoint", help="MERT checkpoint for --feature mert (apply: overrides the saved path)")
@@ -441,19 +477,24 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="train", help="split to fit on")
-    _feature_args(p)
+    _feature_args(p, several=True)
     p.add_argument("--n-clusters", type=int, default=500, help="k-means clusters = label codes")
     p.add_argument("--max-fit-frames", type=int, default=500_000, help="frames sampled for fitting")
     p.add_argument("--seed", type=int, default=0, help="seed of the frame sampling and of k-means")
 
 
-def _feature_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--feature", choices=("mfcc", "chroma", "mert"), default="mfcc",
-                   help="frame features: MFCCs, CQT chroma (pitch class) or a MERT layer")
+def _feature_args(p: argparse.ArgumentParser, several: bool = False) -> None:
+    if several:
+        p.add_argument("--feature", type=_feature_list, default="mfcc",
+                       help="frame features: mfcc, chroma (CQT pitch class), cqt (84 log-CQT bins) or mert (a MERT "
+                       "layer); several joined by '+' (e.g. mfcc+chroma) fit one model and write one label stream each")
+    else:
+        p.add_argument("--feature", choices=FEATURE_KINDS, default="mfcc",
+                       help="frame features: MFCCs, CQT chroma (pitch class), 84 log-CQT bins or a MERT layer")
     p.add_argument("--layer", type=int, help="MERT layer for --feature mert (0 = CNN/input projection)")
     p.add_argument("--n-mfcc", type=int, default=13, help="MFCCs per frame for --feature mfcc")
     p.add_argument("--n-mels", type=int, default=40, help="mel bands the MFCCs are computed from")
-    p.add_argument("--chroma-gain", type=float, default=10.0, help="chroma: log(1 + gain x) compression")
+    p.add_argument("--chroma-gain", type=float, default=10.0, help="chroma, cqt: log(1 + gain x) compression")
     p.add_argument("--max-chunk-seconds", type=float, default=30.0, help="MERT input chunk length")
 
 
@@ -469,8 +510,19 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
 def _apply_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splits", default="train,valid", help="splits to label")
     p.add_argument("--label-dir", required=True, help="label folder written: {split}.{name} and dict.{name}.txt")
-    p.add_argument("--name", default="kmeans", help="label name: files {split}.{name}, dict.{name}.txt")
+    p.add_argument("--name", default=None, help="label name: files {split}.{name}, dict.{name}.txt (default "
+                   "kmeans); several streams: a comma list, one per feature (default kmeans, then the feature kinds)")
     add_shard_args(p)
+
+
+
+
+def _feature_list(text: str) -> str:
+    bad = [k for k in text.split("+") if k not in FEATURE_KINDS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown feature {bad[0]!r} (choose from {', '.join(FEATURE_KINDS)}, "
+                                         "several joined by '+')")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -500,10 +552,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "convert":
             convert_pickled_model(args.src, args.dst, args.trust_pickle, feature_spec(args))
-        if args.command in ("fit", "all"):
-            run_fit(args)
-        if args.command in ("apply", "all"):
-            run_apply(args)
+            return 0
+        for stream in split_streams(args):
+            if args.command in ("fit", "all"):
+                run_fit(stream)
+            if args.command in ("apply", "all"):
+                run_apply(stream)
     except (ManifestError, AudioError, ValueError, FileNotFoundError, OutputError) as exc:
         log.error("%s", exc)
         return 1
