@@ -42,7 +42,7 @@ from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
 
 logger = logging.getLogger(__name__)
 
-_stock: dict = {}  # the replaced fairseq attributes, by name (fairseq_cli.train's with its module prefix)
+_stock: dict = {}  # the replaced fairseq attributes, by name (other modules' with their module prefix)
 _resuming_criterion: list = []  # class name of the criterion of the run being resumed (inside _load_checkpoint)
 # criteria computing the same loss with no state: a checkpoint of the first resumes under the second
 CRITERION_ALIASES = {("HubertCriterion", "MertCriterion")}
@@ -168,7 +168,7 @@ def install(task_class: Optional[type] = None, dataset_class: Optional[type] = N
         _stock[name] = getattr(checkpoint_utils, name)
         setattr(checkpoint_utils, name, replacement)
     for name, replacement in DDP_REPLACEMENTS.items():
-        _stock["ddp." + name] = getattr(distributed_fairseq_model, name)
+        _stock[f"{distributed_fairseq_model.__name__}.{name}"] = getattr(distributed_fairseq_model, name)
         setattr(distributed_fairseq_model, name, replacement)
     train_module = sys.modules.get("fairseq_cli.train")  # imported when training (importing it sets up logging)
     for name, replacement in TRAIN_REPLACEMENTS.items() if train_module else ():
@@ -186,9 +186,6 @@ def install(task_class: Optional[type] = None, dataset_class: Optional[type] = N
 def uninstall() -> None:
     """Put fairseq's own attributes back (tests)."""
     for name, original in _stock.items():
-        if name.startswith("ddp."):
-            setattr(distributed_fairseq_model, name[len("ddp."):], original)
-        else:
-            module, _, attr = name.rpartition(".")
-            setattr(sys.modules[module] if module else checkpoint_utils, attr, original)
+        module, _, attr = name.rpartition(".")
+        setattr(sys.modules[module] if module else checkpoint_utils, attr, original)
     _stock.clear()

@@ -56,6 +56,11 @@ class Fault:
             return 0
         return max(self.last_update - self.resumed_from, 0)
 
+    @property
+    def timed(self) -> bool:
+        """Fired at a time after the first update (a SIGKILL or a signal), not at a fault point."""
+        return self.kind == "time" or self.kind in SIGNAL_KINDS
+
     def describe(self) -> str:
         if self.kind in SIGNAL_KINDS:
             return f"{self.kind.upper()}, {self.at:.1f} s after 1st update"
@@ -142,7 +147,7 @@ def run_once(cmd: Sequence[str], log_path: Path, fault: Optional[Fault], timeout
         deadline = time.time() + timeout
         if fault is not None and fault.kind == "startup":
             deadline = time.time() + fault.at
-        elif fault is not None and (fault.kind == "time" or fault.kind in SIGNAL_KINDS):
+        elif fault is not None and fault.timed:
             while proc.poll() is None and "num_updates=" not in log_path.read_text(errors="replace"):
                 time.sleep(0.2)
             if _wait_for(proc, log_path, time.time() + fault.at, last_update):
@@ -231,9 +236,9 @@ def run_with_faults(cmd: Sequence[str], run_dir: Path, faults: List[Fault], max_
     for i, fault in enumerate(faults + [None]):
         log_path = run_dir / f"start_{i:02d}.log"
         temp_before = _temp_files(run_dir)
-        if fault is not None and (fault.kind == "time" or fault.kind in SIGNAL_KINDS):  # before the run finishes
+        timed = fault is not None and fault.timed
+        if timed:  # before the run finishes
             fault.at = min(fault.at, 0.6 * (max_update - _saved_update(run_dir)) * update_s)
-        timed = fault is not None and (fault.kind == "time" or fault.kind in SIGNAL_KINDS)
         code = run_once(cmd, log_path, fault, timeout, last_update=max_update - 2 if timed and max_update else None)
         log = log_path.read_text(errors="replace")
         resumed = loaded_update(log)
