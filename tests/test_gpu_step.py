@@ -112,11 +112,13 @@ def test_collater_draws_are_seeded_static_and_differ_between_batches(tone_data, 
     B, T = 4, 74  # 24000 samples -> 74 CNN frames
     assert draws["mask"].shape == (B, T) and draws["mask"].dtype == torch.bool
     assert a["masked_frames"] == int(draws["mask"].sum()) > 0 and a["valid_frames"] == B * T
-    for k, v in draws.items():
-        assert torch.equal(v, again["net_input"]["draws"][k]), k  # same batch, same epoch: same draws
+    for k, v in draws.items():  # same batch, same epoch: same draws
+        same = v == again["net_input"]["draws"][k] if k == "layer_keep_host" else torch.equal(v, again["net_input"]["draws"][k])
+        assert same, k
     assert not torch.equal(draws["mask"], other["net_input"]["draws"]["mask"])
     if "95M" in name:
         assert draws["mix_len"].shape == (B, 3) and draws["layer_keep"].shape == (2,)
+        assert draws["layer_keep_host"] == tuple(draws["layer_keep"].tolist())  # the host copy eager steps read
     ds.set_epoch(2)
     assert not torch.equal(draws["mask"], batch(ds, [0, 1, 2, 3])["net_input"]["draws"]["mask"])
 
@@ -129,7 +131,7 @@ def test_model_without_draws_draws_the_same_way_as_the_collater():
     spec = model.draw_spec()
     draws, counts = draw_step(spec, np.random.default_rng(5), 3, 24000, 74)
     again, _ = draw_step(spec, np.random.default_rng(5), 3, 24000, 74)
-    assert all(torch.equal(draws[k], again[k]) for k in draws)
+    assert all(draws[k] == again[k] if k == "layer_keep_host" else torch.equal(draws[k], again[k]) for k in draws)
     frac = np.mean([draw_step(spec, np.random.default_rng(s), 3, 24000, 74)[1]["masked_frames"] / (3 * 74)
                     for s in range(20)])
     torch.manual_seed(1)
@@ -137,6 +139,38 @@ def test_model_without_draws_draws_the_same_way_as_the_collater():
            for s in range(20)]
     frac_own = np.mean([o["masked_frames"] / o["valid_frames"] for o in own])
     assert abs(frac - frac_own) < 0.05 and 0.4 < frac < 0.95  # same law (80 % of frames start a 5-frame span)
+
+
+@pytest.mark.parametrize("family", ["rvq_95m", "rvq_330m"])
+def test_eager_step_skips_a_dropped_layer_with_the_same_loss_and_gradients(family):
+    """Layerdrop: the eager step skips a dropped layer (host flags), the compiled formulation computes it and
+    discards it (`torch.where`); same loss, same gradients, and the dropped layer's weights get zeros (not
+    None: c10d DDP needs a gradient for every weight)."""
+    from mert_fairseq.data.step_draws import draw_step
+
+    torch.manual_seed(0)
+    model = tiny_model(family, encoder_layers=3, encoder_layerdrop=0.5).train()
+    sample = _sample(model)
+    draws, _ = draw_step(model.draw_spec(), np.random.default_rng(0), 3, 24000, 74)
+    draws["layer_keep"], draws["layer_keep_host"] = torch.tensor([True, False, True]), (True, False, True)
+    sample["net_input"]["draws"] = draws
+    results = []
+    for skip in (True, False):
+        model.encoder.skip_dropped_layers = skip
+        model.zero_grad()
+        with CountOps() as ops:
+            loss, _, _ = MertCriterion(None, 1.0, 0.0, [10.0, 1.0])(model, sample)
+            loss.backward()
+        results.append((loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters()},
+                        ops.ops.get("aten.addmm", 0)))
+    (ls, gs, mm_skip), (lw, gw, mm_where) = results
+    assert mm_skip < mm_where  # the dropped layer's linears did not run
+    assert torch.allclose(ls, lw, rtol=1e-6, atol=0), (ls, lw)
+    assert set(gs) == set(gw)
+    for k in gs:
+        assert torch.allclose(gs[k], gw[k], rtol=1e-5, atol=1e-7), k
+        if k.startswith("encoder.layers.1."):
+            assert torch.count_nonzero(gs[k]) == 0, k
 
 
 # ------------------------------------------------------------------------------------------ one graph

@@ -101,14 +101,15 @@ def _free_port() -> int:
 
 
 def test_two_ranks_draw_their_own_masks_and_resume_exactly(tmp_path):
-    """Masking and the noise mixture on, 2 processes (gloo): each rank's batches carry their own draws (row i
+    """Masking, the noise mixture and layerdrop on, 2 processes (gloo, c10d without find_unused_parameters:
+    a layer one rank skips still gets its zero gradient): each rank's batches carry their own draws (row i
     of rank 0's batch is not masked like row i of rank 1's), and a run stopped after 4 updates and resumed
     ends with the weights of an uninterrupted run of 8."""
     from step_helpers import build_recipe
 
     data = make_tone_dataset(tmp_path / "data", n_clips=16, seed=4)
     task, model, criterion, ds = build_recipe("MERT_demo_cpu", data, n_streams=1,
-                                              extra=["model.mixture_prob=0.5"])
+                                              extra=["model.mixture_prob=0.5", "model.encoder_layerdrop=0.5"])
     assert task.draw_spec is not None and task.draw_spec.mixture_prob == 0.5
     ranks = []
     for rank in (0, 1):  # the batches fairseq hands each rank in epoch 1
@@ -120,9 +121,11 @@ def test_two_ranks_draw_their_own_masks_and_resume_exactly(tmp_path):
     assert m0.shape == m1.shape and not torch.equal(m0, m1)
     assert not all(torch.equal(m0[i], m1[i]) for i in range(len(m0)))
     assert not torch.equal(ranks[0]["net_input"]["draws"]["mix_len"], ranks[1]["net_input"]["draws"]["mix_len"])
+    assert all(len(b["net_input"]["draws"]["layer_keep_host"]) == 2 for b in ranks)  # eager steps skip from these
 
     common = ["dataset.max_tokens=96000", "dataset.disable_validation=true", "checkpoint.save_interval_updates=1000",
-              "lr_scheduler.warmup_updates=4", "model.mixture_prob=0.5", "common.log_interval=1"]
+              "lr_scheduler.warmup_updates=4", "model.mixture_prob=0.5", "model.encoder_layerdrop=0.5",
+              "common.log_interval=1"]
 
     def two(run: Path, *overrides: str) -> None:
         port = _free_port()

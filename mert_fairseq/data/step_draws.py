@@ -11,8 +11,8 @@ them (direct calls in tests, feature extraction), from the same function: the sa
 Seeds: the collater seeds one generator per batch from (task seed, epoch, dataset ids of the batch's clips).
 A resumed run sees the same batches, so the same draws (bit-exact resume); every rank trains on other clips, so
 every rank draws other masks and mixtures, and other layerdrop decisions (they are per batch, hence per rank:
-not shared across ranks; with the `torch.where` formulation every layer still gets a gradient on every rank,
-so c10d DDP needs no `find_unused_parameters`).
+not shared across ranks; a dropped layer's weights still get a (zero) gradient on every rank, so c10d DDP
+needs no `find_unused_parameters`; under FSDP every rank computes every layer).
 """
 from __future__ import annotations
 
@@ -121,7 +121,8 @@ def _mask_fill_choices(spec: DrawSpec, rng: np.random.Generator, mask: np.ndarra
 
 def draw_step(spec: DrawSpec, rng: np.random.Generator, B: int, L: int, T: int,
               frame_pad: Optional[np.ndarray] = None, span_masks: bool = True) -> Tuple[Dict[str, torch.Tensor], dict]:
-    """-> (draws: CPU tensors for `net_input["draws"]`, counts: host ints `masked_frames`, `valid_frames`).
+    """-> (draws: CPU tensors for `net_input["draws"]` (and `layer_keep_host`, the layerdrop flags as a tuple of
+    bools), counts: host ints `masked_frames`, `valid_frames`).
 
     `frame_pad`: B x T bool (True = padding) or None; `span_masks=False` skips the masks (mask=False calls)."""
     draws: Dict[str, torch.Tensor] = {}
@@ -137,7 +138,9 @@ def draw_step(spec: DrawSpec, rng: np.random.Generator, B: int, L: int, T: int,
         draws.update(draw_noise_mixture(rng, B, L, spec.mixture_prob, spec.noise_length_range,
                                         spec.noise_count_range))
     if spec.layerdrop > 0:
-        draws["layer_keep"] = torch.from_numpy(rng.random(spec.n_layers) >= spec.layerdrop)
+        keep = rng.random(spec.n_layers) >= spec.layerdrop
+        draws["layer_keep"] = torch.from_numpy(keep)
+        draws["layer_keep_host"] = tuple(bool(k) for k in keep)  # eager steps skip dropped layers (no sync)
     if spec.random_codebook > 0:
         weight = np.zeros(spec.n_streams, np.float32)
         weight[rng.choice(spec.n_streams, spec.random_codebook, replace=False)] = 1.0

@@ -46,9 +46,9 @@ def batched_cosine_logits(proj: torch.Tensor, label_embs: torch.Tensor, scale: t
     """proj: K x N x F, label_embs: K x C x F (codebooks padded to the largest C) -> K x N x C fp32 logits,
     `scale` (K, or a number) times the cosines; classes where `class_valid` (K x C) is False are -inf."""
     proj = F.normalize(proj.float(), dim=-1, eps=1e-8)
+    proj = proj * (scale.view(-1, 1, 1) if torch.is_tensor(scale) else scale)  # scaled here: K x N x F, not K x N x C
     embs = F.normalize(label_embs.float(), dim=-1, eps=1e-8)
     logits = torch.bmm(proj, embs.transpose(1, 2))  # K x N x C
-    logits = logits * (scale.view(-1, 1, 1) if torch.is_tensor(scale) else scale)
     if class_valid is not None:
         logits = logits.masked_fill(~class_valid.unsqueeze(1), float("-inf"))
     return logits

@@ -253,7 +253,8 @@ class MERTModel(BaseFairseqModel):
         T = model_frames(spec, L, min(t.size(1) for t in target_list) if target_list else None)
         pad = frame_padding(padding_mask.cpu(), T).numpy() if padding_mask is not None else None
         draws, counts = draw_step(spec, rng, B, L, T, pad, span_masks=mask)
-        return {k: v.to(source.device, non_blocking=True) for k, v in draws.items()}, counts
+        return {k: v.to(source.device, non_blocking=True) if torch.is_tensor(v) else v
+                for k, v in draws.items()}, counts
 
     def _channel_mask(self, x: torch.Tensor) -> torch.Tensor:
         """mask_channel_prob: zero random feature channels (drawn here, on the host; not in the recipes)."""
@@ -383,6 +384,7 @@ class MERTModel(BaseFairseqModel):
             x, pad, tgt_layer=None if output_layer is None else output_layer - 1,
             return_hidden_states=return_hidden_states,
             layer_keep=draws.get("layer_keep") if self.training else None,
+            layer_keep_host=draws.get("layer_keep_host") if self.training else None,
         )
         if features_only:
             return {"x": x, "padding_mask": padding_mask, "features": features, "hidden_states": hidden_states}

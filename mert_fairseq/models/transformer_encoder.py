@@ -9,7 +9,7 @@ on GPU). Shapes: B batch, T frames, D model width.
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +131,12 @@ class EncoderLayer(nn.Module):
         return self.final_layer_norm(x * a + self._ffn(x))
 
 
+def zero_weighted_sum(module: nn.Module) -> torch.Tensor:
+    """0 * (sum of every weight of `module`): a scalar 0 that gives each weight a zero gradient (a skipped
+    layer's weights then take part in the backward as DDP's reducer expects, at the cost of one sum each)."""
+    return torch.stack([p.sum(dtype=torch.float32) for p in module.parameters()]).sum() * 0.0
+
+
 def init_bert_params(module: nn.Module) -> None:
     """BERT-style init used by fairseq's wav2vec2 encoder: N(0, 0.02) weights, zero biases."""
     if isinstance(module, nn.Linear):
@@ -154,6 +160,9 @@ class TransformerEncoder(nn.Module):
         self.layer_norm_first = cfg.layer_norm_first
         self.required_seq_len_multiple = cfg.required_seq_len_multiple
         self.checkpoint_activations = cfg.checkpoint_activations
+        # eager steps skip a dropped layer (its weights get a zero gradient); False computes it and discards it
+        # (FSDP: every rank must gather every layer in the same order). Compiled steps always discard.
+        self.skip_dropped_layers = True
         self.pos_conv = make_pos_conv(D, cfg.conv_pos, cfg.conv_pos_groups)
         alpha = (2.0 * N) ** 0.25 if cfg.deepnorm else 1.0
         self.layers = nn.ModuleList(
@@ -178,12 +187,15 @@ class TransformerEncoder(nn.Module):
         tgt_layer: Optional[int] = None,
         return_hidden_states: bool = False,
         layer_keep: Optional[torch.Tensor] = None,
+        layer_keep_host: Optional[Sequence[bool]] = None,
     ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """x: B x T x D -> (B x T x D, hidden states).
 
         `layer_keep` (N bools, drawn before the step: `data/step_draws.py`) is layerdrop: a layer whose flag is
-        False passes its input through (`torch.where`: one graph whatever the draw, and every layer gets a
-        gradient, zero when dropped, so DDP needs no `find_unused_parameters`).
+        False passes its input through, and its weights get a zero gradient (so c10d DDP needs no
+        `find_unused_parameters`). Compiled (or `skip_dropped_layers=False`): the layer runs and `torch.where`
+        discards it, one graph whatever the draw. Eager, with the host copy `layer_keep_host`: the layer is
+        skipped (no host sync; the zero gradient comes from a zero-weighted sum of its weights).
 
         `tgt_layer` (0-based) stops after that layer and returns its output. `hidden_states` follows
         the transformers HuBERT layout: post-LN: [embeddings after LayerNorm, layer 1..N outputs];
@@ -209,14 +221,19 @@ class TransformerEncoder(nn.Module):
 
         x = F.dropout(x, p=self.dropout, training=self.training)
         hidden: List[torch.Tensor] = []
+        skip = (layer_keep_host is not None and self.skip_dropped_layers
+                and not torch.compiler.is_compiling())
         for i, layer in enumerate(self.layers):
             if return_hidden_states:
                 hidden.append(x[:, :T])
-            if self.checkpoint_activations and self.training:
-                y = checkpoint(layer, x, padding_mask, use_reentrant=False)
+            if skip and not layer_keep_host[i]:
+                x = x + zero_weighted_sum(layer).to(x.dtype)
             else:
-                y = layer(x, padding_mask)
-            x = y if layer_keep is None else torch.where(layer_keep[i], y, x)
+                if self.checkpoint_activations and self.training:
+                    y = checkpoint(layer, x, padding_mask, use_reentrant=False)
+                else:
+                    y = layer(x, padding_mask)
+                x = y if layer_keep is None or skip else torch.where(layer_keep[i], y, x)
             if i == tgt_layer:
                 return x[:, :T], hidden
         x = x[:, :T]

@@ -206,8 +206,11 @@ def check_fsdp(cfg) -> None:
 
 def wrap_encoder_layers_for_fsdp(model) -> None:
     """Shard every encoder layer on its own (fairseq's fsdp_wrap), so that only one layer's full weights are
-    gathered at a time; the outer model is wrapped by fairseq."""
+    gathered at a time; the outer model is wrapped by fairseq. Layerdrop then computes a dropped layer and
+    discards it: every rank gathers every layer, in the same order."""
     from fairseq.distributed import fsdp_wrap
+
+    model.encoder.skip_dropped_layers = False
 
     for i, layer in enumerate(model.encoder.layers):
         model.encoder.layers[i] = fsdp_wrap(layer)
