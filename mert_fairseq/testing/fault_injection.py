@@ -355,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-dir", default=None, help="with --data: labels and dict.{label}.txt (default: --data)")
     p.add_argument("--labels", default="kmeans", help="with --data: comma-separated label streams")
     p.add_argument("--markdown", default=None, help="write the summary and the table of faults here")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="hydra overrides for both runs, e.g. model.encoder_layerdrop=0.3")
     return p
 
 
@@ -374,7 +376,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name in ("reference", "faulted"):
         run_dir = work / name
         subprocess.run(["rm", "-rf", str(run_dir)], check=True)
-        cmd = train_command(data, run_dir, max_update, args.save_every, args.validate_every)
+        cmd = train_command(data, run_dir, max_update, args.save_every, args.validate_every, args.overrides)
         print(f"{name} run ({max_update} updates)", flush=True)
         started = time.time()
         code = run_with_faults(cmd, run_dir, faults, max_update, update_s)
