@@ -17,13 +17,14 @@ needs no `find_unused_parameters`; under FSDP every rank computes every layer).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from fairseq.data.data_utils import compute_mask_indices
 
 ConvLayers = Tuple[Tuple[int, int, int], ...]
+Draw = Union[torch.Tensor, Tuple[bool, ...]]  # a tensor, or the layerdrop flags' host copy
 
 
 @dataclass(frozen=True)
@@ -120,12 +121,12 @@ def _mask_fill_choices(spec: DrawSpec, rng: np.random.Generator, mask: np.ndarra
 
 
 def draw_step(spec: DrawSpec, rng: np.random.Generator, B: int, L: int, T: int,
-              frame_pad: Optional[np.ndarray] = None, span_masks: bool = True) -> Tuple[Dict[str, torch.Tensor], dict]:
+              frame_pad: Optional[np.ndarray] = None, span_masks: bool = True) -> Tuple[Dict[str, Draw], dict]:
     """-> (draws: CPU tensors for `net_input["draws"]` (and `layer_keep_host`, the layerdrop flags as a tuple of
     bools), counts: host ints `masked_frames`, `valid_frames`).
 
     `frame_pad`: B x T bool (True = padding) or None; `span_masks=False` skips the masks (mask=False calls)."""
-    draws: Dict[str, torch.Tensor] = {}
+    draws: Dict[str, Draw] = {}
     valid = np.ones((B, T), bool) if frame_pad is None else ~frame_pad
     counts = {"valid_frames": int(valid.sum()), "masked_frames": 0}
     if span_masks:  # all False with mask_prob 0: mask_emb still gets a (zero) gradient, as c10d DDP needs
