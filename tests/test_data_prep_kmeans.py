@@ -175,7 +175,7 @@ def _triad(bass_midi: int, intervals: tuple[int, ...], seconds: float = 1.0) -> 
 def test_chord_frames_are_the_chroma_relative_to_the_bass():
     from mert_fairseq.prep.kmeans_labels import ChromaFeatures, make_extractor
 
-    chord, chroma = make_extractor(FeatureSpec("chord")), ChromaFeatures(FeatureSpec("chroma"))
+    chord, chroma = make_extractor(FeatureSpec("chord", chord_smooth_frames=1)), ChromaFeatures(FeatureSpec("chroma"))
     assert isinstance(chord, ChromaFeatures) and chord.kind == "chord"
     assert chord(np.zeros(3201, np.float32)).shape == (math.ceil(3201 / 320), 12)
     major, minor = (0, 4, 7), (0, 3, 7)
@@ -192,6 +192,29 @@ def test_chord_frames_are_the_chroma_relative_to_the_bass():
     np.testing.assert_allclose(chord(_triad(36, major))[20:-20].mean(0), chord(_triad(45, major))[20:-20].mean(0),
                                atol=0.05)
     assert np.abs(chord(np.zeros(SR, np.float32))).max() == 0.0
+
+
+def test_chord_smoothing_averages_over_centred_frames():
+    from mert_fairseq.prep.kmeans_labels import ChromaFeatures, moving_average
+
+    x = torch.arange(10.0)[:, None].repeat(1, 2)  # [T=10, D=2]
+    torch.testing.assert_close(moving_average(x, 3)[:, 0], torch.tensor([0.5, 1, 2, 3, 4, 5, 6, 7, 8, 8.5]))
+    torch.testing.assert_close(moving_average(x, 1), x)
+    # C major, then A minor (bass C2, then A2): smoothing blurs only the frames near the change
+    wav = np.concatenate([_triad(36, (0, 4, 7)), _triad(45, (0, 3, 7))])
+    plain = ChromaFeatures(FeatureSpec("chord", chord_smooth_frames=1))(wav)
+    smooth = ChromaFeatures(FeatureSpec("chord"))(wav)  # 37 frames by default
+    assert plain.shape == smooth.shape == (math.ceil(len(wav) / 320), 12)
+    change = len(plain) // 2
+    for near in (change - 10, change + 10):  # within half a window of the change: a blend of both chords
+        assert np.abs(smooth[near] - plain[near]).sum() > 0.2
+    np.testing.assert_allclose(smooth[40 : change - 40], plain[40 : change - 40], atol=0.05)
+    np.testing.assert_allclose(smooth[change + 40 : -40], plain[change + 40 : -40], atol=0.05)
+    # chroma and cqt are never smoothed
+    chroma = ChromaFeatures(FeatureSpec("chroma", chord_smooth_frames=37))(wav)
+    np.testing.assert_array_equal(chroma, ChromaFeatures(FeatureSpec("chroma", chord_smooth_frames=1))(wav))
+    with pytest.raises(ValueError, match="chord_smooth_frames must be >= 1"):
+        ChromaFeatures(FeatureSpec("chord", chord_smooth_frames=0))
 
 
 def test_cli_fit_with_chroma_saves_its_feature_settings(manifest_dir, tmp_path):
