@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # MERT pretraining launcher.
 #
-# No arguments: the demo, end to end in about 5 minutes on 2 CPU cores (measured 4 min 59 s; docs/probing.md):
-#   demo corpus (+ held-out probe clips) -> manifest -> K-means labels (MFCC; DEMO_KMEANS_FEATURE=chroma for
-#   CQT-chroma codes, =mfcc+chroma for both as two label streams) -> MERT_demo_cpu training (with
+# No arguments: the demo, end to end in about 5 minutes on 2 CPU cores (measured 4 min 17 s; docs/probing.md):
+#   demo corpus (+ held-out probe clips) -> manifest -> K-means labels (three streams: MFCC, log-CQT and
+#   bass-relative chroma; DEMO_KMEANS_FEATURE=mfcc for MFCC codes only, =mfcc+cqt for two streams, any
+#   '+'-joined list of prepare_kmeans_labels.py features) -> MERT_demo_cpu training (with
 #   online probes) -> probe table of the model vs random init vs MFCC on the held-out clips + PNGs.
 #   Steps already done are skipped; training resumes from checkpoint_last.pt.
 #     bash scripts/run_training.sh
@@ -51,8 +52,9 @@ say_t() { printf '\n[run_training %ds] %s\n' "$SECONDS" "$*"; }  # demo: seconds
 run_demo() {
   local demo="${DEMO_DIR:-$ROOT/data/demo}"
   local corpus="$demo/corpus" probe="$demo/probe" audio="$demo/audio24k" manifest="$demo/manifest"
-  local feature="${DEMO_KMEANS_FEATURE:-mfcc}" save="${SAVE_DIR:-$ROOT/runs/demo}" labels="$demo/labels"
-  [[ "$feature" == mfcc ]] || labels+="_$feature"
+  local default_feature=mfcc+cqt+chord  # timbre, pitch and chord-quality codes: docs/probing.md
+  local feature="${DEMO_KMEANS_FEATURE:-$default_feature}" save="${SAVE_DIR:-$ROOT/runs/demo}" labels="$demo/labels"
+  [[ "$feature" == "$default_feature" ]] || labels+="_$feature"
   SECONDS=0
   say_t "1/5 demo corpus -> $corpus; held-out probe clips (another seed, never trained on) -> $probe"
   "$PY" "$ROOT/scripts/make_demo_corpus.py" --out-dir "$corpus" --num-clips "${DEMO_CLIPS:-200}" --seconds 6
@@ -65,7 +67,7 @@ run_demo() {
       --out-dir "$manifest" --target-rate 24000 --valid-percent 0.1 --seed 1
   fi
   # one label stream per feature, one call: the first is "kmeans", the others are named by their feature
-  # ("mfcc" or "chroma" -> kmeans; "mfcc+chroma" -> kmeans + chroma; "mfcc+cqt" -> kmeans + cqt)
+  # ("mfcc" or "chroma" -> kmeans; "mfcc+cqt" -> kmeans + cqt; "mfcc+cqt+chord" -> kmeans + cqt + chord)
   local names=kmeans rest="${feature#*+}"
   if [[ "$feature" == *+* ]]; then names+=",${rest//+/,}"; fi
   local stream done=1

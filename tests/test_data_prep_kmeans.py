@@ -151,7 +151,7 @@ def test_cqt_frames_keep_the_octave_that_chroma_folds_away():
     from mert_fairseq.prep.kmeans_labels import ChromaFeatures, make_extractor
 
     cqt, chroma = make_extractor(FeatureSpec("cqt")), ChromaFeatures(FeatureSpec("chroma"))
-    assert isinstance(cqt, ChromaFeatures) and not cqt.fold
+    assert isinstance(cqt, ChromaFeatures) and cqt.kind == "cqt"
     t = np.arange(SR) / SR
     assert cqt(np.zeros(3201, np.float32)).shape == (math.ceil(3201 / 320), 84)
     for midi in (45, 57, 60, 71):  # A2, A3 (same pitch class, an octave apart), C4, B4; bin 0 = C1 = MIDI 24
@@ -160,6 +160,61 @@ def test_cqt_frames_keep_the_octave_that_chroma_folds_away():
         assert (middle.argmax(1) == midi - 24).all() and (chroma(wav)[20:-20].argmax(1) == midi % 12).all()
         np.testing.assert_allclose(np.linalg.norm(middle, axis=1), 1.0, rtol=1e-5)
     assert np.abs(cqt(np.zeros(SR, np.float32))).max() == 0.0
+
+
+def _triad(bass_midi: int, intervals: tuple[int, ...], seconds: float = 1.0) -> np.ndarray:
+    """A bass note (louder) and the chord an octave above it, as sines."""
+    t = np.arange(int(seconds * SR)) / SR
+    hz = lambda m: 440.0 * 2 ** ((m - 69) / 12)  # noqa: E731
+    wav = 0.4 * np.sin(2 * np.pi * hz(bass_midi) * t)
+    for i in intervals:
+        wav += 0.15 * np.sin(2 * np.pi * hz(bass_midi + 12 + i) * t)
+    return wav.astype(np.float32)
+
+
+def test_chord_frames_are_the_chroma_relative_to_the_bass():
+    from mert_fairseq.prep.kmeans_labels import ChromaFeatures, make_extractor
+
+    chord, chroma = make_extractor(FeatureSpec("chord", chord_smooth_frames=1)), ChromaFeatures(FeatureSpec("chroma"))
+    assert isinstance(chord, ChromaFeatures) and chord.kind == "chord"
+    assert chord(np.zeros(3201, np.float32)).shape == (math.ceil(3201 / 320), 12)
+    major, minor = (0, 4, 7), (0, 3, 7)
+    for bass in (36, 38, 45, 47):  # C2, D2, A2, B2: the same chord quality in four keys
+        for quality in (major, minor):
+            feats, plain = chord(_triad(bass, quality))[20:-20], chroma(_triad(bass, quality))[20:-20]
+            third, other = quality[1], 7 - quality[1]  # 4 / 3 (major) or 3 / 4 (minor) semitones above the bass
+            assert (feats.argmax(1) == 0).all(), (bass, quality)  # bin 0 = the bass
+            assert (feats[:, third] > feats[:, other] + 0.02).all() and (feats[:, 7] > feats[:, 6] + 0.02).all()
+            # the same pitch classes as the chroma, rotated by the bass's pitch class
+            np.testing.assert_allclose(feats, np.roll(plain, -(bass % 12), axis=1), atol=1e-6)
+            np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-5)
+    # transposition invariance: C major and A major give the same frames (within the CQT's ripple)
+    np.testing.assert_allclose(chord(_triad(36, major))[20:-20].mean(0), chord(_triad(45, major))[20:-20].mean(0),
+                               atol=0.05)
+    assert np.abs(chord(np.zeros(SR, np.float32))).max() == 0.0
+
+
+def test_chord_smoothing_averages_over_centred_frames():
+    from mert_fairseq.prep.kmeans_labels import ChromaFeatures, moving_average
+
+    x = torch.arange(10.0)[:, None].repeat(1, 2)  # [T=10, D=2]
+    torch.testing.assert_close(moving_average(x, 3)[:, 0], torch.tensor([0.5, 1, 2, 3, 4, 5, 6, 7, 8, 8.5]))
+    torch.testing.assert_close(moving_average(x, 1), x)
+    # C major, then A minor (bass C2, then A2): smoothing blurs only the frames near the change
+    wav = np.concatenate([_triad(36, (0, 4, 7)), _triad(45, (0, 3, 7))])
+    plain = ChromaFeatures(FeatureSpec("chord", chord_smooth_frames=1))(wav)
+    smooth = ChromaFeatures(FeatureSpec("chord"))(wav)  # 37 frames by default
+    assert plain.shape == smooth.shape == (math.ceil(len(wav) / 320), 12)
+    change = len(plain) // 2
+    for near in (change - 10, change + 10):  # within half a window of the change: a blend of both chords
+        assert np.abs(smooth[near] - plain[near]).sum() > 0.2
+    np.testing.assert_allclose(smooth[40 : change - 40], plain[40 : change - 40], atol=0.05)
+    np.testing.assert_allclose(smooth[change + 40 : -40], plain[change + 40 : -40], atol=0.05)
+    # chroma and cqt are never smoothed
+    chroma = ChromaFeatures(FeatureSpec("chroma", chord_smooth_frames=37))(wav)
+    np.testing.assert_array_equal(chroma, ChromaFeatures(FeatureSpec("chroma", chord_smooth_frames=1))(wav))
+    with pytest.raises(ValueError, match="chord_smooth_frames must be >= 1"):
+        ChromaFeatures(FeatureSpec("chord", chord_smooth_frames=0))
 
 
 def test_cli_fit_with_chroma_saves_its_feature_settings(manifest_dir, tmp_path):

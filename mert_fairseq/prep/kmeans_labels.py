@@ -13,6 +13,11 @@ frames, frame j centred on sample 320 j):
   pitch class (key, chords), and the CQT loss still carries timbre.
 - ``cqt``: the same 84 log-CQT bins without the octave sum (``log(1 + chroma_gain x)``, L2-normalised
   per frame): pitch with its octave, chord shape and register; codes close to the CQT input and teacher.
+- ``chord``: the chroma rotated so that the frame's bass pitch class (the loudest bin of the lowest
+  three octaves, C1-B3) is bin 0, averaged over ``chord_smooth_frames`` frames (0.5 s) before the
+  compression: intervals above the bass, i.e. chord quality (major / minor, sevenths, inversions)
+  whatever the key. Codes of transposition-invariant harmony (mode), which absolute-pitch chroma or
+  CQT codes give a linear probe only through a per-key combination.
 - ``mert`` (later iterations): hidden states of layer N of a trained MERT checkpoint
   (``mert_fairseq.checkpoint.model_loading.load_mert_model``). Long files are cut in chunks of whole frames;
   the conv front end yields ``floor((n - 400) / 320) + 1`` frames, one fewer than the rule, so the
@@ -68,7 +73,7 @@ from mert_fairseq.prep.merge_parts import LabelOutputs, write_labels
 
 log = logging.getLogger(__name__)
 
-FEATURE_KINDS = ("mfcc", "chroma", "cqt", "mert")
+FEATURE_KINDS = ("mfcc", "chroma", "cqt", "chord", "mert")
 MODEL_FORMAT = "mert-fairseq-kmeans/2"  # .npz of centroids + settings (/1: the joblib pickle of earlier versions)
 Extractor = Callable[[np.ndarray], np.ndarray]  # mono 24 kHz [n] -> [ceil(n / 320), dims]
 
@@ -83,7 +88,9 @@ class FeatureSpec:
     checkpoint: str | None = None
     layer: int | None = None
     max_chunk_seconds: float = 30.0
-    chroma_gain: float = 10.0  # chroma, cqt: log(1 + gain x) of the (octave-summed) CQT magnitudes
+    chroma_gain: float = 10.0  # chroma, cqt, chord: log(1 + gain x) of the (octave-summed) CQT magnitudes
+    chord_smooth_frames: int = 37  # chord: centred moving average over this many frames (37 = 0.5 s: the chord,
+    # not the passing melody notes)
 
 
 def fit_to_frames(features: np.ndarray, num_samples: int) -> np.ndarray:
@@ -117,26 +124,54 @@ class MfccFeatures:
 
 
 class ChromaFeatures:
-    """12-bin chroma at 75 Hz from the CQT teacher's transform (pitch class 0 = C); ``fold=False``
-    (``--feature cqt``): the 84 log-CQT bins themselves (pitch and octave, chord shape, register)."""
+    """Pitch features at 75 Hz from the CQT teacher's transform (bin k of the 84 is pitch class k % 12),
+    by ``spec.kind``: ``chroma``: 12 pitch classes (0 = C); ``cqt``: the 84 log-CQT bins themselves (pitch
+    and octave, chord shape, register); ``chord``: the chroma relative to the bass pitch class."""
 
-    OCTAVES, BINS_PER_OCTAVE, NORM_FLOOR = 7, 12, 0.1
+    OCTAVES, BINS_PER_OCTAVE, NORM_FLOOR, BASS_OCTAVES = 7, 12, 0.1, 3
 
-    def __init__(self, spec: FeatureSpec, fold: bool = True):
+    def __init__(self, spec: FeatureSpec):
         from mert_fairseq.models.teachers.cqt import build_cqt  # fmin 32.7 Hz = C1, so bin k is pitch class k % 12
 
+        kind = spec.kind
+        if kind not in ("chroma", "cqt", "chord"):
+            raise ValueError(f"ChromaFeatures: unknown kind {kind!r} (chroma, cqt or chord)")
         self.cqt = build_cqt(SAMPLE_RATE, LABEL_HOP, self.OCTAVES * self.BINS_PER_OCTAVE)
-        self.gain, self.fold = spec.chroma_gain, fold
+        if spec.chord_smooth_frames < 1:
+            raise ValueError(f"chord_smooth_frames must be >= 1, got {spec.chord_smooth_frames}")
+        self.gain, self.kind = spec.chroma_gain, kind
+        self.smooth = spec.chord_smooth_frames if kind == "chord" else 1
 
     def __call__(self, wav: np.ndarray) -> np.ndarray:
         from mert_fairseq.models.teachers.cqt import cqt_frames
 
-        mag = cqt_frames(self.cqt, torch.from_numpy(wav).float()[None])[0]  # [n // 320 + 1, 84]
-        if self.fold:
-            mag = mag.reshape(len(mag), self.OCTAVES, self.BINS_PER_OCTAVE).sum(1)  # [T, 12]
+        mag = cqt_frames(self.cqt, torch.from_numpy(wav).float()[None])[0]  # [T, 84], T = n // 320 + 1
+        if self.kind != "cqt":
+            chroma = mag.reshape(len(mag), self.OCTAVES, self.BINS_PER_OCTAVE).sum(1)  # [T, 12]
+            mag = chroma if self.kind == "chroma" else rotate_to_bass(chroma, mag, self.BASS_OCTAVES * 12)
+        if self.smooth > 1:
+            mag = moving_average(mag, self.smooth)
         feats = torch.log1p(self.gain * mag)
         feats = feats / feats.norm(dim=1, keepdim=True).clamp_min(self.NORM_FLOOR)
         return fit_to_frames(feats.numpy().astype(np.float32), len(wav))
+
+
+def moving_average(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """Centred mean over ``frames`` frames of [T, D] (the edges average what they have): [T, D]."""
+    kernel = torch.ones(1, 1, frames, dtype=x.dtype)
+    pad = (frames // 2, frames - 1 - frames // 2)
+    rows = x.T[:, None]  # [D, 1, T]
+    total = torch.nn.functional.conv1d(torch.nn.functional.pad(rows, pad), kernel)
+    count = torch.nn.functional.conv1d(torch.nn.functional.pad(torch.ones_like(rows[:1]), pad), kernel)
+    return (total / count)[:, 0].T
+
+
+def rotate_to_bass(chroma: torch.Tensor, cqt: torch.Tensor, bass_bins: int) -> torch.Tensor:
+    """[T, 12] chroma -> [T, 12] with bin i = pitch class (bass + i) % 12, where the bass is the loudest of
+    the lowest ``bass_bins`` CQT bins ([T, >= bass_bins], 12 per octave from a C) of each frame."""
+    bass = cqt[:, :bass_bins].argmax(1) % 12  # [T]
+    index = (bass[:, None] + torch.arange(12)) % 12  # [T, 12]
+    return chroma.gather(1, index)
 
 
 class MertFeatures:
@@ -172,8 +207,8 @@ class MertFeatures:
 def make_extractor(spec: FeatureSpec, device: str = "cpu") -> Extractor:
     if spec.kind == "mfcc":
         return MfccFeatures(spec)
-    if spec.kind in ("chroma", "cqt"):
-        return ChromaFeatures(spec, fold=spec.kind == "chroma")
+    if spec.kind in ("chroma", "cqt", "chord"):
+        return ChromaFeatures(spec)
     if spec.kind == "mert":
         if not spec.checkpoint or spec.layer is None:
             raise ValueError("--feature mert needs --checkpoint and --layer")
@@ -486,15 +521,19 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
 def _feature_args(p: argparse.ArgumentParser, several: bool = False) -> None:
     if several:
         p.add_argument("--feature", type=_feature_list, default="mfcc",
-                       help="frame features: mfcc, chroma (CQT pitch class), cqt (84 log-CQT bins) or mert (a MERT "
+                       help="frame features: mfcc, chroma (CQT pitch class), cqt (84 log-CQT bins), chord (chroma relative to "
+                       "the bass) or mert (a MERT "
                        "layer); several joined by '+' (e.g. mfcc+chroma) fit one model and write one label stream each")
     else:
         p.add_argument("--feature", choices=FEATURE_KINDS, default="mfcc",
-                       help="frame features: MFCCs, CQT chroma (pitch class), 84 log-CQT bins or a MERT layer")
+                       help="frame features: MFCCs, CQT chroma (pitch class), 84 log-CQT bins, chroma relative to the "
+                       "bass (chord) or a MERT layer")
     p.add_argument("--layer", type=int, help="MERT layer for --feature mert (0 = CNN/input projection)")
     p.add_argument("--n-mfcc", type=int, default=13, help="MFCCs per frame for --feature mfcc")
     p.add_argument("--n-mels", type=int, default=40, help="mel bands the MFCCs are computed from")
-    p.add_argument("--chroma-gain", type=float, default=10.0, help="chroma, cqt: log(1 + gain x) compression")
+    p.add_argument("--chroma-gain", type=float, default=10.0, help="chroma, cqt, chord: log(1 + gain x) compression")
+    p.add_argument("--chord-smooth-frames", type=int, default=37,
+                   help="chord: average the bass-relative chroma over this many frames (75 per second; 1: none)")
     p.add_argument("--max-chunk-seconds", type=float, default=30.0, help="MERT input chunk length")
 
 
@@ -543,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def feature_spec(args: argparse.Namespace) -> FeatureSpec:
     return FeatureSpec(args.feature, args.n_mfcc, args.n_mels, args.checkpoint, args.layer, args.max_chunk_seconds,
-                       args.chroma_gain)
+                       args.chroma_gain, args.chord_smooth_frames)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
