@@ -164,11 +164,12 @@ def test_cqt_frames_keep_the_octave_that_chroma_folds_away():
 
 def _triad(bass_midi: int, intervals: tuple[int, ...], seconds: float = 1.0) -> np.ndarray:
     """A bass note (louder) and the chord an octave above it, as sines."""
+    from mert_fairseq.prep.demo_corpus import midi_to_hz
+
     t = np.arange(int(seconds * SR)) / SR
-    hz = lambda m: 440.0 * 2 ** ((m - 69) / 12)  # noqa: E731
-    wav = 0.4 * np.sin(2 * np.pi * hz(bass_midi) * t)
+    wav = 0.4 * np.sin(2 * np.pi * midi_to_hz(bass_midi) * t)
     for i in intervals:
-        wav += 0.15 * np.sin(2 * np.pi * hz(bass_midi + 12 + i) * t)
+        wav += 0.15 * np.sin(2 * np.pi * midi_to_hz(bass_midi + 12 + i) * t)
     return wav.astype(np.float32)
 
 

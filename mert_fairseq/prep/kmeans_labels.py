@@ -148,7 +148,7 @@ class ChromaFeatures:
         mag = cqt_frames(self.cqt, torch.from_numpy(wav).float()[None])[0]  # [T, 84], T = n // 320 + 1
         if self.kind != "cqt":
             chroma = mag.reshape(len(mag), self.OCTAVES, self.BINS_PER_OCTAVE).sum(1)  # [T, 12]
-            mag = chroma if self.kind == "chroma" else rotate_to_bass(chroma, mag, self.BASS_OCTAVES * 12)
+            mag = chroma if self.kind == "chroma" else rotate_to_bass(chroma, mag, self.BASS_OCTAVES * self.BINS_PER_OCTAVE)
         if self.smooth > 1:
             mag = moving_average(mag, self.smooth)
         feats = torch.log1p(self.gain * mag)
