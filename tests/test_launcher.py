@@ -50,7 +50,12 @@ def test_demo_with_mfcc_and_chroma_streams(tmp_path):
     assert (labels / "train.kmeans").read_text() != (labels / "train.chroma").read_text()
     state = load_checkpoint_state(save / "checkpoints" / "checkpoint_last.pt")
     assert list(state["cfg"]["task"]["labels"]) == ["kmeans", "chroma"]
-    assert state["cfg"]["model"]["untie_final_proj"] is True and state["cfg"]["model"]["mixture_prob"] == 0
+    model = state["cfg"]["model"]
+    assert model["untie_final_proj"] is True and model["mixture_prob"] == 0
+    # the several-stream demo recipe (docs/probing.md): unmasked frames in the loss, half masked, CNN frozen
+    assert (model["skip_nomask"], model["mask_prob"], model["feature_grad_mult"]) == (False, 0.5, 0.0)
+    assert state["cfg"]["criterion"]["pred_nomask_weight"] == 1.0
+    assert state["cfg"]["optimization"]["max_update"] == 2  # the caller's override wins over the recipe's 800
     assert "| key | accuracy |" in out
 
 
