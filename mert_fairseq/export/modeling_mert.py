@@ -147,7 +147,13 @@ class MERTPositionalConvEmbedding(nn.Module):
         self.activation = get_activation(config.feat_extract_activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # B x T x D -> B x T x D
-        y = self.conv(x.transpose(1, 2))  # B x D x (T + 1 if even kernel)
+        x = x.transpose(1, 2)
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu":
+            # oneDNN's bf16 conv1d with few channels per group (torch 2.9) is wrong on AMX CPUs: run it without
+            with torch.backends.mkldnn.flags(enabled=False):
+                y = self.conv(x)
+        else:
+            y = self.conv(x)  # B x D x (T + 1 if even kernel)
         if self.num_pad_remove:
             y = y[:, :, : -self.num_pad_remove]
         return self.activation(y).transpose(1, 2)
