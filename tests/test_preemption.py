@@ -32,7 +32,7 @@ def test_sigusr1_and_sigterm_stop_save_and_resume_bit_identically(tone_data, tmp
     from mert_fairseq.testing.fault_injection import main
 
     monkeypatch.setenv("SLURM_JOB_ID", "4242")  # every start thinks it is Slurm job 4242 (submitted --requeue)
-    code = main(["--kinds", "sigusr1,sigterm", "--max-update", "10", "--save-every", "4", "--validate-every", "6",
+    code = main(["--kinds", "sigusr1,sigterm", "--max-update", "16", "--save-every", "4", "--validate-every", "6",
                  "--seed", "3", "--work-dir", str(tmp_path / "work"), "--data", tone_data["data"],
                  "--labels", ",".join(tone_data["labels"])])
     out = capsys.readouterr().out
@@ -41,7 +41,7 @@ def test_sigusr1_and_sigterm_stop_save_and_resume_bit_identically(tone_data, tmp
     assert "SIGUSR1/SIGTERM stops (exit 75, checkpoint saved): 2, updates lost by them: 0" in out, out
     assert "resumes that succeeded: 2/2" in out and "updates redone: 0\n" in out, out
     assert "max |weight diff|: 0\n" in out and "max |optimizer state diff|: 0\n" in out, out
-    assert "iterator position identical: True" in out and "final update: 10 (uninterrupted run: 10)" in out, out
+    assert "iterator position identical: True" in out and "final update: 16 (uninterrupted run: 16)" in out, out
     calls = fake_scontrol.read_text().splitlines()
     assert calls == ["show job -o 4242", "requeue 4242"] * 2, calls  # once per stop, none in the other runs
 

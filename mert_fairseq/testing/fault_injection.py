@@ -149,7 +149,7 @@ def run_once(cmd: Sequence[str], log_path: Path, fault: Optional[Fault], timeout
             deadline = time.time() + fault.at
         elif fault is not None and fault.timed:
             while proc.poll() is None and "num_updates=" not in log_path.read_text(errors="replace"):
-                time.sleep(0.2)
+                time.sleep(0.02)
             if _wait_for(proc, log_path, time.time() + fault.at, last_update):
                 deadline = time.time()
         try:
