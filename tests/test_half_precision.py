@@ -68,6 +68,50 @@ def test_feature_extraction_in_half_precision_matches_fp32(dtype, tolerance, tmp
         load_feature_extractor(checkpoint=str(ckpt), dtype="half")
 
 
+def _positional_convs():
+    """The positional conv of the fairseq model and of the exported HF model (32 channels, kernel 8, 4 groups:
+    the test model's), same weights, fp32; each maps B x T x D -> B x T x D."""
+    from mert_fairseq.export.configuration_mert import MERTConfig
+    from mert_fairseq.export.modeling_mert import MERTPositionalConvEmbedding
+    from mert_fairseq.models.transformer_encoder import SamePad, WeightNormConv1d
+
+    torch.manual_seed(0)
+    fairseq_conv = WeightNormConv1d(32, 32, kernel_size=8, padding=4, groups=4)
+    hf = MERTPositionalConvEmbedding(MERTConfig(hidden_size=32, num_conv_pos_embeddings=8,
+                                                num_conv_pos_embedding_groups=4))
+    with torch.no_grad():
+        hf.conv.weight = fairseq_conv.weight_v * (fairseq_conv.weight_g / fairseq_conv.weight_v.norm(dim=(0, 1), keepdim=True))
+        hf.conv.bias.copy_(fairseq_conv.bias)
+    fairseq = torch.nn.Sequential(Transpose(), fairseq_conv, SamePad(8), Transpose())
+    return {"fairseq": fairseq, "hf": hf}
+
+
+class Transpose(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2)
+
+
+@pytest.mark.parametrize("mode", ["bf16 input", "bf16 autocast, fp32 input"])
+def test_positional_conv_in_cpu_bf16_matches_fp32_and_compiles_to_one_graph(mode):
+    """torch 2.9's oneDNN bf16 grouped conv1d with an even kernel is wrong on AMX CPUs (error ~ the output),
+    also under `torch.autocast("cpu", bfloat16)` with an fp32 input; both positional convs run it in fp32 on
+    the CPU in bf16 (within 3 % of max |output| of fp32) without a graph break."""
+    x = torch.randn(2, 50, 32)
+    for name, conv in _positional_convs().items():
+        with torch.no_grad():
+            ref = conv(x)
+            if mode == "bf16 input":
+                conv.to(torch.bfloat16)  # as `common.bf16` / `--dtype bfloat16` cast the model
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode.startswith("bf16 autocast")):
+                inp = x.bfloat16() if mode == "bf16 input" else x
+                out = conv(inp)
+                compiled = torch.compile(conv, fullgraph=True, backend="aot_eager", dynamic=False)(inp)
+        torch._dynamo.reset()
+        assert out.dtype == compiled.dtype == torch.bfloat16 and out.shape == ref.shape == (2, 50, 32), name
+        for y in (out, compiled):
+            assert (y.float() - ref).abs().max() < 0.03 * ref.abs().max(), (name, mode)
+
+
 def test_extract_features_script_takes_dtype(tmp_path):
     import soundfile as sf
     import subprocess

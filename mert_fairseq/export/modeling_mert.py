@@ -133,6 +133,14 @@ class MERTFeatureProjection(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 # Transformer encoder
 # ----------------------------------------------------------------------------------------------------
+def _runs_in_cpu_bf16(x: torch.Tensor) -> bool:
+    """x is a bf16 CPU tensor, or a CPU tensor under bf16 CPU autocast."""
+    if x.device.type != "cpu":
+        return False
+    return x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
+                                          and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
 class MERTPositionalConvEmbedding(nn.Module):
     """Grouped Conv1d over time with weight normalisation over the kernel axis (dim 2), 'same' length, GELU."""
 
@@ -148,10 +156,13 @@ class MERTPositionalConvEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # B x T x D -> B x T x D
         x = x.transpose(1, 2)
-        if x.dtype == torch.bfloat16 and x.device.type == "cpu":
-            # oneDNN's bf16 conv1d with few channels per group (torch 2.9) is wrong on AMX CPUs: run it without
-            with torch.backends.mkldnn.flags(enabled=False):
-                y = self.conv(x)
+        if _runs_in_cpu_bf16(x):
+            # oneDNN's bf16 grouped conv1d with an even kernel (torch 2.9) is wrong on AMX CPUs, under autocast
+            # too: run it in fp32 there
+            conv, bias = self.conv, None if self.conv.bias is None else self.conv.bias.float()
+            with torch.autocast("cpu", enabled=False):
+                y = nn.functional.conv1d(x.float(), conv.weight.float(), bias, conv.stride, conv.padding,
+                                         conv.dilation, conv.groups).to(torch.bfloat16)
         else:
             y = self.conv(x)  # B x D x (T + 1 if even kernel)
         if self.num_pad_remove:

@@ -40,11 +40,21 @@ class WeightNormConv1d(nn.Conv1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = self.weight_v
         weight = v * (self.weight_g / v.norm(dim=(0, 1), keepdim=True))
-        if x.dtype == torch.bfloat16 and x.device.type == "cpu":
-            # torch 2.9's oneDNN bf16 conv1d with few channels per group is wrong on AMX CPUs (error ~ the output)
-            with torch.backends.mkldnn.flags(enabled=False):
-                return self._conv_forward(x, weight, self.bias)
+        if runs_in_cpu_bf16(x):
+            # torch 2.9's oneDNN bf16 grouped conv1d with an even kernel is wrong on AMX CPUs (error ~ the output),
+            # under autocast too: run it in fp32 there (a dtype switch, so a compiled step keeps one graph)
+            bias = None if self.bias is None else self.bias.float()
+            with torch.autocast("cpu", enabled=False):
+                return self._conv_forward(x.float(), weight.float(), bias).to(torch.bfloat16)
         return self._conv_forward(x, weight, self.bias)
+
+
+def runs_in_cpu_bf16(x: torch.Tensor) -> bool:
+    """x is a bf16 CPU tensor, or a CPU tensor under bf16 CPU autocast (where a conv would run in bf16)."""
+    if x.device.type != "cpu":
+        return False
+    return x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
+                                          and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
 
 class SamePad(nn.Module):
