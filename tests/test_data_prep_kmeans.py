@@ -218,6 +218,26 @@ def test_chord_smoothing_averages_over_centred_frames():
         ChromaFeatures(FeatureSpec("chord", chord_smooth_frames=0))
 
 
+def test_onset_frames_rise_where_a_click_starts_and_stay_zero_on_steady_sound():
+    from mert_fairseq.prep.kmeans_labels import OnsetFeatures, make_extractor
+
+    onset = make_extractor(FeatureSpec("onset"))
+    assert isinstance(onset, OnsetFeatures)
+    t = np.arange(SR) / SR
+    steady = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    clicked = steady.copy()
+    at = 16000  # a 5 ms noise burst at sample 16000 = label frame 50
+    clicked[at : at + 120] += np.random.default_rng(0).uniform(-0.5, 0.5, 120).astype(np.float32)
+    plain, feats = onset(steady), onset(clicked)
+    assert plain.shape == feats.shape == (math.ceil(SR / 320), 40) and (feats >= 0).all()
+    assert np.abs(plain[5:-5]).max() < 0.05  # a steady tone has no flux once it has started
+    assert np.abs(onset(np.zeros(SR, np.float32))).max() == 0.0  # silence: none (the power floor)
+    per_frame = feats.sum(1)
+    assert abs(int(per_frame.argmax()) - at / 320) <= 2  # the burst's frame (the STFT window is 600 samples)
+    assert per_frame[45:56].max() > 20 * per_frame[5:40].max() + 1.0
+    assert feats[per_frame.argmax(), 20:].sum() > feats[per_frame.argmax(), :20].sum()  # broadband: high bands too
+
+
 def test_cli_fit_with_chroma_saves_its_feature_settings(manifest_dir, tmp_path):
     model_path = tmp_path / "chroma.joblib"
     result = run_script("prepare_kmeans_labels", "all", "--manifest-dir", manifest_dir, "--kmeans-model", model_path,

@@ -18,6 +18,12 @@ frames, frame j centred on sample 320 j):
   compression: intervals above the bass, i.e. chord quality (major / minor, sevenths, inversions)
   whatever the key. Codes of transposition-invariant harmony (mode), which absolute-pitch chroma or
   CQT codes give a linear probe only through a per-key combination.
+- ``onset``: half-wave rectified spectral flux, ``max(0, logmel_t - logmel_{t-1})`` per mel band
+  (``n_mels`` bands of the MFCC's STFT, ``log(power + 1)``: bands 43 dB under full scale count as silent;
+  the first frame has none): where in the spectrum energy rises at
+  this frame. Steady notes and silence cluster at the origin; note attacks, bass plucks and percussive
+  clicks (broadband, high bands) get codes of their own: targets of rhythm and percussion, which
+  spectra averaged over a frame's neighbourhood leave to a small share of the clusters.
 - ``mert`` (later iterations): hidden states of layer N of a trained MERT checkpoint
   (``mert_fairseq.checkpoint.model_loading.load_mert_model``). Long files are cut in chunks of whole frames;
   the conv front end yields ``floor((n - 400) / 320) + 1`` frames, one fewer than the rule, so the
@@ -73,7 +79,7 @@ from mert_fairseq.prep.merge_parts import LabelOutputs, write_labels
 
 log = logging.getLogger(__name__)
 
-FEATURE_KINDS = ("mfcc", "chroma", "cqt", "chord", "mert")
+FEATURE_KINDS = ("mfcc", "chroma", "cqt", "chord", "onset", "mert")
 MODEL_FORMAT = "mert-fairseq-kmeans/2"  # .npz of centroids + settings (/1: the joblib pickle of earlier versions)
 Extractor = Callable[[np.ndarray], np.ndarray]  # mono 24 kHz [n] -> [ceil(n / 320), dims]
 
@@ -121,6 +127,28 @@ class MfccFeatures:
             delta = AF.compute_deltas(mfcc)
             feats = torch.cat([mfcc, delta, AF.compute_deltas(delta)]).T
         return fit_to_frames(feats.numpy().astype(np.float32), len(wav))
+
+
+class OnsetFeatures:
+    """Half-wave rectified spectral flux of log-mel energies at 75 Hz: [frames, n_mels]."""
+
+    POWER_FLOOR = 1.0  # log(mel + floor): about 43 dB under a full-scale sine's band power (~2e4), so the noise of
+    # near-silent bands gives no flux
+
+    def __init__(self, spec: FeatureSpec):
+        import torchaudio
+
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=SAMPLE_RATE, n_fft=1024, win_length=600, hop_length=LABEL_HOP, n_mels=spec.n_mels, center=True,
+        )
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.pad(wav, (0, max(0, 1024 - len(wav))))).float()  # reflect padding needs > n_fft/2
+        with torch.inference_mode():
+            logmel = torch.log(self.mel(x) + self.POWER_FLOOR).T  # [T, n_mels]
+            flux = torch.zeros_like(logmel)
+            flux[1:] = (logmel[1:] - logmel[:-1]).clamp_min(0)
+        return fit_to_frames(flux.numpy().astype(np.float32), len(wav))
 
 
 class ChromaFeatures:
@@ -209,6 +237,8 @@ def make_extractor(spec: FeatureSpec, device: str = "cpu") -> Extractor:
         return MfccFeatures(spec)
     if spec.kind in ("chroma", "cqt", "chord"):
         return ChromaFeatures(spec)
+    if spec.kind == "onset":
+        return OnsetFeatures(spec)
     if spec.kind == "mert":
         if not spec.checkpoint or spec.layer is None:
             raise ValueError("--feature mert needs --checkpoint and --layer")
