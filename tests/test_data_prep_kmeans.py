@@ -238,6 +238,23 @@ def test_onset_frames_rise_where_a_click_starts_and_stay_zero_on_steady_sound():
     assert feats[per_frame.argmax(), 20:].sum() > feats[per_frame.argmax(), :20].sum()  # broadband: high bands too
 
 
+def test_onset_smoothing_spreads_a_click_over_its_window_and_keeps_the_total():
+    from mert_fairseq.prep.kmeans_labels import OnsetFeatures
+
+    t = np.arange(SR) / SR
+    wav = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    wav[16000 : 16120] += np.random.default_rng(0).uniform(-0.5, 0.5, 120).astype(np.float32)  # frame 50
+    plain = OnsetFeatures(FeatureSpec("onset"))(wav)
+    smooth = OnsetFeatures(FeatureSpec("onset", onset_smooth_frames=21))(wav)
+    assert smooth.shape == plain.shape
+    near, spread = plain[30:65].sum(1), smooth[30:65].sum(1)  # frames 30-64 hold the click's window
+    assert abs(spread.sum() - near.sum()) < 0.01 * near.sum()  # a mean over 21 frames keeps the total
+    np.testing.assert_allclose(spread[10:31], near.max() / 21, rtol=0.02)  # frames 40-60: 1/21 of the click each
+    assert spread[:10].max() < 0.01 and spread[31:].max() < 0.05  # beyond half a window: the steady tone's flux
+    with pytest.raises(ValueError, match="onset_smooth_frames must be >= 1"):
+        OnsetFeatures(FeatureSpec("onset", onset_smooth_frames=0))
+
+
 def test_cli_fit_with_chroma_saves_its_feature_settings(manifest_dir, tmp_path):
     model_path = tmp_path / "chroma.joblib"
     result = run_script("prepare_kmeans_labels", "all", "--manifest-dir", manifest_dir, "--kmeans-model", model_path,

@@ -23,7 +23,9 @@ frames, frame j centred on sample 320 j):
   the first frame has none): where in the spectrum energy rises at
   this frame. Steady notes and silence cluster at the origin; note attacks, bass plucks and percussive
   clicks (broadband, high bands) get codes of their own: targets of rhythm and percussion, which
-  spectra averaged over a frame's neighbourhood leave to a small share of the clusters.
+  spectra averaged over a frame's neighbourhood leave to a small share of the clusters. With
+  ``onset_smooth_frames`` > 1 the flux is averaged over that many centred frames: onset density per band,
+  so every frame of a percussive passage (not only its attacks) gets a code that says so.
 - ``mert`` (later iterations): hidden states of layer N of a trained MERT checkpoint
   (``mert_fairseq.checkpoint.model_loading.load_mert_model``). Long files are cut in chunks of whole frames;
   the conv front end yields ``floor((n - 400) / 320) + 1`` frames, one fewer than the rule, so the
@@ -97,6 +99,8 @@ class FeatureSpec:
     chroma_gain: float = 10.0  # chroma, cqt, chord: log(1 + gain x) of the (octave-summed) CQT magnitudes
     chord_smooth_frames: int = 37  # chord: centred moving average over this many frames (37 = 0.5 s: the chord,
     # not the passing melody notes)
+    onset_smooth_frames: int = 1  # onset: centred moving average of the flux over this many frames (1: none;
+    # 37 = 0.5 s: onset density, a frame's share of its neighbourhood's rhythm)
 
 
 def fit_to_frames(features: np.ndarray, num_samples: int) -> np.ndarray:
@@ -141,6 +145,9 @@ class OnsetFeatures:
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=SAMPLE_RATE, n_fft=1024, win_length=600, hop_length=LABEL_HOP, n_mels=spec.n_mels, center=True,
         )
+        if spec.onset_smooth_frames < 1:
+            raise ValueError(f"onset_smooth_frames must be >= 1, got {spec.onset_smooth_frames}")
+        self.smooth = spec.onset_smooth_frames
 
     def __call__(self, wav: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.pad(wav, (0, max(0, 1024 - len(wav))))).float()  # reflect padding needs > n_fft/2
@@ -148,6 +155,8 @@ class OnsetFeatures:
             logmel = torch.log(self.mel(x) + self.POWER_FLOOR).T  # [T, n_mels]
             flux = torch.zeros_like(logmel)
             flux[1:] = (logmel[1:] - logmel[:-1]).clamp_min(0)
+            if self.smooth > 1:
+                flux = moving_average(flux, self.smooth)
         return fit_to_frames(flux.numpy().astype(np.float32), len(wav))
 
 
@@ -552,18 +561,19 @@ def _feature_args(p: argparse.ArgumentParser, several: bool = False) -> None:
     if several:
         p.add_argument("--feature", type=_feature_list, default="mfcc",
                        help="frame features: mfcc, chroma (CQT pitch class), cqt (84 log-CQT bins), chord (chroma relative to "
-                       "the bass) or mert (a MERT "
-                       "layer); several joined by '+' (e.g. mfcc+chroma) fit one model and write one label stream each")
+                       "the bass), onset (spectral flux per mel band) or mert (a MERT layer); several joined by '+' (e.g. mfcc+chroma) fit one model and write one label stream each")
     else:
         p.add_argument("--feature", choices=FEATURE_KINDS, default="mfcc",
                        help="frame features: MFCCs, CQT chroma (pitch class), 84 log-CQT bins, chroma relative to the "
-                       "bass (chord) or a MERT layer")
+                       "bass (chord), spectral flux (onset) or a MERT layer")
     p.add_argument("--layer", type=int, help="MERT layer for --feature mert (0 = CNN/input projection)")
     p.add_argument("--n-mfcc", type=int, default=13, help="MFCCs per frame for --feature mfcc")
     p.add_argument("--n-mels", type=int, default=40, help="mel bands the MFCCs are computed from")
     p.add_argument("--chroma-gain", type=float, default=10.0, help="chroma, cqt, chord: log(1 + gain x) compression")
     p.add_argument("--chord-smooth-frames", type=int, default=37,
                    help="chord: average the bass-relative chroma over this many frames (75 per second; 1: none)")
+    p.add_argument("--onset-smooth-frames", type=int, default=1,
+                   help="onset: average the flux over this many frames (onset density; 1: none)")
     p.add_argument("--max-chunk-seconds", type=float, default=30.0, help="MERT input chunk length")
 
 
@@ -612,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def feature_spec(args: argparse.Namespace) -> FeatureSpec:
     return FeatureSpec(args.feature, args.n_mfcc, args.n_mels, args.checkpoint, args.layer, args.max_chunk_seconds,
-                       args.chroma_gain, args.chord_smooth_frames)
+                       args.chroma_gain, args.chord_smooth_frames, args.onset_smooth_frames)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
