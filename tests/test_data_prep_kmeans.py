@@ -255,6 +255,23 @@ def test_onset_smoothing_spreads_a_click_over_its_window_and_keeps_the_total():
         OnsetFeatures(FeatureSpec("onset", onset_smooth_frames=0))
 
 
+def test_onset_min_hz_keeps_only_high_bands_so_a_bass_attack_gives_no_flux():
+    from mert_fairseq.prep.kmeans_labels import OnsetFeatures
+
+    t = np.arange(SR) / SR
+    bass = (0.5 * np.sin(2 * np.pi * 110 * t) * (t >= 0.5)).astype(np.float32)  # a 110 Hz note starting at frame 37
+    hiss = bass.copy()
+    hiss[16000 : 16120] += np.random.default_rng(0).uniform(-0.5, 0.5, 120).astype(np.float32)  # a click at frame 50
+    every, high = OnsetFeatures(FeatureSpec("onset")), OnsetFeatures(FeatureSpec("onset", onset_min_hz=2000))
+    assert every(bass).shape == (75, 40) and high(bass).shape == (75, 21)  # 21 of 40 bands peak at >= 2 kHz
+    assert every(bass)[35:40].sum() > 1.0  # the note's attack, in the low bands
+    assert high(bass)[5:70].max() < 0.05  # ... which the high bands do not see
+    np.testing.assert_allclose(high(hiss), every(hiss)[:, 19:], rtol=1e-5, atol=1e-6)  # the same flux, band for band
+    assert high(hiss)[48:53].sum() > 10.0
+    with pytest.raises(ValueError, match=r"onset_min_hz=20000: no mel band is centred that high \(highest 11133 Hz\)"):
+        OnsetFeatures(FeatureSpec("onset", onset_min_hz=20000))
+
+
 def test_cli_fit_with_chroma_saves_its_feature_settings(manifest_dir, tmp_path):
     model_path = tmp_path / "chroma.joblib"
     result = run_script("prepare_kmeans_labels", "all", "--manifest-dir", manifest_dir, "--kmeans-model", model_path,

@@ -101,6 +101,8 @@ class FeatureSpec:
     # not the passing melody notes)
     onset_smooth_frames: int = 1  # onset: centred moving average of the flux over this many frames (1: none;
     # 37 = 0.5 s: onset density, a frame's share of its neighbourhood's rhythm)
+    onset_min_hz: float = 0.0  # onset: only the mel bands centred at or above this frequency (e.g. 2000: hi-hats,
+    # snares, clicks; not the bass and melody attacks)
 
 
 def fit_to_frames(features: np.ndarray, num_samples: int) -> np.ndarray:
@@ -134,7 +136,8 @@ class MfccFeatures:
 
 
 class OnsetFeatures:
-    """Half-wave rectified spectral flux of log-mel energies at 75 Hz: [frames, n_mels]."""
+    """Half-wave rectified spectral flux of log-mel energies at 75 Hz: [frames, bands] (the mel bands
+    centred at or above ``onset_min_hz``: all ``n_mels`` by default)."""
 
     POWER_FLOOR = 1.0  # log(mel + floor): about 43 dB under a full-scale sine's band power (~2e4), so the noise of
     # near-silent bands gives no flux
@@ -148,11 +151,16 @@ class OnsetFeatures:
         if spec.onset_smooth_frames < 1:
             raise ValueError(f"onset_smooth_frames must be >= 1, got {spec.onset_smooth_frames}")
         self.smooth = spec.onset_smooth_frames
+        centres = self.mel.mel_scale.fb.argmax(0) * SAMPLE_RATE / 1024  # [n_mels] peak frequency of each band, Hz
+        self.bands = torch.nonzero(centres >= spec.onset_min_hz).flatten()
+        if len(self.bands) == 0:
+            raise ValueError(f"onset_min_hz={spec.onset_min_hz}: no mel band is centred that high "
+                             f"(highest {float(centres.max()):.0f} Hz)")
 
     def __call__(self, wav: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.pad(wav, (0, max(0, 1024 - len(wav))))).float()  # reflect padding needs > n_fft/2
         with torch.inference_mode():
-            logmel = torch.log(self.mel(x) + self.POWER_FLOOR).T  # [T, n_mels]
+            logmel = torch.log(self.mel(x)[self.bands] + self.POWER_FLOOR).T  # [T, bands]
             flux = torch.zeros_like(logmel)
             flux[1:] = (logmel[1:] - logmel[:-1]).clamp_min(0)
             if self.smooth > 1:
@@ -574,6 +582,8 @@ def _feature_args(p: argparse.ArgumentParser, several: bool = False) -> None:
                    help="chord: average the bass-relative chroma over this many frames (75 per second; 1: none)")
     p.add_argument("--onset-smooth-frames", type=int, default=1,
                    help="onset: average the flux over this many frames (onset density; 1: none)")
+    p.add_argument("--onset-min-hz", type=float, default=0.0,
+                   help="onset: only the mel bands centred at or above this frequency (e.g. 2000: percussion)")
     p.add_argument("--max-chunk-seconds", type=float, default=30.0, help="MERT input chunk length")
 
 
@@ -622,7 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def feature_spec(args: argparse.Namespace) -> FeatureSpec:
     return FeatureSpec(args.feature, args.n_mfcc, args.n_mels, args.checkpoint, args.layer, args.max_chunk_seconds,
-                       args.chroma_gain, args.chord_smooth_frames, args.onset_smooth_frames)
+                       args.chroma_gain, args.chord_smooth_frames, args.onset_smooth_frames,
+                       args.onset_min_hz)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
