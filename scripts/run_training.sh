@@ -2,8 +2,9 @@
 # MERT pretraining launcher.
 #
 # No arguments: the demo, end to end in about 3 minutes on 2 CPU cores (measured 2 min 37 s; docs/probing.md):
-#   demo corpus (+ held-out probe clips) -> manifest -> K-means labels (three streams: MFCC, log-CQT and
-#   bass-relative chroma; DEMO_KMEANS_FEATURE=mfcc for MFCC codes only, =mfcc+cqt for two streams, any
+#   demo corpus (+ held-out probe clips) -> manifest -> K-means labels (four streams: MFCC, log-CQT,
+#   bass-relative chroma and high-band onset density; DEMO_KMEANS_FEATURE=mfcc for MFCC codes only, =mfcc+cqt
+#   for two streams, =mfcc+cqt+chord for the three of the previous recipe, any
 #   '+'-joined list of prepare_kmeans_labels.py features) -> MERT_demo_cpu training (with
 #   online probes) -> probe table of the model vs random init vs MFCC on the held-out clips + PNGs.
 #   Steps already done are skipped; training resumes from checkpoint_last.pt.
@@ -52,7 +53,7 @@ say_t() { printf '\n[run_training %ds] %s\n' "$SECONDS" "$*"; }  # demo: seconds
 run_demo() {
   local demo="${DEMO_DIR:-$ROOT/data/demo}"
   local corpus="$demo/corpus" probe="$demo/probe" audio="$demo/audio24k" manifest="$demo/manifest"
-  local default_feature=mfcc+cqt+chord  # timbre, pitch and chord-quality codes: docs/probing.md
+  local default_feature=mfcc+cqt+chord+onset  # timbre, pitch, chord-quality and percussion codes: docs/probing.md
   local feature="${DEMO_KMEANS_FEATURE:-$default_feature}" save="${SAVE_DIR:-$ROOT/runs/demo}" labels="$demo/labels"
   [[ "$feature" == "$default_feature" ]] || labels+="_$feature"
   SECONDS=0
@@ -67,9 +68,13 @@ run_demo() {
       --out-dir "$manifest" --target-rate 24000 --valid-percent 0.1 --seed 1
   fi
   # one label stream per feature, one call: the first is "kmeans", the others are named by their feature
-  # ("mfcc" or "chroma" -> kmeans; "mfcc+cqt" -> kmeans + cqt; "mfcc+cqt+chord" -> kmeans + cqt + chord)
+  # ("mfcc" or "chroma" -> kmeans; "mfcc+cqt" -> kmeans + cqt; "mfcc+cqt+chord+onset" -> kmeans + cqt + chord + onset)
   local names=kmeans rest="${feature#*+}"
   if [[ "$feature" == *+* ]]; then names+=",${rest//+/,}"; fi
+  # onset codes: onset density (the flux averaged over 1 s) of the mel bands at 2 kHz and above (hi-hats,
+  # snares, clicks; not the bass and melody attacks): percussion codes for every frame
+  local onset_args=()
+  [[ "+$feature+" != *+onset+* ]] || onset_args=(--onset-smooth-frames 75 --onset-min-hz 2000)
   local stream done=1
   for stream in ${names//,/ }; do
     [[ -s "$labels/train.$stream" && -s "$labels/valid.$stream" && -s "$labels/dict.$stream.txt" ]] || done=0
@@ -80,7 +85,7 @@ run_demo() {
     say_t "3/5 K-means labels ($feature features, 100 clusters fitted on 20k frames) -> $labels ($names)"
     OMP_NUM_THREADS=1 "$PY" "$ROOT/scripts/prepare_kmeans_labels.py" all --manifest-dir "$manifest" \
       --label-dir "$labels" --kmeans-model "$labels/{name}.npz" --name "$names" --n-clusters 100 \
-      --feature "$feature" --max-fit-frames 20000
+      --feature "$feature" --max-fit-frames 20000 "${onset_args[@]}"
   fi
   local stream_args=()
   # several streams (the demo's recipe, chosen on probe rows :100; docs/probing.md): one projection each; no
