@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # MERT pretraining launcher.
 #
-# No arguments: the demo, end to end in about 3 minutes on 2 CPU cores (measured 2 min 37 s; docs/probing.md):
+# No arguments: the demo, end to end in about 3 minutes on 2 CPU cores (measured 2 min 25 s; docs/probing.md):
 #   demo corpus (+ held-out probe clips) -> manifest -> K-means labels (four streams: MFCC, log-CQT,
 #   bass-relative chroma and high-band onset density; DEMO_KMEANS_FEATURE=mfcc for MFCC codes only, =mfcc+cqt
 #   for two streams, =mfcc+cqt+chord for the three of the previous recipe, any
