@@ -24,6 +24,7 @@ from omegaconf import II, MISSING
 
 from mert_fairseq.data import allocator, loader_shutdown
 from mert_fairseq.common.config_values import parse_list_literal, warn_fields_without_effect
+from mert_fairseq.criterions.mert_criterion import MertCriterion
 from mert_fairseq.data.mert_dataset import DataError, MERTDataset
 from mert_fairseq.models.teachers.random_projection import code_dictionary
 from mert_fairseq.optim.non_finite import NonFiniteGuard
@@ -279,16 +280,18 @@ class MERTPretrainingTask(FairseqTask):
         model = super().build_model(cfg, from_checkpoint)
         if self.cfg.compile_encoder_layers:
             compile_encoder_layers(model)
-        # what the collater draws for this model (datasets are loaded after the model is built); not with a
-        # mask schedule (the workers do not know the update) or online targets (labels made by the model)
-        self.draw_spec = (model.draw_spec() if self.cfg.draws_in_collater and not model.has_mask_schedule
-                          and not self.cfg.online_targets and hasattr(model, "draw_spec") else None)
+        self.draw_spec = model.draw_spec()  # what the collater draws (datasets are loaded after the model)
         if fsdp:
             wrap_encoder_layers_for_fsdp(model)
         return model
 
     def build_criterion(self, cfg, from_checkpoint: bool = False):
-        criterion = super().build_criterion(cfg, from_checkpoint)
+        """The `mert` criterion; `hubert` (original YAMLs and checkpoints) is an alias of it: the same fields,
+        loss and logs through the same code."""
+        if cfg._name == "hubert":
+            criterion = MertCriterion.build_criterion(cfg, self)
+        else:
+            criterion = super().build_criterion(cfg, from_checkpoint)
         if self.cfg.compile_step:
             compile_step(criterion, self.cfg.cuda_graphs)
         return criterion
