@@ -206,6 +206,21 @@ def test_patched_loading_sets_no_environment_variable(monkeypatch, tmp_path):
     assert dict(os.environ) == before
 
 
+def test_a_hubert_criterion_checkpoint_is_read_as_mert():
+    """The loader's one criterion rule: a checkpoint written by HubertCriterion is read as written by
+    MertCriterion (what the task builds for both names), so fairseq's trainer, which compares the names,
+    resumes it (the resume itself: the next test)."""
+    from fairseq import checkpoint_utils
+
+    from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
+    from mert_fairseq.tasks import fairseq_patches
+
+    assert load_checkpoint_state(OLD_CHECKPOINT)["optimizer_history"][-1]["criterion_name"] == "HubertCriterion"
+    fairseq_patches.install()
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(OLD_CHECKPOINT))
+    assert state["optimizer_history"][-1]["criterion_name"] == "MertCriterion"
+
+
 def test_checkpoint_written_before_the_move_loads_and_resumes(tmp_path):
     """A checkpoint written by main at 1437d81 (before the layout change) builds the same model, and
     fairseq-hydra-train resumes from it."""
