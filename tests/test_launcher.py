@@ -177,7 +177,8 @@ def test_two_nodes_on_loopback_train_to_the_same_weights(tmp_path):
     data = make_tone_dataset(tmp_path / "data", n_clips=8)
     port = _free_port()
     base = {**os.environ, "DATA_DIR": data["data"], "LABEL_DIR": data["label_dir"], "LABELS": "[tone]",
-            "NPROCS_PER_NODE": "1", "WORLD_SIZE": "2", "TRAIN_MODULE": FAULT_TRAIN, "MERT_FAULT_RANK_WEIGHTS": str(tmp_path / "weights")}
+            "NPROCS_PER_NODE": "1", "WORLD_SIZE": "2",
+            "TRAIN_MODULE": FAULT_TRAIN, "MERT_FAULT_RANK_WEIGHTS": str(tmp_path / "weights")}
     cmds = [["bash", SCRIPT, str(node), "local", "MERT_demo_cpu", "two", "127.0.0.1", str(port), *TWO_NODE]
             for node in (0, 1)]
     codes, outs, seconds = _two_processes(cmds, [{**base, "SAVE_DIR": str(tmp_path / f"node{n}")} for n in (0, 1)])

@@ -118,7 +118,6 @@ def test_patches_are_scoped_to_checkpoint_utils_and_undone():
 
     from mert_fairseq.tasks import fairseq_patches
 
-    was_installed = fairseq_patches.installed()
     fairseq_patches.uninstall()
     import fairseq_cli.train
 
@@ -133,9 +132,8 @@ def test_patches_are_scoped_to_checkpoint_utils_and_undone():
         assert fairseq_cli.train.should_stop_early is not stock_stop
     finally:
         fairseq_patches.uninstall()
-        assert checkpoint_utils.load_checkpoint is stock_load and checkpoint_utils.PathManager is PathManager and fairseq_cli.train.should_stop_early is stock_stop
-        if was_installed:
-            fairseq_patches.install()
+        assert checkpoint_utils.load_checkpoint is stock_load and checkpoint_utils.PathManager is PathManager
+        assert fairseq_cli.train.should_stop_early is stock_stop
 
 
 def test_uninstall_restores_every_replaced_attribute_fault_hooks_included(tmp_path):
