@@ -300,7 +300,7 @@ class MERTPretrainingTask(FairseqTask):
     def setup_task(cls, cfg: MERTPretrainingConfig, **kwargs) -> "MERTPretrainingTask":
         """The task, with mert-fairseq's patches of fairseq's checkpoint handling installed
         (`fairseq_patches`: atomic checkpoint files, resume past a damaged checkpoint_last.pt)."""
-        fairseq_patches.install(cls, MERTDataset)
+        fairseq_patches.install()
         return cls(cfg)
 
     @property
