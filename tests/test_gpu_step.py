@@ -1,4 +1,5 @@
-"""The training step built for a GPU, checked on the CPU: criterion `mert` computes hubert's loss; the step's
+"""The training step built for a GPU, checked on the CPU: criterion `mert` computes the original's loss (fairseq's
+hubert criterion on the S x (1 + C) logits, `perf.reference.ReferenceCriterion`); the step's
 random draws come from the collater (seeded, fixed shapes); the step runs no data-dependent op and compiles
 as one graph reused across batches with different masks."""
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tiny_models import tiny_model, tiny_sample
 
 from mert_fairseq.criterions.mert_criterion import MertCriterion
 from mert_fairseq.data.step_draws import StepDraws, draw_for_batch
+from mert_fairseq.perf.reference import ReferenceCriterion
 
 RECIPES = ["MERT_RVQ-VAE_CQT_95M", "MERT_RVQ-VAE_CQT_330M"]
 DATA_DEPENDENT = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.unique",
@@ -56,16 +58,17 @@ def _sample(model, B=3, L=24000, seed=0):
     ("rvq_95m", {}), ("rvq_330m", {}), ("kmeans", {"skip_nomask": False}),
     ("rvq_95m", {"learnable_temp": True, "mask_origin": 0.1, "mask_replace": 0.1, "encoder_layerdrop": 0.3}),
 ])
-def test_mert_criterion_equals_hubert_with_the_same_masks(family, extra):
-    """Same draws (the model's own, same seed) -> loss and every logged value within 1e-5 relative, every
-    gradient within 1e-5 of its largest magnitude (other float summation orders)."""
+def test_mert_criterion_equals_the_reference_with_the_same_masks(family, extra):
+    """Same draws (same seed) -> the mert criterion's loss and every logged value equal the reference's (hubert's
+    criterion on the original's logits) within 1e-5 relative, every gradient within 1e-5 of its largest
+    magnitude (other float summation orders)."""
     weights = dict(pred_masked_weight=1.0, pred_nomask_weight=0.5 if "skip_nomask" in extra else 0.0,
                    loss_weights=[10.0, 1.0])
     torch.manual_seed(0)
     model = tiny_model(family, **extra).train()
     sample = _sample(model)
     results = []
-    for crit in (HubertCriterion(None, **weights), MertCriterion(None, **weights)):
+    for crit in (ReferenceCriterion(None, **weights), MertCriterion(None, **weights)):
         model.zero_grad()
         torch.manual_seed(3)
         model.set_num_updates(7)
@@ -229,4 +232,59 @@ def test_recipe_step_is_one_graph_reused_across_masks(tone_data, name):
         out["loss"].backward()
         assert torch.allclose(out["loss"], eager, rtol=1e-5), (out["loss"], eager)
     assert len(graphs) == 1  # no recompilation for new masks, mixtures, layerdrop draws
+    torch._dynamo.reset()
+
+
+# ------------------------------------------------------------------------------------------ the compiled step
+COMPILE_UPDATES = 20
+
+
+def _train_demo(data: dict, compiled: bool, init=None):
+    """COMPILE_UPDATES updates of the demo recipe (one encoder layer: the smallest graph to compile) through
+    fairseq's Trainer, batches of 2 clips that differ in every update (other clips, masks, mixtures);
+    (losses per masked frame, final weights, the initial weights)."""
+    from mert_fairseq.perf.training_setup import batch as collate, build_trainer, compose_config
+
+    torch.manual_seed(1)
+    cfg = compose_config("MERT_demo_cpu", ["model.encoder_layers=1", f"task.compile_step={str(compiled).lower()}"])
+    trainer = build_trainer(cfg, data["data"], data["labels"], label_dir=data["label_dir"])
+    model = trainer.model
+    if init is not None:
+        model.load_state_dict(init)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    losses, train_step = [], trainer.task.train_step
+
+    def recorded(*args, **kwargs):  # the task's step, its loss recorded
+        loss, sample_size, log = train_step(*args, **kwargs)
+        losses.append(float(loss) / sample_size)
+        return loss, sample_size, log
+
+    trainer.task.train_step = recorded
+    ds = trainer.task.dataset("train")
+    for u in range(COMPILE_UPDATES):
+        trainer.train_step([collate(ds, [u % 16, (u + 5) % 16])])
+    assert trainer.get_num_updates() == COMPILE_UPDATES
+    return losses, model.state_dict(), start
+
+
+@pytest.mark.slow
+def test_compiled_step_trains_the_demo_recipe_as_eager_and_compiles_once(tone_data):
+    """task.compile_step=true (CompiledStep, inductor on the CPU) from the same initial weights on the same
+    batches: 20 updates give eager's losses and final weights within 1e-4, and the step compiles once (one
+    graph, reused by every update after the first, whose masks and mixtures all differ)."""
+    from torch._dynamo.utils import counters
+
+    eager_losses, eager_weights, init = _train_demo(tone_data, compiled=False)
+    torch._dynamo.reset()
+    counters.clear()
+    losses, weights, _ = _train_demo(tone_data, compiled=True, init=init)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert len(losses) == len(eager_losses) == COMPILE_UPDATES
+    assert max(abs(a - b) for a, b in zip(losses, eager_losses)) < 1e-4, (losses, eager_losses)
+    assert losses[-1] < losses[0]  # it trains
+    assert set(weights) == set(eager_weights)
+    moved = max(float((weights[k] - init[k]).abs().max()) for k in weights)
+    assert moved > 1e-3  # the weights moved
+    for k in weights:
+        assert float((weights[k] - eager_weights[k]).abs().max()) < 1e-4, k
     torch._dynamo.reset()

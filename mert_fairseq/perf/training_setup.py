@@ -40,15 +40,16 @@ def compose_config(config: str, overrides: Sequence[str] = (), config_dir: Optio
     return cfg
 
 
-def build_trainer(cfg: DictConfig, data_dir: str, streams: Sequence[str], device: str = "cpu"):
-    """fairseq's Trainer for `cfg` on the corpus in `data_dir` (train.tsv, train.{stream}, dict.{stream}.txt)
-    with the train split loaded; on `device` (cpu or cuda)."""
+def build_trainer(cfg: DictConfig, data_dir: str, streams: Sequence[str], device: str = "cpu",
+                  label_dir: Optional[str] = None):
+    """fairseq's Trainer for `cfg` on the corpus in `data_dir` (train.tsv; train.{stream} and dict.{stream}.txt
+    there or in `label_dir`) with the train split loaded; on `device` (cpu or cuda)."""
     from fairseq import tasks, utils
     from fairseq.trainer import Trainer
 
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([
         f"common.user_dir={PACKAGE_DIR}", f"common.cpu={str(device == 'cpu').lower()}",
-        f"task.data={data_dir}", f"task.label_dir={data_dir}"]))
+        f"task.data={data_dir}", f"task.label_dir={label_dir or data_dir}"]))
     cfg.task.labels = list(streams)
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))  # as hydra_train.py
     OmegaConf.set_struct(cfg, True)
