@@ -25,7 +25,9 @@ The *reference* is the straightforward formulation of the same update, as in the
 trainer on the same batches: the stock `hubert` criterion on cosine logits materialised as (1 + C) x S x F
 tensors (`perf.reference.ReferenceCriterion`), nnAudio's CQT1992v2 (65536-tap conv) every step in the training
 dtype, and fairseq's own `MultiheadAttention` (`reference_formulation`, on the same model instance: shared
-weights). Steps of both are interleaved, so the ratio ours / reference is robust to load from other processes.
+weights). `--compile-step` adds the same update with the criterion's step compiled (`CompiledStep`, as
+task.compile_step=true). Steps of all modes are interleaved, so the ratios (ours / reference, compiled / eager)
+are robust to load from other processes.
 
     python scripts/benchmark.py --config MERT_RVQ-VAE_CQT_95M --device cpu --warmup 1 --steps 3 --out bench.json
     python scripts/benchmark.py --config MERT_RVQ-VAE_CQT_95M --train-log runs/.../hydra_train.log --gpu-name H100
@@ -58,6 +60,7 @@ from mert_fairseq.perf.side_measurements import machine_info, measure_cqt, measu
 from mert_fairseq.perf.synthetic_corpus import stream_names, write_synthetic_corpus
 from mert_fairseq.perf.timing import PhaseTimer, peak_memory_mb, peak_memory_reset, profile_steps, sync
 from mert_fairseq.perf.training_setup import PRECISION_OVERRIDES, batch, build_trainer, compose_config
+from mert_fairseq.tasks.mert_pretraining import CompiledStep
 
 logger = logging.getLogger("mert_fairseq.perf.step_benchmark")
 
@@ -81,6 +84,16 @@ def compose_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
 
 
 @contextlib.contextmanager
+def compiled_step(criterion, compiled: CompiledStep):
+    """The trainer's update with the criterion's step compiled, as task.compile_step=true makes it."""
+    criterion.compiled_step = compiled
+    try:
+        yield
+    finally:
+        del criterion.compiled_step
+
+
+@contextlib.contextmanager
 def reference_step(trainer, criterion, dtype: Optional[torch.dtype], cache: dict):
     """The trainer's update in the original's formulation: its criterion swapped for `criterion` (a
     ReferenceCriterion) and the model's CQT and attention for the original's (`reference_formulation`)."""
@@ -98,11 +111,12 @@ def run(args: argparse.Namespace) -> dict:
     np.random.seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.compile_step and not args.no_reference:
-        raise SystemExit("--compile-step measures our formulation only: add --no-reference")
+    if args.compile_step and args.warmup < 2:
+        raise SystemExit("--compile-step needs --warmup 2 or more (the first compiled-mode step runs eager, the "
+                         "second compiles)")
     device = torch.device(args.device)
     amp_dtype = DTYPES[args.dtype]
-    overrides = [*args.override, *PRECISION_OVERRIDES[args.dtype]] + (["task.compile_step=true"] if args.compile_step else [])
+    overrides = [*args.override, *PRECISION_OVERRIDES[args.dtype], "task.compile_step=false"]
     cfg = compose_config(args.config, overrides, args.config_dir)
     sr = int(cfg.task.sample_rate)
     num_samples = int(round(args.seconds * sr))
@@ -124,11 +138,13 @@ def run(args: argparse.Namespace) -> dict:
     ref_criterion = ReferenceCriterion(trainer.task, criterion.pred_masked_weight, criterion.pred_nomask_weight,
                                        criterion.loss_weights)
     ref_cache: dict = {}
-    modes = ["ours"] if args.no_reference else ["ours", "reference"]
+    compiled = CompiledStep(criterion.step_tensors) if args.compile_step else None
+    modes = ["ours"] + ([] if args.no_reference else ["reference"]) + (["compiled"] if compiled else [])
 
     def step(mode: str, i: int, timer: Optional[PhaseTimer] = None) -> float:
-        ctx = reference_step(trainer, ref_criterion, amp_dtype, ref_cache) if mode == "reference" else contextlib.nullcontext()
-        with ctx:
+        ctx = {"reference": lambda: reference_step(trainer, ref_criterion, amp_dtype, ref_cache),
+               "compiled": lambda: compiled_step(criterion, compiled)}.get(mode, contextlib.nullcontext)
+        with ctx():
             if timer is not None:
                 timer.attach(trainer)
             try:
@@ -152,17 +168,16 @@ def run(args: argparse.Namespace) -> dict:
             dt = step(m, i)
             logger.info("warmup %s step %d: %.2fs", m, i, dt)
     peak, peak_source = peak_tflops(device_name(device), args.peak_tflops)
-    for i in range(args.steps):  # interleaved: ours, reference, ours, ...
+    for i in range(args.steps):  # interleaved: ours, reference, compiled, ours, ...
         for m in modes:
             times[m].append(step(m, i))
             logger.info("timed %s step %d: %.2fs", m, i, times[m][-1])
 
     results: Dict[str, dict] = {}
     audio_s = args.batch_size * num_samples / sr
-    split_steps = 0 if args.compile_step else args.split_steps  # hooks in a compiled step would recompile it
     for m in modes:
         split: Dict[str, List[float]] = defaultdict(list)
-        for i in range(split_steps):
+        for i in range(0 if m == "compiled" else args.split_steps):  # hooks in a compiled step would recompile it
             timer = PhaseTimer(device)
             step(m, i, timer)
             for k, v in timer.split().items():
@@ -182,17 +197,14 @@ def run(args: argparse.Namespace) -> dict:
         "compile_step": args.compile_step, "criterion": type(criterion).__name__,
         "batch_size": args.batch_size, "seconds_per_clip": args.seconds, "streams": len(trainer.task.dictionaries),
         "classes_per_stream": [len(d) for d in trainer.task.dictionaries], "parameters": n_params,
-        "warmup": args.warmup, "steps": args.steps, "split_steps": split_steps,
+        "warmup": args.warmup, "steps": args.steps, "split_steps": args.split_steps,
         "machine": machine_info(device), "results": results, "data_loading": data,
         "flops_per_step": flops, "flops_per_audio_second": flops / audio_s, "peak_tflops": peak,
         "peak_source": peak_source, "mfu": results["ours"]["mfu"],
     }
-    if "reference" in results:
-        # per-pair ratios are robust to load that changes during the run
-        pairs = [r / o for o, r in zip(times["ours"], times["reference"])]
-        out["speedup_ours_vs_reference"] = {"median_of_step_ratios": statistics.median(pairs),
-                                            "ratio_of_medians": results["reference"]["step_s"] / results["ours"]["step_s"],
-                                            "step_ratios": pairs}
+    for slow, fast in (("reference", "ours"), ("ours", "compiled")):
+        if slow in results and fast in results:
+            out[f"speedup_{fast}_vs_{slow}"] = speedup(times[fast], times[slow])
     step_s = results["ours"]["step_s"]
     out["data_loading"]["num_workers_to_keep_up"] = math.ceil(data["text_labels_s"] / step_s)
     if args.profile_steps:
@@ -202,6 +214,14 @@ def run(args: argparse.Namespace) -> dict:
     if not args.skip_data_prep:
         out["data_prep"] = measure_data_prep(args.data_prep_seconds, args.device)
     return out
+
+
+def speedup(fast: List[float], slow: List[float]) -> dict:
+    """slow / fast from interleaved steps: the median of the per-pair ratios (robust to load that changes
+    during the run) and the ratio of the medians."""
+    pairs = [b / a for a, b in zip(fast, slow)]
+    return {"median_of_step_ratios": statistics.median(pairs),
+            "ratio_of_medians": statistics.median(slow) / statistics.median(fast), "step_ratios": pairs}
 
 
 def flops_per_audio_second(cfg: DictConfig, seconds: float, n_codes: int = 1024, seed: int = 1) -> float:
@@ -255,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-steps", type=int, default=2, help="extra synchronised steps for the phase split")
     p.add_argument("--no-reference", action="store_true", help="measure only our formulation")
     p.add_argument("--compile-step", action="store_true",
-                   help="torch.compile the mert criterion's whole step as task.compile_step=true (needs --no-reference)")
+                   help="also time the mert criterion's step compiled as task.compile_step=true makes it "
+                        "(CompiledStep, inductor), interleaved with the eager step")
     p.add_argument("--profile-steps", type=int, default=0,
                    help="also profile N steps of ours with torch.profiler (top kernels, device idle share) into the JSON")
     p.add_argument("--skip-cqt", action="store_true", help="skip the CQT teacher micro-benchmark")
