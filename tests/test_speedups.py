@@ -256,7 +256,8 @@ def test_benchmark_smoke(tmp_path, capsys):
     import json
     import statistics
 
-    from mert_fairseq.perf.step_benchmark import compose_config, flops_per_audio_second, main
+    from mert_fairseq.perf.step_benchmark import flops_per_audio_second, main
+    from mert_fairseq.perf.training_setup import compose_config
     from mert_fairseq.perf.timing import PHASES
 
     overrides = ["model.encoder_layers=1", "model.audio_cqt_bins=84"]
