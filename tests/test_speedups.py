@@ -224,6 +224,25 @@ def test_training_step_under_bf16_autocast_on_cpu():
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_task_bf16_autocast_runs_fairseqs_step_with_the_forward_under_autocast(tone_data, bf16):
+    """task.bf16_autocast: fairseq's trainer step and valid step run the model's forward under bf16 autocast
+    and the backward outside it; off, nothing runs under autocast."""
+    from mert_fairseq.perf.training_setup import batch, build_trainer, compose_config
+
+    cfg = compose_config("MERT_demo_cpu", ["model.encoder_layers=1", f"task.bf16_autocast={str(bf16).lower()}"])
+    trainer = build_trainer(cfg, tone_data["data"], tone_data["labels"], label_dir=tone_data["label_dir"])
+    model, seen = trainer.model, []
+    model.encoder.register_forward_hook(lambda m, a, out: seen.append(("forward", torch.is_autocast_enabled("cpu"))))
+    model.encoder.layers[0].fc1.weight.register_hook(
+        lambda g: seen.append(("backward", torch.is_autocast_enabled("cpu"))))
+    sample = batch(trainer.task.dataset("train"), [0, 1])
+    log = trainer.train_step([sample])
+    assert seen == [("forward", bf16), ("backward", False)] and math.isfinite(log["loss"])
+    trainer.valid_step(sample)
+    assert seen[-1] == ("forward", bf16)
+
+
 def test_reference_formulation_same_loss_and_restores_model():
     """The reference (hubert's criterion on the original's logits, nnAudio CQT, fairseq attention) gives the
     mert criterion's loss within 1e-4 relative (fp32; the CQTs differ within their tolerance) with the
