@@ -65,10 +65,10 @@ class _OriginalHeads:
     S x (1 + C) layout (the target in column 0), `get_extra_losses` the model's."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
+        self.wrapped, self.model = model, getattr(model, "module", model)  # called as given (DDP), read unwrapped
 
     def __call__(self, **kwargs) -> dict:
-        return self.model(**kwargs)
+        return self.wrapped(**kwargs)
 
     def get_logits(self, net_output: dict, is_masked: bool = True) -> List[torch.Tensor]:
         key = "_reference_logits_m" if is_masked else "_reference_logits_u"  # once per output, as the original
@@ -87,7 +87,7 @@ class ReferenceCriterion(HubertCriterion):
     """fairseq's `hubert` criterion (loss, logs, metrics) on the original's logits (`reference_logits`)."""
 
     def forward(self, model, sample, reduce: bool = True):
-        return super().forward(_OriginalHeads(getattr(model, "module", model)), sample, reduce)
+        return super().forward(_OriginalHeads(model), sample, reduce)
 
 
 # ------------------------------------------------------------------------------------------ the step
