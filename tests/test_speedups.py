@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from fairseq.data.dictionary import Dictionary
-from tiny_models import tiny_model
+from tiny_models import tiny_model, tiny_sample
 
 from mert_fairseq.criterions.mert_criterion import MertCriterion
 from mert_fairseq.perf.reference import ReferenceCriterion, build_nnaudio_cqt, direct_cosine_logits, reference_formulation
@@ -199,7 +199,7 @@ def _sample(model, B=2, L=SR, seed=0):
     source = torch.from_numpy(np.stack([music_like(L, SR, rng) for _ in range(B)]))
     targets = [torch.randint(4, n, (B, math.ceil(L / 320)), generator=torch.Generator().manual_seed(k))
                for k, n in enumerate(model.num_classes)]
-    return {"id": torch.arange(B), "net_input": {"source": source, "padding_mask": None}, "target_list": targets}
+    return tiny_sample(model, source, targets, seed=seed)  # with the step's draws, as the collater makes them
 
 
 WEIGHTS = dict(pred_masked_weight=1.0, pred_nomask_weight=0.0, loss_weights=[10.0, 1.0])
@@ -250,14 +250,10 @@ def test_reference_formulation_same_loss_and_restores_model():
     from mert_fairseq.models.teachers.cqt import SpectralCQT
 
     model = tiny_model("rvq_95m").train()
-    sample = _sample(model)
-    torch.manual_seed(3)
-    model.set_num_updates(0)  # same random draws (masks, noise mixture) for both formulations
+    sample = _sample(model)  # the same draws (masks, noise mixture) for both formulations
     ours, n_ours, _ = _criterion()(model, sample)
     with reference_formulation(model):
         assert type(model.encoder.layers[0].self_attn).__name__ == "_FairseqAttention"
-        torch.manual_seed(3)
-        model.set_num_updates(0)
         ref, n_ref, _ = ReferenceCriterion(None, **WEIGHTS)(model, sample)
     assert n_ours == n_ref
     assert abs(ours.item() - ref.item()) <= 1e-4 * abs(ours.item())
