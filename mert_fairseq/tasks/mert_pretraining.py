@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 import torch
@@ -418,7 +418,7 @@ class MERTPretrainingTask(FairseqTask):
     def valid_step(self, sample, model, criterion):
         return super().valid_step(sample, model, self._in_precision(criterion))
 
-    def _in_precision(self, criterion):
+    def _in_precision(self, criterion) -> Callable:
         """The criterion as fairseq's train_step / valid_step call it: itself, or with `bf16_autocast` the same
         call under torch.autocast(bfloat16), forward and loss only (the backward runs outside, as autocast
         asks). Not an outer context around fairseq's step: its forward runs inside
