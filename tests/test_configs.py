@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mert_fairseq.models.mert_config import NO_EFFECT_FIELDS as MODEL_NO_EFFECT
-from mert_fairseq.tasks.mert_pretraining import NO_EFFECT_FIELDS as TASK_NO_EFFECT
+from mert_fairseq.tasks.mert_pretraining_config import NO_EFFECT_FIELDS as TASK_NO_EFFECT
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs" / "pretrain"

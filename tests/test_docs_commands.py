@@ -108,7 +108,7 @@ def test_every_task_option_and_every_mentioned_key_is_in_every_recipe():
 
     from omegaconf import OmegaConf
 
-    from mert_fairseq.tasks.mert_pretraining import MERTPretrainingConfig
+    from mert_fairseq.tasks.mert_pretraining_config import MERTPretrainingConfig
 
     keys = prose_overrides()
     assert "task.numpy_memmap_label" in keys and "task.skip_bad_audio" in keys

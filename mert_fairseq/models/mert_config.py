@@ -166,7 +166,7 @@ class MERTConfig(FairseqDataclass):
 
 
 # field -> why it does nothing; MERTModel warns once when one differs from its default
-# (common.config_values.warn_fields_without_effect; the task's table: tasks.mert_pretraining.NO_EFFECT_FIELDS).
+# (common.config_values.warn_fields_without_effect; the task's table: tasks.mert_pretraining_config.NO_EFFECT_FIELDS).
 NO_EFFECT_FIELDS = {
     "audio_extract_type": "only the w2v_conv front end exists",
     "music_conv_nmel": "hstft_conv front end is not implemented",
