@@ -125,7 +125,7 @@ class MERTPretrainingTask(FairseqTask):
             raise ValueError("task.dynamic_crops_epoches must start at epoch 1")
         self.nonfinite_guard = NonFiniteGuard(cfg.max_consecutive_bad_updates)
         self._online_probe, self._probed_at, self._probe_scores = None, -1, None  # task.probe_csv
-        warn_fields_without_effect(cfg, MERTPretrainingConfig(), NO_EFFECT_FIELDS, "task")
+        warn_fields_without_effect(cfg, NO_EFFECT_FIELDS, "task")
 
     def build_model(self, cfg, from_checkpoint: bool = False):
         fsdp = in_fsdp_wrap_context()
@@ -207,8 +207,7 @@ class MERTPretrainingTask(FairseqTask):
                 name = f"{split}_{self.shard_for_epoch(epoch)}_{self.cfg.sharding_data}"
                 logger.info("epoch %d: training on shard %s", epoch, name)
         dicts = [self.target_dictionary] if self.cfg.fine_tuning else self.dictionaries
-        if self.cfg.keep_freed_memory:  # before the loader workers fork: they inherit the setting
-            allocator.keep_freed_memory()
+        allocator.keep_freed_memory()  # before the loader workers fork: they inherit the setting
         self.datasets[split] = MERTDataset(
             os.path.join(self.cfg.data, f"{name}.tsv"),
             sample_rate=self.cfg.sample_rate,
@@ -230,7 +229,6 @@ class MERTPretrainingTask(FairseqTask):
             skip_bad_audio=self.cfg.skip_bad_audio,
             max_bad_audio_fraction=self.cfg.max_bad_audio_fraction,
             seed=self.cfg.seed,
-            windowed_reads=self.cfg.windowed_reads,
             draw_spec=getattr(self, "draw_spec", None),
         )
 

@@ -1,15 +1,43 @@
-"""The `mert_pretraining` task's config: the original task's fields, so original YAMLs and checkpoint configs
-load (the model's config: models/mert_config.py)."""
+"""The `mert_pretraining` task's config: its live fields, plus the fields accepted only so that original YAMLs
+and stored checkpoint configs load (`NO_EFFECT_FIELDS`, a base class built from that table; the model's
+config: models/mert_config.py)."""
 
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from fairseq.dataclass.configs import FairseqDataclass
 from omegaconf import II, MISSING
+
+from mert_fairseq.common.config_values import Accepted, accepted_fields
+
+
+# Fields accepted only so that original YAMLs and the configs stored in checkpoints (the original's and this
+# project's older ones) load: name -> default, why it does nothing. The task warns once when one is set away from
+# its default (common.config_values.warn_fields_without_effect; the model's table: models.mert_config).
+NO_EFFECT_FIELDS = {
+    "enable_padding": Accepted(False, "legacy HuBERT field; task.pad_audio pads to the longest clip"),
+    "store_labels": Accepted(False, "labels are read by byte offset (text) or memory-mapped (.npy), never held in "
+                                    "memory", Optional[bool]),
+    "cqt_loss_bin_dataloader": Accepted(-1, "the model computes CQT targets in fp32", Optional[int]),
+    "inbatch_noise_augment_len_range": Accepted(
+        "[8000, 24000]", "the model's field model.inbatch_noise_augment_len_range is used", Optional[str]),
+    "inbatch_noise_augment_number_range": Accepted(
+        "[1, 3]", "the model's field model.inbatch_noise_augment_number_range is used", Optional[str]),
+    "inbatch_noise_augment_volume": Accepted(1.0, "the model's field model.inbatch_noise_augment_volume is used"),
+    # switches of earlier versions of this project, stored in their checkpoints
+    "windowed_reads": Accepted(True, "removed switch: clips longer than max_sample_size are always read as the "
+                                     "crop window only"),
+    "keep_freed_memory": Accepted(True, "removed switch: the data loader always keeps freed memory "
+                                        "(data/allocator.py)"),
+    "draws_in_collater": Accepted(True, "removed switch: masks, noise mixture, layerdrop and codebooks are always "
+                                        "drawn in the data loader's collater"),
+    "compile_encoder_layers": Accepted(False, "removed GPU lever (per-layer torch.compile); task.compile_step "
+                                              "compiles the whole step"),
+    "cuda_graphs": Accepted(False, "removed GPU lever (CUDA graph capture of the compiled step)"),
+}
 
 
 @dataclass
-class MERTPretrainingConfig(FairseqDataclass):
+class MERTPretrainingConfig(accepted_fields("MERTPretrainingConfigAccepted", NO_EFFECT_FIELDS)):
     data: str = field(default=MISSING, metadata={"help": "directory with {split}.tsv manifests"})
     label_dir: Optional[str] = field(default=None, metadata={"help": "directory with label files (default: data)"})
     labels: List[str] = field(
@@ -19,7 +47,6 @@ class MERTPretrainingConfig(FairseqDataclass):
     label_rate: float = field(default=-1.0, metadata={"help": "label frames per second (75 for EnCodec at 24 kHz)"})
     sample_rate: int = field(default=16_000, metadata={"help": "audio sample rate; files must already have it"})
     normalize: bool = field(default=False, metadata={"help": "normalise each clip to zero mean, unit variance"})
-    enable_padding: bool = field(default=False, metadata={"help": "no effect: legacy HuBERT field (use pad_audio)"})
     max_keep_size: Optional[int] = field(default=None, metadata={"help": "drop clips longer than this (samples)"})
     max_sample_size: Optional[int] = field(default=None, metadata={"help": "crop clips to at most this (samples)"})
     min_sample_size: Optional[int] = field(default=None, metadata={"help": "drop clips shorter than this (samples)"})
@@ -27,9 +54,6 @@ class MERTPretrainingConfig(FairseqDataclass):
     random_crop: Optional[bool] = field(default=True, metadata={"help": "random crop start (else from 0)"})
     pad_audio: Optional[bool] = field(default=False, metadata={"help": "pad to the longest clip instead of cropping"})
     fine_tuning: bool = field(default=False, metadata={"help": "one target dictionary (fine-tuning)"})
-    store_labels: Optional[bool] = field(
-        default=False, metadata={"help": "no effect: labels are read by byte offset (text) or memory-mapped (.npy)"}
-    )
     numpy_memmap_label: Optional[bool] = field(
         default=False, metadata={"help": "labels in {split}.{label}.npy (rows padded with -1), memory-mapped"}
     )
@@ -37,23 +61,11 @@ class MERTPretrainingConfig(FairseqDataclass):
         default="[]", metadata={"help": "list of random_mute, random_Gaussian, reverse_polarity"}
     )
     augmentation_probs: Optional[str] = field(default="[]", metadata={"help": "probability of each effect"})
-    inbatch_noise_augment_len_range: Optional[str] = field(
-        default="[8000, 24000]", metadata={"help": "no effect: the model's field of this name is used"}
-    )
-    inbatch_noise_augment_number_range: Optional[str] = field(
-        default="[1, 3]", metadata={"help": "no effect: the model's field of this name is used"}
-    )
-    inbatch_noise_augment_volume: float = field(
-        default=1.0, metadata={"help": "no effect: the model's field of this name is used"}
-    )
     dynamic_crops: Optional[str] = field(
         default="[]", metadata={"help": "max clip seconds per stage, e.g. [5, 10]"}
     )
     dynamic_crops_epoches: Optional[str] = field(
         default="[]", metadata={"help": "first epoch of each dynamic_crops stage, starting at 1"}
-    )
-    cqt_loss_bin_dataloader: Optional[int] = field(
-        default=-1, metadata={"help": "no effect: CQT targets are computed by the model (fp32)"}
     )
     sharding_data: int = field(
         default=-1, metadata={"help": "n > 1: train on {split}_{i}_{n}.tsv shards, one shard per epoch"}
@@ -69,35 +81,10 @@ class MERTPretrainingConfig(FairseqDataclass):
         metadata={"help": "run forward and loss under torch.autocast(bfloat16) with fp32 weights and optimizer "
                           "(CPU or GPU; unlike common.bf16 nothing is cast to bf16 permanently)"},
     )
-    windowed_reads: bool = field(
-        default=True,
-        metadata={"help": "read only the crop window of clips longer than max_sample_size (same batches as "
-                          "whole-file reads); false reads every clip whole"},
-    )
-    keep_freed_memory: bool = field(
-        default=True,
-        metadata={"help": "raise glibc malloc's trim/mmap thresholds so data loading reuses freed memory "
-                          "instead of re-faulting pages every batch (mert_fairseq/data/allocator.py)"},
-    )
-    compile_encoder_layers: bool = field(
-        default=False,
-        metadata={"help": "torch.compile each transformer layer in place (same state-dict keys); first steps "
-                          "compile (tens of seconds); a GPU lever, slower on CPU"},
-    )
-    draws_in_collater: bool = field(
-        default=True,
-        metadata={"help": "draw masks, noise mixture, layerdrop and random codebooks in the data loader (fixed "
-                          "shapes, no host sync in the step); false: the model draws them (as before)"},
-    )
     compile_step: bool = field(
         default=False,
         metadata={"help": "torch.compile the mert criterion's step (forward + loss; fullgraph, inductor); "
                           "the first steps compile; a GPU lever"},
-    )
-    cuda_graphs: bool = field(
-        default=False,
-        metadata={"help": "with compile_step: capture the compiled step in CUDA graphs (inductor's "
-                          "reduce-overhead mode; fixed batch shapes: cropped batches of one size)"},
     )
     seed: int = II("common.seed")
     resume_from_intact_checkpoint: bool = field(
@@ -137,15 +124,3 @@ class MERTPretrainingConfig(FairseqDataclass):
     online_targets_feature: str = field(default="mel", metadata={"help": "frames to quantise: mel or cqt"})
     online_targets_bins: int = field(default=80, metadata={"help": "mel bands, or CQT bins (7 octaves)"})
     online_targets_seed: int = field(default=0, metadata={"help": "seed of the projections and codebooks"})
-
-
-# field -> why it does nothing; the task warns once when one differs from its default
-# (common.config_values.warn_fields_without_effect; the model's table: models.mert_config.NO_EFFECT_FIELDS).
-NO_EFFECT_FIELDS = {
-    "enable_padding": "legacy HuBERT field; task.pad_audio pads to the longest clip",
-    "store_labels": "labels are read by byte offset (text) or memory-mapped (.npy), never held in memory",
-    "cqt_loss_bin_dataloader": "the model computes CQT targets in fp32",
-    "inbatch_noise_augment_len_range": "the model's field model.inbatch_noise_augment_len_range is used",
-    "inbatch_noise_augment_number_range": "the model's field model.inbatch_noise_augment_number_range is used",
-    "inbatch_noise_augment_volume": "the model's field model.inbatch_noise_augment_volume is used",
-}
