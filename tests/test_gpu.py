@@ -112,12 +112,13 @@ def _train_gpu(data, run_dir, *overrides, env=None):
     import subprocess
 
     from test_training import TRAIN, ROOT
+    from training_runs import TONE_DEMO_OVERRIDES
 
     cmd = [TRAIN, "--config-dir", str(ROOT / "configs/pretrain"), "--config-name", "MERT_demo_cpu",
            f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",
            f"task.label_dir={data['label_dir']}", f"task.labels=[{','.join(data['labels'])}]",
            f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'checkpoints'}", "common.cpu=false",
-           "common.fp16=true", "common.log_interval=1", *overrides]
+           "common.fp16=true", "common.log_interval=1", *TONE_DEMO_OVERRIDES, *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
     return proc.returncode, proc.stdout + proc.stderr
 
@@ -128,7 +129,7 @@ def test_fp16_run_probes_and_validates_on_gpu(tone_data, tmp_path):
 
     make_demo_corpus(tmp_path / "probe", num_clips=8, seconds=2.0, seed=1)
     rc, log = _train_gpu(tone_data, tmp_path / "run", f"task.probe_csv={tmp_path / 'probe' / 'metadata.csv'}",
-                         "task.probe_interval_updates=2", "task.probe_folds=2", "optimization.max_update=3",
+                         "task.probe_interval_updates=2", "++task.probe_folds=2", "optimization.max_update=3",
                          "dataset.validate_interval_updates=2")
     assert rc == 0, log[-3000:]
     assert len(metric(log, "train_inner", "probe_timbre")) == 3 and log.count("online probe (") == 2
