@@ -8,6 +8,7 @@ from fairseq import tasks, utils
 from omegaconf import OmegaConf
 
 from test_configs import compose_config
+from training_runs import TONE_DEMO_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_WIDTHS = ["++model.encoder_layers=2", "++model.encoder_embed_dim=32", "++model.encoder_ffn_embed_dim=64",
@@ -21,7 +22,8 @@ def build_recipe(name: str, data: dict, n_streams: int = 8, extra=()):
     cfg = compose_config(name, [f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",
                                 f"task.label_dir={data['label_dir']}",
                                 f"task.labels=[{','.join(data['labels'] * n_streams)}]", "model.label_rate=75",
-                                "task.max_sample_size=24000", "task.min_sample_size=1000", *TINY_WIDTHS, *extra])
+                                "task.max_sample_size=24000", "task.min_sample_size=1000", *TINY_WIDTHS,
+                                *(TONE_DEMO_OVERRIDES if name == "MERT_demo_cpu" else ()), *extra])
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     utils.import_user_module(cfg.common)
     task = tasks.setup_task(cfg.task)

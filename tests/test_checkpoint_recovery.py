@@ -12,7 +12,7 @@ import torch
 
 from mert_fairseq.checkpoint.safe_load import CheckpointError, checkpoint_damage, checkpoint_num_updates
 from mert_fairseq.checkpoint.resume import remove_stale_temp_files, resume_checkpoint
-from training_runs import ROOT, TRAINED_RUN_OVERRIDES, train
+from training_runs import ROOT, TONE_DEMO_OVERRIDES, TRAINED_RUN_OVERRIDES, train
 
 # 4 clips per batch, 4 updates per epoch, checkpoints every 2 updates (the session's trained_run: conftest.py)
 COMMON = [*TRAINED_RUN_OVERRIDES, "task.probe_csv=null"]
@@ -123,7 +123,7 @@ def _cmd(data, run, *overrides):
     return [str(Path(sys.executable).parent / "fairseq-hydra-train"), "--config-dir", str(ROOT / "configs/pretrain"),
             "--config-name", "MERT_demo_cpu", f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",
             f"task.label_dir={data['label_dir']}", f"task.labels=[{','.join(data['labels'])}]",
-            f"hydra.run.dir={run}", f"checkpoint.save_dir={run / 'checkpoints'}", *overrides]
+            f"hydra.run.dir={run}", f"checkpoint.save_dir={run / 'checkpoints'}", *TONE_DEMO_OVERRIDES, *overrides]
 
 
 # ---------------------------------------------------------------- atomic writes under SIGKILL

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from training_runs import TONE_DEMO_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 WRAPPER = str(Path(__file__).parent / "cuda_loader_exit.py")
@@ -38,7 +39,7 @@ def train_cmd(data: dict, run_dir: Path, *extra: str, python_args=(WRAPPER,)) ->
             "--config-name", "MERT_demo_cpu", f"common.user_dir={ROOT / 'mert_fairseq'}",
             f"task.data={data['data']}", f"task.label_dir={data['label_dir']}",
             f"task.labels=[{','.join(data['labels'])}]", f"hydra.run.dir={run_dir}",
-            f"checkpoint.save_dir={run_dir / 'checkpoints'}", "optimization.max_update=2",
+            f"checkpoint.save_dir={run_dir / 'checkpoints'}", *TONE_DEMO_OVERRIDES, "optimization.max_update=2",
             "dataset.max_tokens=96000", "dataset.num_workers=2", "dataset.validate_interval_updates=1",
             "common.log_interval=1", *extra]
 

@@ -114,6 +114,7 @@ def _train_gpu(data, run_dir, *overrides, env=None):
     from mert_fairseq.common.recipes import child_pythonpath
     from mert_fairseq.testing import fault_train
     from test_training import TRAIN, ROOT
+    from training_runs import TONE_DEMO_OVERRIDES
 
     # the fault-injection entry point when a test arms a hook (MERT_FAULT_NAN_UPDATES), else fairseq's
     entry = fault_train.command() if env else [TRAIN]
@@ -121,7 +122,7 @@ def _train_gpu(data, run_dir, *overrides, env=None):
            f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",
            f"task.label_dir={data['label_dir']}", f"task.labels=[{','.join(data['labels'])}]",
            f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'checkpoints'}", "common.cpu=false",
-           "common.fp16=true", "common.log_interval=1", *overrides]
+           "common.fp16=true", "common.log_interval=1", *TONE_DEMO_OVERRIDES, *overrides]
     env = {**os.environ, "PYTHONPATH": child_pythonpath(), **(env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     return proc.returncode, proc.stdout + proc.stderr
@@ -133,7 +134,7 @@ def test_fp16_run_probes_and_validates_on_gpu(tone_data, tmp_path):
 
     make_demo_corpus(tmp_path / "probe", num_clips=8, seconds=2.0, seed=1)
     rc, log = _train_gpu(tone_data, tmp_path / "run", f"task.probe_csv={tmp_path / 'probe' / 'metadata.csv'}",
-                         "task.probe_interval_updates=2", "task.probe_folds=2", "optimization.max_update=3",
+                         "task.probe_interval_updates=2", "++task.probe_folds=2", "optimization.max_update=3",
                          "dataset.validate_interval_updates=2")
     assert rc == 0, log[-3000:]
     assert len(metric(log, "train_inner", "probe_timbre")) == 3 and log.count("online probe (") == 2

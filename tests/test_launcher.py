@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 from synthetic import make_tone_dataset
+from training_runs import TONE_DEMO_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "scripts" / "run_training.sh")
@@ -65,7 +66,7 @@ def test_demo_with_mfcc_chroma_and_onset_streams(tmp_path):
 
 def test_original_call_form_single_node_cpu(tmp_path):
     data = make_tone_dataset(tmp_path / "data", n_clips=8)
-    rc, out = run("0", "local", "MERT_demo_cpu", "mysetting", "127.0.0.1", "39999",
+    rc, out = run("0", "local", "MERT_demo_cpu", "mysetting", "127.0.0.1", "39999", *TONE_DEMO_OVERRIDES,
                   "common.cpu=true", "optimization.max_update=2", "dataset.disable_validation=true",
                   DATA_DIR=data["data"], LABEL_DIR=data["label_dir"], LABELS="[tone]", SAVE_DIR=tmp_path / "save")
     assert rc == 0, out[-4000:]
@@ -138,7 +139,7 @@ def test_slurm_ranks_from_slurm_variables(tmp_path):
                                                     "distributed_init_method")] == ["3", "1", "4", "env://"], out
 
 
-TWO_NODE = ["common.cpu=true", "optimization.max_update=3", "dataset.disable_validation=true",
+TWO_NODE = [*TONE_DEMO_OVERRIDES, "common.cpu=true", "optimization.max_update=3", "dataset.disable_validation=true",
             "dataset.max_tokens=96000", "common.log_interval=1"]
 
 

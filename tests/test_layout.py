@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_runs import TONE_DEMO_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mert_fairseq"
@@ -240,7 +241,8 @@ def test_checkpoint_written_before_the_move_loads_and_resumes(tmp_path):
     cmd = [str(Path(sys.executable).parent / "fairseq-hydra-train"), "--config-dir", str(ROOT / "configs/pretrain"),
            "--config-name", "MERT_demo_cpu", f"common.user_dir={PACKAGE}", f"task.data={data['data']}",
            f"task.label_dir={data['label_dir']}", "task.labels=[tone]", f"hydra.run.dir={run}",
-           f"checkpoint.save_dir={run / 'checkpoints'}", "optimization.max_update=3", "dataset.disable_validation=true",
+           f"checkpoint.save_dir={run / 'checkpoints'}", *TONE_DEMO_OVERRIDES, "optimization.max_update=3",
+           "dataset.disable_validation=true",
            "model.encoder_embed_dim=32", "model.encoder_ffn_embed_dim=64", "model.encoder_attention_heads=4"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr

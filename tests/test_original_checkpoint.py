@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from synthetic import make_tone_dataset
+from training_runs import TONE_DEMO_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(Path(sys.executable).parent / "fairseq-hydra-train")
@@ -185,12 +186,12 @@ def test_original_checkpoint_restores_for_continued_pretraining(original_ckpt, t
     cmd = [TRAIN, "--config-dir", str(ROOT / "configs/pretrain"), "--config-name", "MERT_demo_cpu",
            f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",
            f"task.label_dir={data['label_dir']}", f"task.labels=[{','.join(LABELS)}]",
-           f"hydra.run.dir={run}", f"checkpoint.save_dir={run / 'checkpoints'}",
+           f"hydra.run.dir={run}", f"checkpoint.save_dir={run / 'checkpoints'}", *TONE_DEMO_OVERRIDES,
            # the architecture of the checkpoint
            f"model.encoder_layers={LAYERS}", f"model.encoder_embed_dim={D}", f"model.encoder_ffn_embed_dim={FFN}",
            f"model.encoder_attention_heads={HEADS}", f"model.conv_feature_layers='{CONV_SPEC}'",
            f"model.conv_pos={POS}", f"model.conv_pos_groups={POS_GROUPS}", f"model.final_dim={FINAL}",
-           "model.untie_final_proj=true", f"model.audio_cqt_bins={CQT_BINS}", "model.extractor_mode=default",
+           "model.untie_final_proj=true", f"++model.audio_cqt_bins={CQT_BINS}", "++model.extractor_mode=default",
            "model.feature_extractor_cqt=false",  # the demo config adds a CQT input; the original has none
            # continue from the original checkpoint with fresh optimizer, schedule and data iterator
            f"checkpoint.restore_file={original_ckpt}", "checkpoint.reset_optimizer=true",

@@ -52,8 +52,8 @@ def test_two_process_data_parallel_matches_one_process(tmp_path, ddp_backend):
     backward, without find_unused_parameters: the recipes')."""
     data = make_tone_dataset(tmp_path / "data", n_clips=8, seed=3)
     # Deterministic objective (no masking randomness, no mixture): every frame is predicted.
-    det = ["model.mask_prob=0.0", "model.skip_masked=true", "model.skip_nomask=false",
-           "criterion.pred_nomask_weight=1.0", "criterion.pred_masked_weight=0.0", "model.mixture_prob=-1", "optimization.max_update=1",
+    det = ["model.mask_prob=0.0", "++model.skip_masked=true", "model.skip_nomask=false",
+           "criterion.pred_nomask_weight=1.0", "++criterion.pred_masked_weight=0.0", "model.mixture_prob=-1", "optimization.max_update=1",
            "dataset.disable_validation=true", "common.log_interval=1"]
     one = train(data, tmp_path / "one", *det, "dataset.max_tokens=384000")
     # Two CPU processes, one per rank (fairseq's own spawn and torchrun paths assume CUDA devices).

@@ -135,7 +135,7 @@ class MERTModel(BaseFairseqModel):
 
     @staticmethod
     def _warn_no_effect_fields(cfg: MERTConfig) -> None:
-        warn_fields_without_effect(cfg, MERTConfig(), NO_EFFECT_FIELDS, "model")
+        warn_fields_without_effect(cfg, NO_EFFECT_FIELDS, "model")
         if cfg.wav_normalize:
             logger.warning("model.wav_normalize normalises each waveform separately (the original normalised "
                            "the whole batch jointly)")
