@@ -8,9 +8,10 @@ The folder holds:
   modeling_mert.py
   cqt.py                    the fairseq model's CQT, mert_fairseq/models/teachers/cqt.py itself (the CQT
                             input front end imports it as a sibling module)
+  cnn_features.py           mert_fairseq/models/cnn_features.py itself: padded batches clip by clip
   model.safetensors         fp32 weights, named as transformers' HubertModel names them
   preprocessor_config.json  Wav2Vec2FeatureExtractor: sampling_rate = task.sample_rate, do_normalize =
-                            task.normalize, return_attention_mask only for the layer-norm CNN
+                            task.normalize, return_attention_mask true (padded batches need it)
   verification.json         the report of `verify_export`
 
 Verification loads the folder with `AutoModel.from_pretrained(folder, trust_remote_code=True)` (and with
@@ -42,6 +43,7 @@ REMOTE_CODE_FILES: Dict[str, Path] = {
     "configuration_mert.py": EXPORT_DIR / "configuration_mert.py",
     "modeling_mert.py": EXPORT_DIR / "modeling_mert.py",
     "cqt.py": EXPORT_DIR.parent / "models" / "teachers" / "cqt.py",
+    "cnn_features.py": EXPORT_DIR.parent / "models" / "cnn_features.py",
 }
 AUTO_MAP = {"AutoConfig": "configuration_mert.MERTConfig", "AutoModel": "modeling_mert.MERTModel"}
 DEFAULT_ATOL = 1e-5
@@ -230,7 +232,7 @@ def write_hf_folder(model, task_cfg, out_dir: str | os.PathLike) -> dict:
 
     extractor = Wav2Vec2FeatureExtractor(
         feature_size=1, sampling_rate=int(task_cfg.sample_rate), padding_value=0.0,
-        do_normalize=bool(task_cfg.normalize), return_attention_mask=fields["feat_extract_norm"] == "layer",
+        do_normalize=bool(task_cfg.normalize), return_attention_mask=True,
     )
     atomic_write_text(out / "preprocessor_config.json", extractor.to_json_string())
     return fields
@@ -327,9 +329,9 @@ def verify_export(model, folder: str | os.PathLike, atol: float = DEFAULT_ATOL, 
     """Compare every hidden state of the HF folder's model(s) with the fairseq `model` (eval, fp32).
 
     Checks: single clips (music of three lengths, incl. a short odd one, and a tone plus noise), an
-    equal-length batch of two, and, when the CNN is layer-normed (padding-invariant), a padded batch of
-    all the clips with an attention mask, whose real frames must equal the unpadded fairseq outputs. Returns the report (also written to
-    verification.json); raises VerificationError when a difference exceeds `atol` or loading is not clean.
+    equal-length batch of two, and a padded batch of all the clips with an attention mask, whose real frames
+    must equal the unpadded fairseq outputs (HubertModel: layer-norm CNN only, its GroupNorm takes the
+    padding into its statistics). Returns the report (also written to verification.json); raises VerificationError when a difference exceeds `atol` or loading is not clean.
     """
     folder = Path(folder)
     model = model.float().eval()
@@ -364,13 +366,13 @@ def verify_export(model, folder: str | os.PathLike, atol: float = DEFAULT_ATOL, 
             _compare(loader, f"{name}: 1 x {wav.shape[0]} samples", out, [single[name]], n_layers, atol, report)
         out = hf(pair, output_hidden_states=True)
         _compare(loader, f"batch: 2 x {pair.shape[1]} samples", out, pair_items, n_layers, atol, report)
-        if config["feat_extract_norm"] == "layer":
+        if loader == "AutoModel" or config["feat_extract_norm"] == "layer":
             out = hf(padded, attention_mask=mask, output_hidden_states=True)
             _compare(loader, f"padded batch {lengths} + attention_mask vs unpadded", out,
                      [single[n] for n in signals], n_layers, atol, report)
-    if config["feat_extract_norm"] != "layer":
-        report["notes"].append("padded batch not checked: the group-norm CNN normalises over time, so zero padding "
-                               "changes every frame (feed one clip at a time or equal-length clips)")
+    if hubert and config["feat_extract_norm"] != "layer":
+        report["notes"].append("HubertModel: padded batch not checked (its GroupNorm takes the padding into the "
+                               "statistics: feed it one clip at a time); AutoModel handles padded batches")
     report["max_abs_diff"] = {loader: max([c["max_abs_diff"] for c in report["checks"] if c["loader"] == loader],
                                           default=None) for loader in loaders}
     report["passed"] = not report["failures"]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -192,10 +192,15 @@ def exclude_buffers_from_state_dict(module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def cqt_frames(cqt: nn.Module, wav: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """wav: B x L -> B x (floor((L - offset) / hop) + 1) x bins, fp32; frame j centred at offset + hop*j."""
+def cqt_frames(cqt: nn.Module, wav: torch.Tensor, offset: int = 0,
+               padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """wav: B x L -> B x (floor((L - offset) / hop) + 1) x bins, fp32; frame j centred at offset + hop*j.
+    padding_mask (B x L, True = padding): padded samples count as zeros, as beyond the end of a clip alone."""
     with torch.autocast(device_type=wav.device.type, enabled=False):
-        return cqt(wav[:, offset:].float()).float().transpose(1, 2)
+        wav = wav.float()
+        if padding_mask is not None:
+            wav = wav.masked_fill(padding_mask, 0.0)
+        return cqt(wav[:, offset:]).float().transpose(1, 2)
 
 
 class CQTTeacher(nn.Module):
