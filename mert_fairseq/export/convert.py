@@ -13,6 +13,7 @@ The folder holds:
   preprocessor_config.json  Wav2Vec2FeatureExtractor: sampling_rate = task.sample_rate, do_normalize =
                             task.normalize, return_attention_mask true (padded batches need it)
   verification.json         the report of `verify_export`
+  README.md                 model card (model_card.py): training recipe, input, layers, loading, verification
 
 Verification loads the folder with `AutoModel.from_pretrained(folder, trust_remote_code=True)` (and with
 `HubertModel` where the layout is plain HuBERT), runs fairseq and HF models in eval mode and fp32 on
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from mert_fairseq.common.atomic_files import atomic_open, atomic_write_text
+from mert_fairseq.export.model_card import write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +237,7 @@ def write_hf_folder(model, task_cfg, out_dir: str | os.PathLike) -> dict:
         do_normalize=bool(task_cfg.normalize), return_attention_mask=True,
     )
     atomic_write_text(out / "preprocessor_config.json", extractor.to_json_string())
+    write_model_card(out, fields, model.cfg, task_cfg)
     return fields
 
 
@@ -323,6 +326,20 @@ def _compare(loader: str, label: str, out, items: List[tuple], n_layers: int, at
         report["failures"].append(f"{loader}/{label}: last_hidden_state differs from fairseq by {last:.3g} > {atol:g}")
 
 
+def _bf16_difference(hf, signals: Dict[str, torch.Tensor], single: Dict[str, tuple]) -> dict:
+    """Every hidden state of the model in bf16 against the fairseq fp32 reference, on the single clips."""
+    hf = hf.to(torch.bfloat16)
+    worst = mean = scale = 0.0
+    for name, wav in signals.items():
+        states = hf(wav[None].to(torch.bfloat16), output_hidden_states=True).hidden_states
+        for s, r in zip(states, single[name][0]):
+            d = (s.float() - r).abs()
+            worst, mean = max(worst, float(d.max())), max(mean, float(d.mean()))
+            scale = max(scale, float(r.abs().max()))
+    hf.float()
+    return {"max_abs_diff": worst, "mean_abs_diff": mean, "max_rel_diff": worst / max(scale, 1e-12)}
+
+
 @torch.no_grad()
 def verify_export(model, folder: str | os.PathLike, atol: float = DEFAULT_ATOL, hubert: Optional[bool] = None,
                   seed: int = 0, write_report: bool = True, source: Optional[str] = None) -> dict:
@@ -370,6 +387,8 @@ def verify_export(model, folder: str | os.PathLike, atol: float = DEFAULT_ATOL, 
             out = hf(padded, attention_mask=mask, output_hidden_states=True)
             _compare(loader, f"padded batch {lengths} + attention_mask vs unpadded", out,
                      [single[n] for n in signals], n_layers, atol, report)
+        if loader == "AutoModel":
+            report["bf16"] = _bf16_difference(hf, signals, single)
     if hubert and config["feat_extract_norm"] != "layer":
         report["notes"].append("HubertModel: padded batch not checked (its GroupNorm takes the padding into the "
                                "statistics: feed it one clip at a time); AutoModel handles padded batches")
@@ -398,6 +417,7 @@ def convert_checkpoint(checkpoint_path: str | os.PathLike, out_dir: str | os.Pat
     result = {"config": fields, "layout": describe_layout(fields), "notes": notes, "report": None}
     if verify:
         result["report"] = verify_export(model, out_dir, atol=atol, source=str(checkpoint_path))
+    write_model_card(out_dir, fields, model.cfg, task_cfg, result["report"], str(checkpoint_path))
     return result
 
 
@@ -410,6 +430,9 @@ def format_report(report: dict) -> str:
             lines.append(f"              note: {c['note']}")
     for n in report.get("notes", []):
         lines.append(f"  note: {n}")
+    if report.get("bf16"):
+        lines.append("  bf16 (informational): max |diff| {max_abs_diff:.3g}, relative {max_rel_diff:.2g}"
+                     .format(**report["bf16"]))
     lines.append("  PASSED" if report["passed"] else "  FAILED:\n    " + "\n    ".join(report["failures"]))
     return "\n".join(lines)
 
@@ -441,8 +464,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         if args.verify_only:
-            model, _ = load_mert_model(args.checkpoint)
+            model, task_cfg = load_mert_model(args.checkpoint)
             report = verify_export(model, args.out_dir, atol=args.atol, source=args.checkpoint)
+            write_model_card(args.out_dir, hf_config_dict(model, task_cfg), model.cfg, task_cfg, report,
+                             args.checkpoint)
             print(format_report(report))
             return 0
         result = convert_checkpoint(args.checkpoint, args.out_dir, verify=not args.no_verify, atol=args.atol,
@@ -461,7 +486,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for note in result["notes"]:
         print(f"note: {note}")
     print(f"wrote {args.out_dir}: config.json, model.safetensors, {', '.join(REMOTE_CODE_FILES)}, "
-          "preprocessor_config.json" + (", verification.json" if result["report"] else ""))
+          "preprocessor_config.json, README.md" + (", verification.json" if result["report"] else ""))
     if result["config"] and is_hubert_compatible(result["config"]):
         print("plain HuBERT layout: also loadable with transformers.HubertModel.from_pretrained(folder)")
     if result["report"]:

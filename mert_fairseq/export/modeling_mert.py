@@ -261,6 +261,7 @@ class MERTEncoder(nn.Module):
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(MERTEncoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False  # set by PreTrainedModel.gradient_checkpointing_enable()
 
     def forward(self, x, frame_mask=None, output_hidden_states=False, output_attentions=False):
         """x: B x T x D; frame_mask: B x T bool (True = real frame) or None."""
@@ -278,7 +279,10 @@ class MERTEncoder(nn.Module):
                 hidden_states.append(x)
             if self.training and self.layerdrop > 0 and torch.rand([]).item() < self.layerdrop:
                 continue
-            x, weights = layer(x, attn_mask, output_attentions)
+            if self.gradient_checkpointing and self.training:  # recompute the layer in the backward pass
+                x, weights = self._gradient_checkpointing_func(layer.__call__, x, attn_mask, output_attentions)
+            else:
+                x, weights = layer(x, attn_mask, output_attentions)
             if output_attentions:
                 attentions.append(weights)
         if self.pre_ln:
@@ -295,7 +299,7 @@ class MERTPreTrainedModel(PreTrainedModel):
     config_class = MERTConfig
     base_model_prefix = "mert"
     main_input_name = "input_values"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
