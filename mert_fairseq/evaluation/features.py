@@ -5,18 +5,20 @@
 
 Audio of any sampling rate and channel count is read with soundfile (channel mean, band-limited
 resampling to the model's rate); packed manifest rows (`shard.zip:offset:length`) are read in place.
-When the model was trained with `task.normalize`, every waveform given to the model (each window, or
-the whole file with window_seconds <= 0) is normalised to zero mean / unit variance, as training
-normalises each crop the model sees and as the exported HF preprocessor (`do_normalize`) normalises
-each input it is given.
+When the model was trained with `task.normalize`, the whole file is normalised to zero mean / unit
+variance before the model sees it (as the exported HF preprocessor, `do_normalize`, normalises each input).
 
-Long files are processed in windows of `window_seconds` and the frames concatenated. Window i covers
-samples [i*W, (i+1)*W + (receptive field - stride)) with W a multiple of the CNN stride, so window i yields
-exactly W / stride frames and the concatenation has the same number of frames, at the same positions,
-as processing the whole file at once. The CNN output of a layer-norm CNN is then identical away from the
-seams; the transformer attends only within a window, so deeper layers see less context than in one pass
-(the models were pretrained on 5 s crops; 30 s windows are well within what they handle). A last window
-shorter than half a window is merged into the previous one.
+Whole-file features are the default where they fit: a file goes through the model in one pass when the
+first CNN block's output (channels x samples / stride x 4 bytes) stays under `WHOLE_FILE_BYTES` (1 GiB:
+109 s for the 512-channel CNN of MERT 95M/330M). Longer files, or any file with an explicit
+`window_seconds` > 0, are processed in windows and the frames concatenated; `window_seconds` <= 0 always
+takes the whole file. Window i covers samples [i*W, (i+1)*W + (receptive field - stride)) with W a multiple
+of the CNN stride, so window i yields exactly W / stride frames and the concatenation has the same frames,
+at the same positions, as the whole-file pass. The CNN output is then the whole-file pass's (within 1e-5):
+a group-norm CNN normalises every window with the whole file's statistics, computed in a first pass
+(`whole_file_statistics`). What differs is the context: the transformer attends only within a window
+(and the positional convolution and a CQT input see zeros beyond it). A last window shorter than half a
+window is merged into the previous one.
 """
 from __future__ import annotations
 
@@ -31,31 +33,41 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import contextlib
+
+from torch import nn
+
 from mert_fairseq.data.audio import resample
 from mert_fairseq.data.audio_reader import parse_packed, read_window
+from mert_fairseq.models.cnn_features import conv_output_length, receptive_field
 from mert_fairseq.prep.pack import member_names
 
 logger = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".aiff", ".aif")
+WHOLE_FILE_BYTES = 1 << 30  # first CNN block output of a whole-file pass at most this large (else windows)
+AUTO_WINDOW_SECONDS = 30.0  # the window length for files over that size
 
 
 class FeatureExtractionError(RuntimeError):
     """Extraction failed for one input; the message names the file."""
 
 
-def conv_output_length(length: int, kernels: Sequence[int], strides: Sequence[int]) -> int:
-    for k, s in zip(kernels, strides):
-        length = (length - k) // s + 1
-    return length
+class FixedStatisticsNorm(nn.Module):
+    """A GroupNorm's affine transform with given per-group statistics (in fp32, as fairseq's Fp32GroupNorm)."""
 
+    def __init__(self, norm: nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor) -> None:
+        super().__init__()
+        self.norm = norm
+        repeat = norm.num_channels // norm.num_groups
+        self.register_buffer("mean", mean.float().repeat_interleave(repeat)[:, None])  # C x 1
+        self.register_buffer("inv_std", torch.rsqrt(var.float() + norm.eps).repeat_interleave(repeat)[:, None])
 
-def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
-    field, jump = 1, 1
-    for k, s in zip(kernels, strides):
-        field += (k - 1) * jump
-        jump *= s
-    return field
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # B x C x T
+        y = (x.float() - self.mean) * self.inv_std
+        if self.norm.affine:
+            y = y * self.norm.weight.float()[:, None] + self.norm.bias.float()[:, None]
+        return y.to(x.dtype)
 
 
 class MERTFeatureExtractor:
@@ -71,6 +83,7 @@ class MERTFeatureExtractor:
         self.stride = int(np.prod(self.conv_strides))
         self.receptive_field = receptive_field(self.conv_kernels, self.conv_strides)
         self.num_layers = int(num_layers)
+        self.first_conv = next(m for m in model.feature_extractor.modules() if isinstance(m, nn.Conv1d))
 
     # ------------------------------------------------------------------ model call
     @torch.no_grad()
@@ -87,9 +100,12 @@ class MERTFeatureExtractor:
     def num_frames(self, num_samples: int) -> int:
         return conv_output_length(num_samples, self.conv_kernels, self.conv_strides)
 
-    def windows(self, num_samples: int, window_seconds: Optional[float]) -> List[Tuple[int, int]]:
-        """Sample ranges [start, end) of the windows (see the module docstring)."""
-        if not window_seconds or window_seconds <= 0:
+    def windows(self, num_samples: int, window_seconds: Optional[float] = None) -> List[Tuple[int, int]]:
+        """Sample ranges [start, end) of the windows (see the module docstring); None: whole file if it fits."""
+        if window_seconds is None:
+            fits = self.first_conv.out_channels * 4 * num_samples // self.conv_strides[0] <= WHOLE_FILE_BYTES
+            window_seconds = 0.0 if fits else AUTO_WINDOW_SECONDS
+        if window_seconds <= 0:
             return [(0, num_samples)]
         W = max(1, round(window_seconds * self.sample_rate / self.stride)) * self.stride
         W = max(W, self.stride * max(1, -(-self.receptive_field // self.stride)))  # at least one receptive field
@@ -105,11 +121,41 @@ class MERTFeatureExtractor:
         """Apply the training-time waveform normalisation (over this waveform) when the model used it."""
         wav = np.asarray(wav, dtype=np.float32)
         if self.normalize:
-            wav = F.layer_norm(torch.from_numpy(wav), wav.shape).numpy()
+            wav = F.layer_norm(torch.from_numpy(wav).double(), wav.shape).float().numpy()
         return wav
 
+    @contextlib.contextmanager
+    def whole_file_statistics(self, wav: np.ndarray):
+        """Within the context, the CNN's GroupNorm (group-norm CNN) normalises with the statistics of the whole
+        `wav`, computed here in blocks of the first block's convolution (fp64 sums): a window's CNN output is
+        then the whole-file pass's. A layer-norm CNN needs nothing."""
+        found = [(n, m) for n, m in self.model.feature_extractor.named_modules() if isinstance(m, nn.GroupNorm)]
+        if not found:
+            yield
+            return
+        (name, norm), = found
+        k, s = self.first_conv.kernel_size[0], self.first_conv.stride[0]
+        block = s * max(1, (64 << 20) // self.first_conv.out_channels)  # ~256 MB of fp32 block-0 output
+        total = total_sq = 0.0
+        frames = 0
+        with torch.no_grad():
+            for start in range(0, len(wav) - k + 1, block):
+                x = torch.from_numpy(wav[start: start + block + k - s]).to(self.device, self.first_conv.weight.dtype)
+                y = self.first_conv(x[None, None])[0].double()  # C x frames of this block
+                total, total_sq, frames = total + y.sum(-1), total_sq + y.pow(2).sum(-1), frames + y.shape[-1]
+        G = norm.num_groups
+        mean = total.view(G, -1).sum(-1) / (frames * (norm.num_channels // G))
+        var = total_sq.view(G, -1).sum(-1) / (frames * (norm.num_channels // G)) - mean.pow(2)
+        parent_name, _, attr = name.rpartition(".")
+        parent = self.model.feature_extractor.get_submodule(parent_name)
+        setattr(parent, attr, FixedStatisticsNorm(norm, mean, var))
+        try:
+            yield
+        finally:
+            setattr(parent, attr, norm)
+
     def extract(self, wav: np.ndarray, layers: Optional[Sequence[int]] = None, reduce: str = "frame",
-                window_seconds: Optional[float] = 30.0) -> np.ndarray:
+                window_seconds: Optional[float] = None) -> np.ndarray:
         """Mono waveform at the model rate -> (len(layers), T, D) ("frame") or (len(layers), D) ("mean")."""
         layers = self.check_layers(layers)
         if reduce not in ("frame", "mean"):
@@ -120,10 +166,11 @@ class MERTFeatureExtractor:
         if len(wav) < self.receptive_field:
             raise ValueError(f"audio too short: {len(wav)} samples < the model's receptive field "
                              f"({self.receptive_field} samples at {self.sample_rate} Hz)")
-        chunks = []
-        for start, end in self.windows(len(wav), window_seconds):
-            chunks.append(self.hidden_states(self.prepare(wav[start:end]))[layers])
-        feats = torch.cat(chunks, dim=1)  # len(layers) x T x D
+        wav = self.prepare(wav)
+        windows = self.windows(len(wav), window_seconds)
+        with self.whole_file_statistics(wav) if len(windows) > 1 else contextlib.nullcontext():
+            feats = torch.cat([self.hidden_states(wav[start:end])[layers] for start, end in windows], dim=1)
+        # feats: len(layers) x T x D
         expected = self.num_frames(len(wav))
         if feats.shape[1] != expected:  # the window arithmetic guarantees this; keep it checked
             raise RuntimeError(f"windowed extraction produced {feats.shape[1]} frames, expected {expected}")
@@ -273,7 +320,7 @@ def parse_layers(text: str) -> Optional[List[int]]:
 
 def extract_to_folder(extractor: MERTFeatureExtractor, inputs: Sequence[str], output_dir: str | os.PathLike,
                       layers: Optional[Sequence[int]] = None, reduce: str = "frame",
-                      window_seconds: Optional[float] = 30.0, overwrite: bool = False, skip_errors: bool = False,
+                      window_seconds: Optional[float] = None, overwrite: bool = False, skip_errors: bool = False,
                       extensions: Sequence[str] = AUDIO_EXTENSIONS, progress: bool = True) -> dict:
     """Write one .npy per input under output_dir. Returns {"written", "skipped", "failed": [messages]}."""
     from tqdm import tqdm
@@ -324,8 +371,10 @@ def build_parser():
                    "(0 = input of the transformer, N = last layer); ranges like 4-6 allowed")
     p.add_argument("--reduce", choices=["frame", "mean"], default="frame",
                    help="frame: (layers, frames, dim); mean: average over time, (layers, dim)")
-    p.add_argument("--window-seconds", type=float, default=30.0,
-                   help="process long files in windows of this length (<= 0: whole file at once)")
+    p.add_argument("--window-seconds", type=float, default=None,
+                   help="process files in windows of this length (<= 0: whole file at once; default: the whole "
+                        f"file where its first CNN block output fits {WHOLE_FILE_BYTES >> 20} MiB, else "
+                        f"{AUTO_WINDOW_SECONDS:g} s windows; a group-norm CNN uses the whole file's statistics)")
     p.add_argument("--device", default="cpu", help="torch device of the model")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32",
                    help="weights and audio in this precision (outputs stay float32)")

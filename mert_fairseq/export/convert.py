@@ -36,6 +36,7 @@ import torch
 
 from mert_fairseq.common.atomic_files import atomic_open, atomic_write_text
 from mert_fairseq.export.model_card import write_model_card
+from mert_fairseq.models.cnn_features import receptive_field
 
 logger = logging.getLogger(__name__)
 
@@ -261,14 +262,6 @@ def _test_signals(sample_rate: int, min_length: int, seed: int) -> Dict[str, tor
     return signals
 
 
-def _receptive_field(config: dict) -> int:
-    field, jump = 1, 1
-    for k, s in zip(config["conv_kernel"], config["conv_stride"]):
-        field += (k - 1) * jump
-        jump *= s
-    return field
-
-
 @torch.no_grad()
 def _fairseq_reference(model, wav: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
     """(hidden states in the HF layout, output of the last layer before the final LayerNorm) for B x L."""
@@ -348,7 +341,8 @@ def verify_export(model, folder: str | os.PathLike, atol: float = DEFAULT_ATOL, 
     Checks: single clips (music of three lengths, incl. a short odd one, and a tone plus noise), an
     equal-length batch of two, and a padded batch of all the clips with an attention mask, whose real frames
     must equal the unpadded fairseq outputs (HubertModel: layer-norm CNN only, its GroupNorm takes the
-    padding into its statistics). Returns the report (also written to verification.json); raises VerificationError when a difference exceeds `atol` or loading is not clean.
+    padding into its statistics). Returns the report (also written to verification.json); raises
+    VerificationError when a difference exceeds `atol` or loading is not clean.
     """
     folder = Path(folder)
     model = model.float().eval()
@@ -357,7 +351,7 @@ def verify_export(model, folder: str | os.PathLike, atol: float = DEFAULT_ATOL, 
     if hubert is None:
         hubert = is_hubert_compatible(config)
     sr = config["sample_rate"]
-    signals = _test_signals(sr, _receptive_field(config), seed)
+    signals = _test_signals(sr, receptive_field(config["conv_kernel"], config["conv_stride"]), seed)
     single = {name: _fairseq_reference(model, wav[None]) for name, wav in signals.items()}
     pair = torch.stack([signals["music 2 s"], 0.5 * torch.roll(signals["tone + noise 2 s"], sr // 7)])
     pair_ref, pair_raw = _fairseq_reference(model, pair)

@@ -34,6 +34,15 @@ def conv_output_length(length, kernels: Sequence[int], strides: Sequence[int]):
     return length
 
 
+def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
+    """Samples one output frame of the stack reads."""
+    field, jump = 1, 1
+    for kernel, stride in zip(kernels, strides):
+        field += (kernel - 1) * jump
+        jump *= stride
+    return field
+
+
 def real_lengths(padding_mask: torch.Tensor) -> torch.Tensor:
     """B x L right-padding mask (True = padding) -> real samples per clip (B, long). Raises if a clip's
     padding is not a suffix (left or interleaved padding cannot be handled frame-exactly)."""
