@@ -364,7 +364,8 @@ def extract_to_folder(extractor: MERTFeatureExtractor, inputs: Sequence[str], ou
     layers = extractor.check_layers(layers)
     items = collect_inputs(inputs, extensions)
     out_root = Path(output_dir)
-    todo = [(audio, rel) for audio, rel in items if overwrite or not (out_root / rel).exists()]
+    todo = {rel: audio for audio, rel in items if overwrite or not (out_root / rel).exists()}  # a repeat: once
+    todo = [(audio, rel) for rel, audio in todo.items()]
     summary = {"written": 0, "skipped": len(items) - len(todo), "failed": []}
 
     def failed(exc: Exception) -> None:
