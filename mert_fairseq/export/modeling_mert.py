@@ -15,7 +15,10 @@ Only public, long-stable APIs are used (`PreTrainedModel`, `BaseModelOutput`, to
 file works on transformers 4.x and 5.x. The CQT is the fairseq model's own (`cqt.py`, the very file
 `mert_fairseq/models/teachers/cqt.py`, torch and numpy only, copied next to this one): the same frames
 (frame j centred on sample hop * j, cut to the CNN's frame count) and the same arithmetic; its kernels are
-built on first use, never stored in the weights file.
+built on first use, never stored in the weights file. A right-padded batch with its attention mask gives every
+clip the hidden states it has alone: the group-norm CNN takes each clip's statistics over its real frames
+(`cnn_features.py`, also copied from the package, mert_fairseq/models/cnn_features.py), the CQT sees zeros
+after each clip and attention skips padded frames.
 
 `hidden_states` layout (as HuBERT in transformers 4.x and the published MERT models):
   post-LN: [LayerNorm(embeddings + positional conv), output of layer 1, ..., output of layer N]
