@@ -66,37 +66,39 @@ def _max_diff(batch_states, single_states, b):
     return max(float((p[b, :frames] - s[0]).abs().max()) for p, s in zip(batch_states, single_states))
 
 
+def _each_clip_as_alone(name, clips, batch_states, alone):
+    """Every clip's real frames in the batch's states vs `alone(clip)`'s, within the variant's tolerance."""
+    tol = VARIANTS[name][2]
+    for b, clip in enumerate(clips):
+        single = alone(clip[None])
+        diff = _max_diff(batch_states, single, b)
+        assert diff <= tol, f"{name}: clip of {SECONDS[b]} s differs by {diff:.3g} (tolerance {tol:g})"
+        assert float(single[-1].abs().mean()) > 0.1  # states of real magnitude, not a vacuous comparison
+
+
 @pytest.mark.parametrize("name", list(VARIANTS))
+@torch.no_grad()
 def test_fairseq_padded_batch_equals_clips_alone(models, clips, name):
     model, _ = models[name]
-    tol = VARIANTS[name][2]
     batch, mask = _pad(clips)
-    with torch.no_grad():
-        states, frame_pad = model.extract_hidden_states(batch, padding_mask=mask == 0)
-        last, _ = model.extract_features(batch, padding_mask=mask == 0)
-        for b, clip in enumerate(clips):
-            alone, _ = model.extract_hidden_states(clip[None])
-            assert int((~frame_pad[b]).sum()) == alone[0].shape[1]  # exactly the clip's own frames are real
-            diff = _max_diff(states, alone, b)
-            assert diff <= tol, f"{name}: clip of {SECONDS[b]} s differs by {diff:.3g} (tolerance {tol:g})"
-            assert float(alone[-1].abs().mean()) > 0.1  # states of real magnitude, not a vacuous comparison
-            last_alone, _ = model.extract_features(clip[None])
-            assert _max_diff([last], [last_alone], b) <= tol
+    states, frame_pad = model.extract_hidden_states(batch, padding_mask=mask == 0)
+    _each_clip_as_alone(name, clips, states, lambda wav: model.extract_hidden_states(wav)[0])
+    last, _ = model.extract_features(batch, padding_mask=mask == 0)
+    _each_clip_as_alone(name, clips, [last], lambda wav: [model.extract_features(wav)[0]])
+    for b, clip in enumerate(clips):  # exactly the clip's own frames are real
+        assert int((~frame_pad[b]).sum()) == model.extract_features(clip[None])[0].shape[1]
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
+@torch.no_grad()
 def test_hf_export_padded_batch_equals_clips_alone(models, clips, name):
     model, hf = models[name]
-    tol = VARIANTS[name][2]
     batch, mask = _pad(clips)
-    with torch.no_grad():
-        states = hf(batch, attention_mask=mask, output_hidden_states=True).hidden_states
-        for b, clip in enumerate(clips):
-            alone = hf(clip[None], output_hidden_states=True).hidden_states
-            diff = _max_diff(states, alone, b)
-            assert diff <= tol, f"{name}: clip of {SECONDS[b]} s differs by {diff:.3g} (tolerance {tol:g})"
-            ref, _ = model.extract_hidden_states(clip[None])  # and the export equals fairseq, clip by clip
-            assert _max_diff(alone, ref, 0) <= 1e-5
+    states = hf(batch, attention_mask=mask, output_hidden_states=True).hidden_states
+    _each_clip_as_alone(name, clips, states, lambda wav: hf(wav, output_hidden_states=True).hidden_states)
+    for clip in clips:  # and the export equals fairseq, clip by clip
+        ref, _ = model.extract_hidden_states(clip[None])
+        assert _max_diff(hf(clip[None], output_hidden_states=True).hidden_states, ref, 0) <= 1e-5
 
 
 def test_without_the_mask_the_group_norm_model_is_wrong_and_warns(models, clips, caplog):
