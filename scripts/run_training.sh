@@ -35,6 +35,8 @@
 #              NPROCS_PER_NODE; one task per GPU: rank SLURM_PROCID, device SLURM_LOCALID, world SLURM_NTASKS
 #     torchrun rank RANK, device LOCAL_RANK, world WORLD_SIZE, rendezvous MASTER_ADDR:MASTER_PORT (env://)
 #   DRY_RUN=1 prints the fairseq-hydra-train command instead of running it. -h / --help: this text.
+#   TRAIN_MODULE=mert_fairseq.testing.fault_train (tests) trains through the fault-injection entry point
+#   (`python -m`; it arms the MERT_FAULT_* hooks, docs/reliability.md) instead of fairseq-hydra-train.
 #   Exit code 75: stopped by SIGUSR1/SIGTERM after saving checkpoint_last.pt (rerun to continue; README).
 set -euo pipefail
 
@@ -44,6 +46,9 @@ if [[ -x "$ROOT/.venv/bin/python" ]]; then
   PY="$ROOT/.venv/bin/python"; TRAIN=("$ROOT/.venv/bin/fairseq-hydra-train")
 else
   PY="$(command -v python3)"; TRAIN=("$PY" -m fairseq_cli.hydra_train)
+fi
+if [[ -n "${TRAIN_MODULE:-}" ]]; then
+  TRAIN=("$PY" -m "$TRAIN_MODULE"); export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 fi
 CONFIG_DIR="$ROOT/configs/pretrain"
 USER_DIR="$ROOT/mert_fairseq"

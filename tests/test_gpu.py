@@ -111,14 +111,19 @@ def _train_gpu(data, run_dir, *overrides, env=None):
     import os
     import subprocess
 
+    from mert_fairseq.common.recipes import child_pythonpath
+    from mert_fairseq.testing import fault_train
     from test_training import TRAIN, ROOT
 
-    cmd = [TRAIN, "--config-dir", str(ROOT / "configs/pretrain"), "--config-name", "MERT_demo_cpu",
+    # the fault-injection entry point when a test arms a hook (MERT_FAULT_NAN_UPDATES), else fairseq's
+    entry = fault_train.command() if env else [TRAIN]
+    cmd = [*entry, "--config-dir", str(ROOT / "configs/pretrain"), "--config-name", "MERT_demo_cpu",
            f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",
            f"task.label_dir={data['label_dir']}", f"task.labels=[{','.join(data['labels'])}]",
            f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'checkpoints'}", "common.cpu=false",
            "common.fp16=true", "common.log_interval=1", *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+    env = {**os.environ, "PYTHONPATH": child_pythonpath(), **(env or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     return proc.returncode, proc.stdout + proc.stderr
 
 

@@ -8,6 +8,7 @@ from synthetic import make_tone_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "scripts" / "run_training.sh")
+FAULT_TRAIN = "mert_fairseq.testing.fault_train"  # TRAIN_MODULE: the entry point that arms MERT_FAULT_* hooks
 
 
 def run(*args, **env):
@@ -176,7 +177,8 @@ def test_two_nodes_on_loopback_train_to_the_same_weights(tmp_path):
     data = make_tone_dataset(tmp_path / "data", n_clips=8)
     port = _free_port()
     base = {**os.environ, "DATA_DIR": data["data"], "LABEL_DIR": data["label_dir"], "LABELS": "[tone]",
-            "NPROCS_PER_NODE": "1", "WORLD_SIZE": "2", "MERT_FAULT_RANK_WEIGHTS": str(tmp_path / "weights")}
+            "NPROCS_PER_NODE": "1", "WORLD_SIZE": "2",
+            "TRAIN_MODULE": FAULT_TRAIN, "MERT_FAULT_RANK_WEIGHTS": str(tmp_path / "weights")}
     cmds = [["bash", SCRIPT, str(node), "local", "MERT_demo_cpu", "two", "127.0.0.1", str(port), *TWO_NODE]
             for node in (0, 1)]
     codes, outs, seconds = _two_processes(cmds, [{**base, "SAVE_DIR": str(tmp_path / f"node{n}")} for n in (0, 1)])
@@ -194,7 +196,7 @@ def test_torchrun_two_nodes_train_to_the_same_weights(tmp_path):
     port = _free_port()
     torchrun = str(Path(sys.executable).parent / "torchrun")
     base = {**os.environ, "DATA_DIR": data["data"], "LABEL_DIR": data["label_dir"], "LABELS": "[tone]",
-            "MERT_FAULT_RANK_WEIGHTS": str(tmp_path / "weights"), "OMP_NUM_THREADS": "1"}
+            "TRAIN_MODULE": FAULT_TRAIN, "MERT_FAULT_RANK_WEIGHTS": str(tmp_path / "weights"), "OMP_NUM_THREADS": "1"}
     cmds = [[torchrun, "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
              "--master_port", str(port), "--no-python", "bash", SCRIPT, "0", "torchrun", "MERT_demo_cpu", "tr",
              "127.0.0.1", str(port), *TWO_NODE] for node in (0, 1)]

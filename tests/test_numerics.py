@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
-from test_training import ROOT, TRAIN, metric
+from mert_fairseq.testing import fault_train
+from test_training import ROOT, metric
 
 COMMON = ["dataset.max_tokens=192000", "dataset.disable_validation=true", "lr_scheduler.warmup_updates=2",
           "checkpoint.save_interval_updates=1", "checkpoint.keep_interval_updates=-1", "optimization.max_update=5"]
 
 
 def run(data, run_dir, nan_updates: str, *overrides):
-    cmd = [TRAIN, "--config-dir", str(ROOT / "configs/pretrain"), "--config-name", "MERT_demo_cpu",
+    cmd = [*fault_train.command(), "--config-dir", str(ROOT / "configs/pretrain"), "--config-name", "MERT_demo_cpu",
            f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",
            f"task.label_dir={data['label_dir']}", f"task.labels=[{','.join(data['labels'])}]",
            f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'checkpoints'}", *COMMON, *overrides]

@@ -1,12 +1,15 @@
 """Tiny MERT configurations for fast CPU tests (one per config family)."""
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
+import numpy as np
+import torch
 from fairseq.data.dictionary import Dictionary
 from omegaconf import OmegaConf
 
 from mert_fairseq.models.mert_config import MERTConfig
+from mert_fairseq.data.step_draws import draw_for_batch
 from mert_fairseq.models.mert_model import MERTModel
 
 TINY = dict(
@@ -39,3 +42,12 @@ def tiny_model(family: str = "rvq_95m", n_codes: int = 16, **overrides) -> MERTM
     task_cfg = OmegaConf.create({"sample_rate": 24000, "label_rate": 75})
     dicts: List[Dictionary] = [code_dictionary(n_codes) for _ in range(STREAMS[family])]
     return MERTModel(cfg, task_cfg, dicts)
+
+
+def tiny_sample(model: MERTModel, source: torch.Tensor, targets: List[torch.Tensor], seed: int = 0,
+                padding_mask: Optional[torch.Tensor] = None) -> dict:
+    """A batch as MERTDataset's collater makes it: `net_input` with the step's draws (`draw_for_batch`, seeded)."""
+    label_frames = min(t.size(1) for t in targets) if targets else None
+    draws = draw_for_batch(model.draw_spec(), np.random.default_rng(seed), source, padding_mask, label_frames)
+    return {"net_input": {"source": source, "padding_mask": padding_mask, "draws": draws}, "target_list": targets,
+            "id": torch.arange(len(source))}

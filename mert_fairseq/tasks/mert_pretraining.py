@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from omegaconf import II, MISSING
 
 from mert_fairseq.data import allocator, loader_shutdown
 from mert_fairseq.common.config_values import parse_list_literal, warn_fields_without_effect
+from mert_fairseq.criterions.mert_criterion import MertCriterion
 from mert_fairseq.data.mert_dataset import DataError, MERTDataset
 from mert_fairseq.models.teachers.random_projection import code_dictionary
 from mert_fairseq.optim.non_finite import NonFiniteGuard
@@ -216,23 +217,15 @@ def wrap_encoder_layers_for_fsdp(model) -> None:
         model.encoder.layers[i] = fsdp_wrap(layer)
 
 
-def compile_encoder_layers(model) -> None:
-    """torch.compile every encoder layer in place (nn.Module.compile keeps parameter names)."""
-    for layer in model.encoder.layers:
-        layer.compile()
-    logger.info("compiled %d encoder layers with torch.compile", len(model.encoder.layers))
-
-
 class CompiledStep:
     """The mert criterion's step compiled as one graph of fixed shapes (`fullgraph=True, dynamic=False`).
     The first step of each input shape runs eager: it builds what the model caches per clip length (the CQT
     kernel spectra, host-side numpy work that is no part of the graph); later steps of that shape run the
     compiled graph, which is traced once and reused whatever the masks and mixture draws."""
 
-    def __init__(self, step, cuda_graphs: bool = False) -> None:
+    def __init__(self, step) -> None:
         self.eager = step
-        self.compiled = torch.compile(step, fullgraph=True, dynamic=False,
-                                      mode="reduce-overhead" if cuda_graphs else None)
+        self.compiled = torch.compile(step, fullgraph=True, dynamic=False)
         self.seen: set = set()
 
     def __call__(self, model, target_list, net_input):
@@ -243,13 +236,12 @@ class CompiledStep:
         return self.compiled(model, target_list, net_input)
 
 
-def compile_step(criterion, cuda_graphs: bool = False) -> None:
-    """task.compile_step: the mert criterion's step through `CompiledStep`; `cuda_graphs` also captures it in
-    CUDA graphs (inductor's reduce-overhead mode)."""
+def compile_step(criterion) -> None:
+    """task.compile_step: the mert criterion's step through `CompiledStep`."""
     if not hasattr(criterion, "step_tensors"):
         raise ValueError(f"task.compile_step needs criterion mert, not {type(criterion).__name__}")
-    criterion.compiled_step = CompiledStep(criterion.step_tensors, cuda_graphs)
-    logger.info("compiled the training step (torch.compile fullgraph%s)", ", CUDA graphs" if cuda_graphs else "")
+    criterion.compiled_step = CompiledStep(criterion.step_tensors)
+    logger.info("compiled the training step (torch.compile fullgraph)")
 
 
 @register_task("mert_pretraining", dataclass=MERTPretrainingConfig)
@@ -277,27 +269,27 @@ class MERTPretrainingTask(FairseqTask):
         if fsdp:
             check_fsdp(self.cfg)
         model = super().build_model(cfg, from_checkpoint)
-        if self.cfg.compile_encoder_layers:
-            compile_encoder_layers(model)
-        # what the collater draws for this model (datasets are loaded after the model is built); not with a
-        # mask schedule (the workers do not know the update) or online targets (labels made by the model)
-        self.draw_spec = (model.draw_spec() if self.cfg.draws_in_collater and not model.has_mask_schedule
-                          and not self.cfg.online_targets and hasattr(model, "draw_spec") else None)
+        self.draw_spec = model.draw_spec()  # what the collater draws (datasets are loaded after the model)
         if fsdp:
             wrap_encoder_layers_for_fsdp(model)
         return model
 
     def build_criterion(self, cfg, from_checkpoint: bool = False):
-        criterion = super().build_criterion(cfg, from_checkpoint)
+        """The `mert` criterion; `hubert` (original YAMLs and checkpoints) is an alias of it: the same fields,
+        loss and logs through the same code."""
+        if cfg._name == "hubert":
+            criterion = MertCriterion.build_criterion(cfg, self)
+        else:
+            criterion = super().build_criterion(cfg, from_checkpoint)
         if self.cfg.compile_step:
-            compile_step(criterion, self.cfg.cuda_graphs)
+            compile_step(criterion)
         return criterion
 
     @classmethod
     def setup_task(cls, cfg: MERTPretrainingConfig, **kwargs) -> "MERTPretrainingTask":
         """The task, with mert-fairseq's patches of fairseq's checkpoint handling installed
         (`fairseq_patches`: atomic checkpoint files, resume past a damaged checkpoint_last.pt)."""
-        fairseq_patches.install(cls, MERTDataset)
+        fairseq_patches.install()
         return cls(cfg)
 
     @property
@@ -380,9 +372,6 @@ class MERTPretrainingTask(FairseqTask):
         )
 
     # ------------------------------------------------------------------ steps
-    def _bf16_autocast(self, model):
-        return torch.autocast(device_type=next(model.parameters()).device.type, dtype=torch.bfloat16)
-
     def maybe_probe(self, model, update_num: int) -> None:
         """task.probe_csv: every probe_interval_updates (and at 0) probe on the main process; every step logs
         the latest scores as probe_<task> (so each log line carries them)."""
@@ -403,20 +392,11 @@ class MERTPretrainingTask(FairseqTask):
             metrics.log_scalar(f"probe_{name}", score, priority=900, round=3)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        """fairseq's step (with `bf16_autocast`: forward and loss under bf16 autocast); a non-finite loss or
+        """fairseq's step, its forward and loss in the task's precision (`_in_precision`); a non-finite loss or
         gradient marks the update to be skipped (mert_fairseq.optim.non_finite)."""
         self.maybe_probe(model, update_num)
-        if not self.cfg.bf16_autocast:
-            loss, sample_size, logging_output = super().train_step(
-                sample, model, criterion, optimizer, update_num, ignore_grad)
-        else:
-            model.train()
-            model.set_num_updates(update_num)
-            with self._bf16_autocast(model):
-                loss, sample_size, logging_output = criterion(model, sample)
-            if ignore_grad:
-                loss *= 0
-            optimizer.backward(loss)
+        loss, sample_size, logging_output = super().train_step(
+            sample, model, self._in_precision(criterion), optimizer, update_num, ignore_grad)
         self.nonfinite_guard.after_backward(loss, optimizer, update_num)
         return loss, sample_size, logging_output
 
@@ -436,11 +416,21 @@ class MERTPretrainingTask(FairseqTask):
             metrics.log_scalar("loss", 0.0, weight=0)  # keeps fairseq from logging a placeholder loss
 
     def valid_step(self, sample, model, criterion):
+        return super().valid_step(sample, model, self._in_precision(criterion))
+
+    def _in_precision(self, criterion) -> Callable:
+        """The criterion as fairseq's train_step / valid_step call it: itself, or with `bf16_autocast` the same
+        call under torch.autocast(bfloat16), forward and loss only (the backward runs outside, as autocast
+        asks). Not an outer context around fairseq's step: its forward runs inside
+        `torch.cuda.amp.autocast(enabled=<fairseq's AMP>)`, which turns an outer CUDA autocast off."""
         if not self.cfg.bf16_autocast:
-            return super().valid_step(sample, model, criterion)
-        model.eval()
-        with torch.no_grad(), self._bf16_autocast(model):
-            return criterion(model, sample)
+            return criterion
+
+        def in_bf16(model, sample):
+            with torch.autocast(device_type=next(model.parameters()).device.type, dtype=torch.bfloat16):
+                return criterion(model, sample)
+
+        return in_bf16
 
     @staticmethod
     def logging_outputs_can_be_summed(criterion) -> bool:
