@@ -55,14 +55,16 @@ def test_converter_verification_passes(exports, name):
     assert loaders == ({"AutoModel", "HubertModel"} if name in PLAIN_HUBERT else {"AutoModel"})
     assert report["hubert_compatible"] == (name in PLAIN_HUBERT)
     assert all(c["max_abs_diff"] <= ATOL for c in report["checks"])
-    # 3 music clips + tone and noise + equal-length batch (+ padded batch for the layer-norm CNN)
-    n_checks = 6 if "330m" in name else 5
-    assert len([c for c in report["checks"] if c["loader"] == "AutoModel"]) == n_checks
+    # 3 music clips + tone and noise + equal-length batch + padded batch with attention mask
+    assert len([c for c in report["checks"] if c["loader"] == "AutoModel"]) == 6
+    assert any(c["input"].startswith("padded batch") for c in report["checks"] if c["loader"] == "AutoModel")
     assert {p.name for p in folder.iterdir()} >= {"config.json", "model.safetensors", "configuration_mert.py",
-                                                  "modeling_mert.py", "cqt.py", "preprocessor_config.json",
+                                                  "modeling_mert.py", "cqt.py", "cnn_features.py",
+                                                  "preprocessor_config.json",
                                                   "verification.json"}
     # the shipped CQT is the training model's file itself, not a twin of it
     assert (folder / "cqt.py").read_text() == (ROOT / "mert_fairseq/models/teachers/cqt.py").read_text()
+    assert (folder / "cnn_features.py").read_text() == (ROOT / "mert_fairseq/models/cnn_features.py").read_text()
     inputs = [c["input"] for c in report["checks"] if c["loader"] == "AutoModel"]
     assert sum(i.startswith("music") for i in inputs) == 3 and any(i.startswith("tone + noise") for i in inputs)
 
@@ -125,7 +127,7 @@ def test_folder_contents_config_and_preprocessor(exports):
         fe = Wav2Vec2FeatureExtractor.from_pretrained(str(folder))
         assert fe.sampling_rate == 24000 and fe.feature_size == 1
         assert fe.do_normalize == ("normalize" in name)  # = task.normalize of the checkpoint
-        assert fe.return_attention_mask == ("330m" in name)  # only the layer-norm CNN is padding-invariant
+        assert fe.return_attention_mask is True  # padded batches equal single clips only with the mask
         keys = set(load_file(str(folder / "model.safetensors")))
         assert not any(k.startswith(("final_proj", "label_embs", "encoder_cqt", "logit_temp")) for k in keys)
         assert "masked_spec_embed" in keys
@@ -217,7 +219,7 @@ def test_remote_code_is_self_contained():
     """The copied files import only the standard library, torch, numpy, transformers and each other; the one
     import of this package is the fallback (inside try/except, which transformers' requirement check skips)
     that lets modeling_mert.py also run as a module of the package."""
-    allowed = {"__future__", "collections", "math", "typing", "numpy", "torch", "transformers"}
+    allowed = {"__future__", "collections", "logging", "math", "typing", "numpy", "torch", "transformers"}
     for name, source in convert.REMOTE_CODE_FILES.items():
         tree = ast.parse(source.read_text())
         guarded = [n for t in ast.walk(tree) if isinstance(t, ast.Try) for n in t.body + sum(
@@ -225,7 +227,8 @@ def test_remote_code_is_self_contained():
         outside = ast.Module(body=[n for n in tree.body if not isinstance(n, ast.Try)], type_ignores=[])
         assert _imports(outside) <= allowed, (name, _imports(outside))
         guarded_imports = {(n.level, n.module) for n in guarded if isinstance(n, ast.ImportFrom)}
-        assert guarded_imports <= {(1, "cqt"), (0, "mert_fairseq.models.teachers.cqt")}, (name, guarded_imports)
+        assert guarded_imports <= {(1, "cqt"), (0, "mert_fairseq.models.teachers.cqt"), (1, "cnn_features"),
+                                   (0, "mert_fairseq.models.cnn_features")}, (name, guarded_imports)
         relative = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1}
         assert {f"{m}.py" for m in relative} <= set(convert.REMOTE_CODE_FILES), (name, relative)
 

@@ -5,21 +5,24 @@
 
 Audio of any sampling rate and channel count is read with soundfile (channel mean, band-limited
 resampling to the model's rate); packed manifest rows (`shard.zip:offset:length`) are read in place.
-When the model was trained with `task.normalize`, every waveform given to the model (each window, or
-the whole file with window_seconds <= 0) is normalised to zero mean / unit variance, as training
-normalises each crop the model sees and as the exported HF preprocessor (`do_normalize`) normalises
-each input it is given.
+When the model was trained with `task.normalize`, the whole file is normalised to zero mean / unit
+variance before the model sees it (as the exported HF preprocessor, `do_normalize`, normalises each input).
 
-Long files are processed in windows of `window_seconds` and the frames concatenated. Window i covers
-samples [i*W, (i+1)*W + (receptive field - stride)) with W a multiple of the CNN stride, so window i yields
-exactly W / stride frames and the concatenation has the same number of frames, at the same positions,
-as processing the whole file at once. The CNN output of a layer-norm CNN is then identical away from the
-seams; the transformer attends only within a window, so deeper layers see less context than in one pass
-(the models were pretrained on 5 s crops; 30 s windows are well within what they handle). A last window
-shorter than half a window is merged into the previous one.
+Whole-file features are the default where they fit: a file goes through the model in one pass when the
+first CNN block's output (channels x samples / stride x 4 bytes) stays under `WHOLE_FILE_BYTES` (1 GiB:
+109 s for the 512-channel CNN of MERT 95M/330M). Longer files, or any file with an explicit
+`window_seconds` > 0, are processed in windows and the frames concatenated; `window_seconds` <= 0 always
+takes the whole file. Window i covers samples [i*W, (i+1)*W + (receptive field - stride)) with W a multiple
+of the CNN stride, so window i yields exactly W / stride frames and the concatenation has the same frames,
+at the same positions, as the whole-file pass. The CNN output is then the whole-file pass's (within 1e-5):
+a group-norm CNN normalises every window with the whole file's statistics, computed in a first pass
+(`whole_file_statistics`). What differs is the context: the transformer attends only within a window
+(and the positional convolution and a CQT input see zeros beyond it). A last window shorter than half a
+window is merged into the previous one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,36 +33,43 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mert_fairseq.data.audio import resample
-from mert_fairseq.data.audio_reader import parse_packed, read_window
+from mert_fairseq.data.audio_reader import audio_info, parse_packed, read_window
+from mert_fairseq.models.cnn_features import conv_output_length, receptive_field
 from mert_fairseq.prep.pack import member_names
 
 logger = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".aiff", ".aif")
+WHOLE_FILE_BYTES = 1 << 30  # first CNN block output of a whole-file pass at most this large (else windows)
+AUTO_WINDOW_SECONDS = 30.0  # the window length for files over that size
 
 
 class FeatureExtractionError(RuntimeError):
     """Extraction failed for one input; the message names the file."""
 
 
-def conv_output_length(length: int, kernels: Sequence[int], strides: Sequence[int]) -> int:
-    for k, s in zip(kernels, strides):
-        length = (length - k) // s + 1
-    return length
+class FixedStatisticsNorm(nn.Module):
+    """A GroupNorm's affine transform with given per-group statistics (in fp32, as fairseq's Fp32GroupNorm)."""
 
+    def __init__(self, norm: nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor) -> None:
+        super().__init__()
+        self.norm = norm
+        repeat = norm.num_channels // norm.num_groups
+        self.register_buffer("mean", mean.float().repeat_interleave(repeat)[:, None])  # C x 1
+        self.register_buffer("inv_std", torch.rsqrt(var.float() + norm.eps).repeat_interleave(repeat)[:, None])
 
-def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
-    field, jump = 1, 1
-    for k, s in zip(kernels, strides):
-        field += (k - 1) * jump
-        jump *= s
-    return field
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # B x C x T
+        y = (x.float() - self.mean) * self.inv_std
+        if self.norm.affine:
+            y = y * self.norm.weight.float()[:, None] + self.norm.bias.float()[:, None]
+        return y.to(x.dtype)
 
 
 class MERTFeatureExtractor:
-    """Wraps a fairseq `mert` model or an HF MERT model; `hidden_states(wav)` gives (N+1) x T x D.
+    """Wraps a fairseq `mert` model or an HF MERT model; `hidden_states(wavs)` gives (N+1) x T_i x D per clip.
     The audio is fed in the model's dtype (fp32, or fp16/bf16 after `model.half()`/`.bfloat16()`)."""
 
     def __init__(self, backend: str, model: torch.nn.Module, sample_rate: int, normalize: bool,
@@ -71,25 +81,42 @@ class MERTFeatureExtractor:
         self.stride = int(np.prod(self.conv_strides))
         self.receptive_field = receptive_field(self.conv_kernels, self.conv_strides)
         self.num_layers = int(num_layers)
+        self.first_conv = next(m for m in model.feature_extractor.modules() if isinstance(m, nn.Conv1d))
 
     # ------------------------------------------------------------------ model call
     @torch.no_grad()
-    def hidden_states(self, wav: np.ndarray) -> torch.Tensor:
-        """Mono waveform [L] (already at the model rate, normalised if needed) -> (N+1) x T x D on CPU, fp32."""
+    def hidden_states(self, wavs: Sequence[np.ndarray]) -> List[torch.Tensor]:
+        """Mono waveforms [L_i] (at the model rate, normalised if needed) -> per clip (N+1) x T_i x D on CPU,
+        fp32. Clips of different lengths run as one right-padded batch with its mask: each clip's features are
+        those it has alone (tests/test_padded_batches.py)."""
         dtype = next(self.model.parameters()).dtype
-        x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None].to(self.device, dtype)
+        lengths = [len(w) for w in wavs]
+        x = torch.zeros(len(wavs), max(lengths), dtype=torch.float32)
+        for b, w in enumerate(wavs):
+            x.numpy()[b, : lengths[b]] = w
+        real = torch.arange(x.shape[1])[None, :] < torch.tensor(lengths)[:, None]  # B x L
+        x, real = x.to(self.device, dtype), real.to(self.device)
+        padded = min(lengths) < max(lengths)
         if self.backend == "fairseq":
-            states, _ = self.model.extract_hidden_states(x)
+            states, _ = self.model.extract_hidden_states(x, padding_mask=~real if padded else None)
         else:
-            states = self.model(x, output_hidden_states=True).hidden_states
-        return torch.stack([s[0].float() for s in states]).cpu()
+            states = self.model(x, attention_mask=real.long() if padded else None, output_hidden_states=True
+                                ).hidden_states
+        states = torch.stack([s.float() for s in states], dim=1).cpu()  # B x (N+1) x T x D
+        return [states[b, :, : self.num_frames(n)] for b, n in enumerate(lengths)]
 
     def num_frames(self, num_samples: int) -> int:
         return conv_output_length(num_samples, self.conv_kernels, self.conv_strides)
 
-    def windows(self, num_samples: int, window_seconds: Optional[float]) -> List[Tuple[int, int]]:
-        """Sample ranges [start, end) of the windows (see the module docstring)."""
-        if not window_seconds or window_seconds <= 0:
+    def first_block_bytes(self, num_samples: int) -> int:
+        """Bytes of the first CNN block's fp32 output for one clip of num_samples."""
+        return self.first_conv.out_channels * 4 * max(num_samples, 0) // self.conv_strides[0]
+
+    def windows(self, num_samples: int, window_seconds: Optional[float] = None) -> List[Tuple[int, int]]:
+        """Sample ranges [start, end) of the windows (see the module docstring); None: whole file if it fits."""
+        if window_seconds is None:
+            window_seconds = 0.0 if self.first_block_bytes(num_samples) <= WHOLE_FILE_BYTES else AUTO_WINDOW_SECONDS
+        if window_seconds <= 0:
             return [(0, num_samples)]
         W = max(1, round(window_seconds * self.sample_rate / self.stride)) * self.stride
         W = max(W, self.stride * max(1, -(-self.receptive_field // self.stride)))  # at least one receptive field
@@ -105,31 +132,83 @@ class MERTFeatureExtractor:
         """Apply the training-time waveform normalisation (over this waveform) when the model used it."""
         wav = np.asarray(wav, dtype=np.float32)
         if self.normalize:
-            wav = F.layer_norm(torch.from_numpy(wav), wav.shape).numpy()
+            wav = F.layer_norm(torch.from_numpy(wav).double(), wav.shape).float().numpy()
         return wav
 
-    def extract(self, wav: np.ndarray, layers: Optional[Sequence[int]] = None, reduce: str = "frame",
-                window_seconds: Optional[float] = 30.0) -> np.ndarray:
-        """Mono waveform at the model rate -> (len(layers), T, D) ("frame") or (len(layers), D) ("mean")."""
-        layers = self.check_layers(layers)
-        if reduce not in ("frame", "mean"):
-            raise ValueError(f"reduce={reduce!r}: expected 'frame' or 'mean'")
+    @contextlib.contextmanager
+    def whole_file_statistics(self, wav: np.ndarray):
+        """Within the context, the CNN's GroupNorm (group-norm CNN) normalises with the statistics of the whole
+        `wav`, computed here in blocks of the first block's convolution (fp64 sums): a window's CNN output is
+        then the whole-file pass's. A layer-norm CNN needs nothing."""
+        found = [(n, m) for n, m in self.model.feature_extractor.named_modules() if isinstance(m, nn.GroupNorm)]
+        if not found:
+            yield
+            return
+        (name, norm), = found
+        k, s = self.first_conv.kernel_size[0], self.first_conv.stride[0]
+        block = s * max(1, (64 << 20) // self.first_conv.out_channels)  # ~256 MB of fp32 block-0 output
+        total = total_sq = 0.0
+        frames = 0
+        with torch.no_grad():
+            for start in range(0, len(wav) - k + 1, block):
+                x = torch.from_numpy(wav[start: start + block + k - s]).to(self.device, self.first_conv.weight.dtype)
+                y = self.first_conv(x[None, None])[0].double()  # C x frames of this block
+                total, total_sq, frames = total + y.sum(-1), total_sq + y.pow(2).sum(-1), frames + y.shape[-1]
+        G = norm.num_groups
+        mean = total.view(G, -1).sum(-1) / (frames * (norm.num_channels // G))
+        var = total_sq.view(G, -1).sum(-1) / (frames * (norm.num_channels // G)) - mean.pow(2)
+        parent_name, _, attr = name.rpartition(".")
+        parent = self.model.feature_extractor.get_submodule(parent_name)
+        setattr(parent, attr, FixedStatisticsNorm(norm, mean, var))
+        try:
+            yield
+        finally:
+            setattr(parent, attr, norm)
+
+    def check_waveform(self, wav: np.ndarray) -> np.ndarray:
+        """A mono float32 waveform at least one receptive field long, or ValueError."""
         wav = np.asarray(wav, dtype=np.float32)
         if wav.ndim != 1:
             raise ValueError(f"expected a mono waveform [samples], got shape {wav.shape}")
         if len(wav) < self.receptive_field:
             raise ValueError(f"audio too short: {len(wav)} samples < the model's receptive field "
                              f"({self.receptive_field} samples at {self.sample_rate} Hz)")
-        chunks = []
-        for start, end in self.windows(len(wav), window_seconds):
-            chunks.append(self.hidden_states(self.prepare(wav[start:end]))[layers])
-        feats = torch.cat(chunks, dim=1)  # len(layers) x T x D
-        expected = self.num_frames(len(wav))
-        if feats.shape[1] != expected:  # the window arithmetic guarantees this; keep it checked
-            raise RuntimeError(f"windowed extraction produced {feats.shape[1]} frames, expected {expected}")
-        if reduce == "mean":
-            feats = feats.mean(dim=1)
-        return feats.numpy().astype(np.float32, copy=False)
+        return wav
+
+    def extract(self, wav: np.ndarray, layers: Optional[Sequence[int]] = None, reduce: str = "frame",
+                window_seconds: Optional[float] = None) -> np.ndarray:
+        """Mono waveform at the model rate -> (len(layers), T, D) ("frame") or (len(layers), D) ("mean")."""
+        return self.extract_many([wav], layers, reduce, window_seconds)[0]
+
+    def extract_many(self, wavs: Sequence[np.ndarray], layers: Optional[Sequence[int]] = None, reduce: str = "frame",
+                     window_seconds: Optional[float] = None) -> List[np.ndarray]:
+        """`extract` for several clips: those that go through whole run as one padded batch (the same features
+        as one at a time), the others window by window."""
+        layers = self.check_layers(layers)
+        if reduce not in ("frame", "mean"):
+            raise ValueError(f"reduce={reduce!r}: expected 'frame' or 'mean'")
+        wavs = [self.prepare(self.check_waveform(w)) for w in wavs]
+        windows = [self.windows(len(w), window_seconds) for w in wavs]
+        feats: List[Optional[torch.Tensor]] = [None] * len(wavs)
+        whole = [i for i, w in enumerate(windows) if len(w) == 1]
+        if whole:
+            for i, states in zip(whole, self.hidden_states([wavs[i] for i in whole])):
+                feats[i] = states[layers]
+        for i in (i for i, w in enumerate(windows) if len(w) > 1):
+            with self.whole_file_statistics(wavs[i]):
+                feats[i] = torch.cat([self.hidden_states([wavs[i][a:b]])[0][layers] for a, b in windows[i]], dim=1)
+        out = []
+        for f, wav in zip(feats, wavs):  # f: len(layers) x T x D
+            if f.shape[1] != self.num_frames(len(wav)):  # the window arithmetic guarantees this; keep it checked
+                raise RuntimeError(f"windowed extraction produced {f.shape[1]} frames, expected "
+                                   f"{self.num_frames(len(wav))}")
+            out.append((f.mean(dim=1) if reduce == "mean" else f).numpy().astype(np.float32, copy=False))
+        return out
+
+    def load(self, path: str | os.PathLike) -> np.ndarray:
+        """Any audio file (any rate, any channel count) -> mono waveform at the model rate."""
+        wav, sr = read_window(path)
+        return resample(wav, sr, self.sample_rate)
 
     def extract_file(self, path: str | os.PathLike, **kwargs) -> np.ndarray:
         """Any audio file (any rate, any channel count) -> features; errors name the file."""
@@ -137,8 +216,7 @@ class MERTFeatureExtractor:
         if kwargs.get("reduce", "frame") not in ("frame", "mean"):
             raise ValueError(f"reduce={kwargs['reduce']!r}: expected 'frame' or 'mean'")
         try:
-            wav, sr = read_window(path)
-            return self.extract(resample(wav, sr, self.sample_rate), **kwargs)
+            return self.extract(self.load(path), **kwargs)
         except Exception as exc:
             raise FeatureExtractionError(f"{path}: {exc}") from exc
 
@@ -273,31 +351,71 @@ def parse_layers(text: str) -> Optional[List[int]]:
 
 def extract_to_folder(extractor: MERTFeatureExtractor, inputs: Sequence[str], output_dir: str | os.PathLike,
                       layers: Optional[Sequence[int]] = None, reduce: str = "frame",
-                      window_seconds: Optional[float] = 30.0, overwrite: bool = False, skip_errors: bool = False,
-                      extensions: Sequence[str] = AUDIO_EXTENSIONS, progress: bool = True) -> dict:
-    """Write one .npy per input under output_dir. Returns {"written", "skipped", "failed": [messages]}."""
+                      window_seconds: Optional[float] = None, overwrite: bool = False, skip_errors: bool = False,
+                      extensions: Sequence[str] = AUDIO_EXTENSIONS, progress: bool = True,
+                      batch_size: int = 8) -> dict:
+    """Write one .npy per input under output_dir. Files are sorted by duration and run `batch_size` at a time
+    as one padded batch (the same features as one at a time; fewer where the batch's first CNN block output
+    would pass WHOLE_FILE_BYTES). Returns {"written", "skipped", "failed": [messages]}."""
     from tqdm import tqdm
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: expected at least 1")
     layers = extractor.check_layers(layers)
     items = collect_inputs(inputs, extensions)
     out_root = Path(output_dir)
-    summary = {"written": 0, "skipped": 0, "failed": []}
-    for audio, rel in tqdm(items, desc="MERT features", unit="file", disable=not progress):
-        target = out_root / rel
-        if target.exists() and not overwrite:
-            summary["skipped"] += 1
-            continue
-        try:
-            feats = extractor.extract_file(audio, layers=layers, reduce=reduce, window_seconds=window_seconds)
-        except FeatureExtractionError as exc:
-            if not skip_errors:
-                raise
-            logger.error("%s", exc)
-            summary["failed"].append(str(exc))
-            continue
-        save_npy_atomic(target, feats)
-        summary["written"] += 1
+    todo = {rel: audio for audio, rel in items if overwrite or not (out_root / rel).exists()}  # a repeat: once
+    todo = [(audio, rel) for rel, audio in todo.items()]
+    summary = {"written": 0, "skipped": len(items) - len(todo), "failed": []}
+
+    def failed(exc: Exception) -> None:
+        if not skip_errors:
+            raise exc
+        logger.error("%s", exc)
+        summary["failed"].append(str(exc))
+
+    with tqdm(total=len(items), initial=summary["skipped"], desc="MERT features", unit="file",
+              disable=not progress) as bar:
+        for group in _length_groups(extractor, todo, batch_size):
+            wavs, kept = [], []
+            for audio, rel in group:
+                try:
+                    wavs.append(extractor.check_waveform(extractor.load(audio)))
+                    kept.append((audio, rel))
+                except Exception as exc:
+                    failed(FeatureExtractionError(f"{audio}: {exc}"))
+                    bar.update(1)
+            if not kept:
+                continue
+            feats = extractor.extract_many(wavs, layers=layers, reduce=reduce, window_seconds=window_seconds)
+            for (audio, rel), f in zip(kept, feats):
+                save_npy_atomic(out_root / rel, f)
+            summary["written"] += len(kept)
+            bar.update(len(kept))
     return summary
+
+
+def _length_groups(extractor: MERTFeatureExtractor, items: List[Tuple[Path, Path]], batch_size: int):
+    """Items sorted by duration (from the header; unreadable files first, they fail when read), cut into groups
+    of at most batch_size whose padded batch keeps the first CNN block output within WHOLE_FILE_BYTES."""
+    def samples(audio: Path) -> int:
+        try:
+            frames, sr, _ = audio_info(audio)
+            return int(frames * extractor.sample_rate / sr)
+        except Exception:
+            return 0
+
+    sized = sorted(((samples(a), a, r) for a, r in items), key=lambda t: t[0])
+    group, longest = [], 0
+    for n, audio, rel in sized:
+        fits = extractor.first_block_bytes(max(n, longest)) * (len(group) + 1) <= WHOLE_FILE_BYTES
+        if group and (len(group) == batch_size or not fits):
+            yield group
+            group, longest = [], 0
+        group.append((audio, rel))
+        longest = max(longest, n)
+    if group:
+        yield group
 
 
 # ----------------------------------------------------------------------------- command line
@@ -324,8 +442,13 @@ def build_parser():
                    "(0 = input of the transformer, N = last layer); ranges like 4-6 allowed")
     p.add_argument("--reduce", choices=["frame", "mean"], default="frame",
                    help="frame: (layers, frames, dim); mean: average over time, (layers, dim)")
-    p.add_argument("--window-seconds", type=float, default=30.0,
-                   help="process long files in windows of this length (<= 0: whole file at once)")
+    p.add_argument("--window-seconds", type=float, default=None,
+                   help="process files in windows of this length (<= 0: whole file at once; default: the whole "
+                        f"file where its first CNN block output fits {WHOLE_FILE_BYTES >> 20} MiB, else "
+                        f"{AUTO_WINDOW_SECONDS:g} s windows; a group-norm CNN uses the whole file's statistics)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="files of similar duration per model call (one padded batch; the same features as one "
+                        "at a time)")
     p.add_argument("--device", default="cpu", help="torch device of the model")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32",
                    help="weights and audio in this precision (outputs stay float32)")
@@ -346,7 +469,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                            dtype=args.dtype)
         summary = extract_to_folder(extractor, args.inputs, args.out_dir, layers=layers, reduce=args.reduce,
                                     window_seconds=args.window_seconds, overwrite=args.overwrite,
-                                    skip_errors=args.skip_errors, extensions=args.extensions.split(","))
+                                    skip_errors=args.skip_errors, extensions=args.extensions.split(","),
+                                    batch_size=args.batch_size)
     except (FeatureExtractionError, ValueError, FileNotFoundError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2

@@ -8,10 +8,12 @@ The folder holds:
   modeling_mert.py
   cqt.py                    the fairseq model's CQT, mert_fairseq/models/teachers/cqt.py itself (the CQT
                             input front end imports it as a sibling module)
+  cnn_features.py           mert_fairseq/models/cnn_features.py itself: padded batches clip by clip
   model.safetensors         fp32 weights, named as transformers' HubertModel names them
   preprocessor_config.json  Wav2Vec2FeatureExtractor: sampling_rate = task.sample_rate, do_normalize =
-                            task.normalize, return_attention_mask only for the layer-norm CNN
+                            task.normalize, return_attention_mask true (padded batches need it)
   verification.json         the report of `verify_export`
+  README.md                 model card (model_card.py): training recipe, input, layers, loading, verification
 
 Verification loads the folder with `AutoModel.from_pretrained(folder, trust_remote_code=True)` (and with
 `HubertModel` where the layout is plain HuBERT), runs fairseq and HF models in eval mode and fp32 on
@@ -33,6 +35,8 @@ import numpy as np
 import torch
 
 from mert_fairseq.common.atomic_files import atomic_open, atomic_write_text
+from mert_fairseq.export.model_card import write_model_card
+from mert_fairseq.models.cnn_features import receptive_field
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,7 @@ REMOTE_CODE_FILES: Dict[str, Path] = {
     "configuration_mert.py": EXPORT_DIR / "configuration_mert.py",
     "modeling_mert.py": EXPORT_DIR / "modeling_mert.py",
     "cqt.py": EXPORT_DIR.parent / "models" / "teachers" / "cqt.py",
+    "cnn_features.py": EXPORT_DIR.parent / "models" / "cnn_features.py",
 }
 AUTO_MAP = {"AutoConfig": "configuration_mert.MERTConfig", "AutoModel": "modeling_mert.MERTModel"}
 DEFAULT_ATOL = 1e-5
@@ -230,9 +235,10 @@ def write_hf_folder(model, task_cfg, out_dir: str | os.PathLike) -> dict:
 
     extractor = Wav2Vec2FeatureExtractor(
         feature_size=1, sampling_rate=int(task_cfg.sample_rate), padding_value=0.0,
-        do_normalize=bool(task_cfg.normalize), return_attention_mask=fields["feat_extract_norm"] == "layer",
+        do_normalize=bool(task_cfg.normalize), return_attention_mask=True,
     )
     atomic_write_text(out / "preprocessor_config.json", extractor.to_json_string())
+    write_model_card(out, fields, model.cfg, task_cfg)
     return fields
 
 
@@ -254,14 +260,6 @@ def _test_signals(sample_rate: int, min_length: int, seed: int) -> Dict[str, tor
     noise = 0.05 * torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     signals["tone + noise 2 s"] = (tone + noise).float()
     return signals
-
-
-def _receptive_field(config: dict) -> int:
-    field, jump = 1, 1
-    for k, s in zip(config["conv_kernel"], config["conv_stride"]):
-        field += (k - 1) * jump
-        jump *= s
-    return field
 
 
 @torch.no_grad()
@@ -321,15 +319,30 @@ def _compare(loader: str, label: str, out, items: List[tuple], n_layers: int, at
         report["failures"].append(f"{loader}/{label}: last_hidden_state differs from fairseq by {last:.3g} > {atol:g}")
 
 
+def _bf16_difference(hf, signals: Dict[str, torch.Tensor], single: Dict[str, tuple]) -> dict:
+    """Every hidden state of the model in bf16 against the fairseq fp32 reference, on the single clips."""
+    hf = hf.to(torch.bfloat16)
+    worst = mean = scale = 0.0
+    for name, wav in signals.items():
+        states = hf(wav[None].to(torch.bfloat16), output_hidden_states=True).hidden_states
+        for s, r in zip(states, single[name][0]):
+            d = (s.float() - r).abs()
+            worst, mean = max(worst, float(d.max())), max(mean, float(d.mean()))
+            scale = max(scale, float(r.abs().max()))
+    hf.float()
+    return {"max_abs_diff": worst, "mean_abs_diff": mean, "max_rel_diff": worst / max(scale, 1e-12)}
+
+
 @torch.no_grad()
 def verify_export(model, folder: str | os.PathLike, atol: float = DEFAULT_ATOL, hubert: Optional[bool] = None,
                   seed: int = 0, write_report: bool = True, source: Optional[str] = None) -> dict:
     """Compare every hidden state of the HF folder's model(s) with the fairseq `model` (eval, fp32).
 
     Checks: single clips (music of three lengths, incl. a short odd one, and a tone plus noise), an
-    equal-length batch of two, and, when the CNN is layer-normed (padding-invariant), a padded batch of
-    all the clips with an attention mask, whose real frames must equal the unpadded fairseq outputs. Returns the report (also written to
-    verification.json); raises VerificationError when a difference exceeds `atol` or loading is not clean.
+    equal-length batch of two, and a padded batch of all the clips with an attention mask, whose real frames
+    must equal the unpadded fairseq outputs (HubertModel: layer-norm CNN only, its GroupNorm takes the
+    padding into its statistics). Returns the report (also written to verification.json); raises
+    VerificationError when a difference exceeds `atol` or loading is not clean.
     """
     folder = Path(folder)
     model = model.float().eval()
@@ -338,7 +351,7 @@ def verify_export(model, folder: str | os.PathLike, atol: float = DEFAULT_ATOL, 
     if hubert is None:
         hubert = is_hubert_compatible(config)
     sr = config["sample_rate"]
-    signals = _test_signals(sr, _receptive_field(config), seed)
+    signals = _test_signals(sr, receptive_field(config["conv_kernel"], config["conv_stride"]), seed)
     single = {name: _fairseq_reference(model, wav[None]) for name, wav in signals.items()}
     pair = torch.stack([signals["music 2 s"], 0.5 * torch.roll(signals["tone + noise 2 s"], sr // 7)])
     pair_ref, pair_raw = _fairseq_reference(model, pair)
@@ -364,13 +377,15 @@ def verify_export(model, folder: str | os.PathLike, atol: float = DEFAULT_ATOL, 
             _compare(loader, f"{name}: 1 x {wav.shape[0]} samples", out, [single[name]], n_layers, atol, report)
         out = hf(pair, output_hidden_states=True)
         _compare(loader, f"batch: 2 x {pair.shape[1]} samples", out, pair_items, n_layers, atol, report)
-        if config["feat_extract_norm"] == "layer":
+        if loader == "AutoModel" or config["feat_extract_norm"] == "layer":
             out = hf(padded, attention_mask=mask, output_hidden_states=True)
             _compare(loader, f"padded batch {lengths} + attention_mask vs unpadded", out,
                      [single[n] for n in signals], n_layers, atol, report)
-    if config["feat_extract_norm"] != "layer":
-        report["notes"].append("padded batch not checked: the group-norm CNN normalises over time, so zero padding "
-                               "changes every frame (feed one clip at a time or equal-length clips)")
+        if loader == "AutoModel":
+            report["bf16"] = _bf16_difference(hf, signals, single)
+    if hubert and config["feat_extract_norm"] != "layer":
+        report["notes"].append("HubertModel: padded batch not checked (its GroupNorm takes the padding into the "
+                               "statistics: feed it one clip at a time); AutoModel handles padded batches")
     report["max_abs_diff"] = {loader: max([c["max_abs_diff"] for c in report["checks"] if c["loader"] == loader],
                                           default=None) for loader in loaders}
     report["passed"] = not report["failures"]
@@ -396,6 +411,7 @@ def convert_checkpoint(checkpoint_path: str | os.PathLike, out_dir: str | os.Pat
     result = {"config": fields, "layout": describe_layout(fields), "notes": notes, "report": None}
     if verify:
         result["report"] = verify_export(model, out_dir, atol=atol, source=str(checkpoint_path))
+    write_model_card(out_dir, fields, model.cfg, task_cfg, result["report"], str(checkpoint_path))
     return result
 
 
@@ -408,6 +424,9 @@ def format_report(report: dict) -> str:
             lines.append(f"              note: {c['note']}")
     for n in report.get("notes", []):
         lines.append(f"  note: {n}")
+    if report.get("bf16"):
+        lines.append("  bf16 (informational): max |diff| {max_abs_diff:.3g}, relative {max_rel_diff:.2g}"
+                     .format(**report["bf16"]))
     lines.append("  PASSED" if report["passed"] else "  FAILED:\n    " + "\n    ".join(report["failures"]))
     return "\n".join(lines)
 
@@ -439,8 +458,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         if args.verify_only:
-            model, _ = load_mert_model(args.checkpoint)
+            model, task_cfg = load_mert_model(args.checkpoint)
             report = verify_export(model, args.out_dir, atol=args.atol, source=args.checkpoint)
+            write_model_card(args.out_dir, hf_config_dict(model, task_cfg), model.cfg, task_cfg, report,
+                             args.checkpoint)
             print(format_report(report))
             return 0
         result = convert_checkpoint(args.checkpoint, args.out_dir, verify=not args.no_verify, atol=args.atol,
@@ -459,7 +480,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for note in result["notes"]:
         print(f"note: {note}")
     print(f"wrote {args.out_dir}: config.json, model.safetensors, {', '.join(REMOTE_CODE_FILES)}, "
-          "preprocessor_config.json" + (", verification.json" if result["report"] else ""))
+          "preprocessor_config.json, README.md" + (", verification.json" if result["report"] else ""))
     if result["config"] and is_hubert_compatible(result["config"]):
         print("plain HuBERT layout: also loadable with transformers.HubertModel.from_pretrained(folder)")
     if result["report"]:

@@ -15,7 +15,10 @@ Only public, long-stable APIs are used (`PreTrainedModel`, `BaseModelOutput`, to
 file works on transformers 4.x and 5.x. The CQT is the fairseq model's own (`cqt.py`, the very file
 `mert_fairseq/models/teachers/cqt.py`, torch and numpy only, copied next to this one): the same frames
 (frame j centred on sample hop * j, cut to the CNN's frame count) and the same arithmetic; its kernels are
-built on first use, never stored in the weights file.
+built on first use, never stored in the weights file. A right-padded batch with its attention mask gives every
+clip the hidden states it has alone: the group-norm CNN takes each clip's statistics over its real frames
+(`cnn_features.py`, also copied from the package, mert_fairseq/models/cnn_features.py), the CQT sees zeros
+after each clip and attention skips padded frames.
 
 `hidden_states` layout (as HuBERT in transformers 4.x and the published MERT models):
   post-LN: [LayerNorm(embeddings + positional conv), output of layer 1, ..., output of layer N]
@@ -23,6 +26,7 @@ built on first use, never stored in the weights file.
             final LayerNorm(output of layer N)]
 so hidden_states[-1] is always last_hidden_state.
 """
+import logging
 import math
 from typing import Optional, Tuple, Union
 
@@ -35,10 +39,15 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from .configuration_mert import MERTConfig
 
-try:  # the exported folder: cqt.py ships next to this file
+try:  # the exported folder: cqt.py and cnn_features.py ship next to this file
+    from .cnn_features import conv_output_length, masked_group_norm, normalize_waveform, real_lengths
     from .cqt import build_cqt, cqt_frames
-except ImportError:  # imported as mert_fairseq.export.modeling_mert: the same file in the package
+except ImportError:  # imported as mert_fairseq.export.modeling_mert: the same files in the package
+    from mert_fairseq.models.cnn_features import (conv_output_length, masked_group_norm, normalize_waveform,
+                                                  real_lengths)
     from mert_fairseq.models.teachers.cqt import build_cqt, cqt_frames
+
+logger = logging.getLogger(__name__)
 
 # Activation names as in transformers configs ("gelu_new" = the tanh approximation = fairseq "gelu_accurate").
 _ACTIVATIONS = {
@@ -57,13 +66,6 @@ def get_activation(name: str):
     if name not in _ACTIVATIONS:
         raise ValueError(f"activation {name!r} is not supported; choose one of {sorted(_ACTIVATIONS)}")
     return _ACTIVATIONS[name]
-
-
-def conv_output_length(input_length, kernel_sizes, strides):
-    """Frames a stack of unpadded 1-D convolutions produces from `input_length` samples (int or tensor)."""
-    for kernel, stride in zip(kernel_sizes, strides):
-        input_length = (input_length - kernel) // stride + 1
-    return input_length
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -87,14 +89,20 @@ class MERTConvLayer(nn.Module):
             self.layer_norm = None
         self.activation = get_activation(config.feat_extract_activation)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # B x C_in x L -> B x C_out x L'
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None):
+        """x: B x C_in x L; lengths: real input frames per clip (B) of a padded batch, or None.
+        Returns (B x C_out x L', real output frames per clip or None)."""
         x = self.conv(x)
+        if lengths is not None:
+            lengths = conv_output_length(lengths, self.conv.kernel_size, self.conv.stride)
         if self.layer_norm is not None:
             if self.norm_over_channels:
                 x = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
+            elif lengths is not None:  # GroupNorm over time: each clip's real frames only
+                x = masked_group_norm(x, self.layer_norm, lengths)
             else:
                 x = self.layer_norm(x)
-        return self.activation(x)
+        return self.activation(x), lengths
 
 
 class MERTFeatureEncoder(nn.Module):
@@ -102,10 +110,11 @@ class MERTFeatureEncoder(nn.Module):
         super().__init__()
         self.conv_layers = nn.ModuleList(MERTConvLayer(config, i) for i in range(len(config.conv_dim)))
 
-    def forward(self, input_values: torch.Tensor) -> torch.Tensor:  # B x L -> B x C x T
+    def forward(self, input_values: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """B x L -> B x C x T; lengths (B): real samples per clip of a right-padded batch (None: all real)."""
         x = input_values[:, None]
         for layer in self.conv_layers:
-            x = layer(x)
+            x, lengths = layer(x, lengths)
         return x
 
 
@@ -255,6 +264,7 @@ class MERTEncoder(nn.Module):
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(MERTEncoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False  # set by PreTrainedModel.gradient_checkpointing_enable()
 
     def forward(self, x, frame_mask=None, output_hidden_states=False, output_attentions=False):
         """x: B x T x D; frame_mask: B x T bool (True = real frame) or None."""
@@ -272,7 +282,10 @@ class MERTEncoder(nn.Module):
                 hidden_states.append(x)
             if self.training and self.layerdrop > 0 and torch.rand([]).item() < self.layerdrop:
                 continue
-            x, weights = layer(x, attn_mask, output_attentions)
+            if self.gradient_checkpointing and self.training:  # recompute the layer in the backward pass
+                x, weights = self._gradient_checkpointing_func(layer.__call__, x, attn_mask, output_attentions)
+            else:
+                x, weights = layer(x, attn_mask, output_attentions)
             if output_attentions:
                 attentions.append(weights)
         if self.pre_ln:
@@ -289,7 +302,7 @@ class MERTPreTrainedModel(PreTrainedModel):
     config_class = MERTConfig
     base_model_prefix = "mert"
     main_input_name = "input_values"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -331,6 +344,19 @@ class MERTModel(MERTPreTrainedModel):
         self.encoder = MERTEncoder(config)
         self.post_init()
 
+    def _warn_if_padded(self, input_values: torch.Tensor) -> None:
+        """A batch of several clips without an attention mask where some clips, not all, end in at least one
+        CNN hop of exact zeros looks zero-padded: warn (the padding would change those clips' features)."""
+        hop = int(np.prod(self.config.conv_stride))
+        if input_values.shape[0] < 2 or input_values.shape[1] < hop:
+            return
+        silent_tail = (input_values[:, -hop:] == 0).all(-1)
+        if bool(silent_tail.any()) and not bool(silent_tail.all()):
+            logger.warning(
+                "MERTModel: %d of %d clips end in %d+ zero samples and no attention_mask was given; if the batch "
+                "is padded, pass the feature extractor's attention_mask (padding=True returns it) or the padded "
+                "clips' features are wrong", int(silent_tail.sum()), input_values.shape[0], hop)
+
     def forward(
         self,
         input_values: torch.Tensor,
@@ -342,23 +368,29 @@ class MERTModel(MERTPreTrainedModel):
         **kwargs,
     ) -> Union[Tuple, BaseModelOutput]:
         """input_values: B x L waveform at config.sample_rate (as prepared by the feature extractor).
-        attention_mask: B x L (1 = real sample), right padding. Padding only leaves the result of the real
-        samples unchanged with the "layer" CNN (GroupNorm normalises over time); group-norm models expect
-        one clip at a time or equal-length clips, like the published MERT models.
+        attention_mask: B x L (1 = real sample), right padding, as the feature extractor returns it: every
+        clip's real frames then equal those of the clip alone (the group-norm CNN takes each clip's statistics
+        over its real frames, the CQT sees zeros, attention skips padded frames); padded frames are undefined.
         mask_time_indices: B x T bool, frames to replace by the learned mask embedding."""
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = getattr(cfg, "return_dict", True) if return_dict is None else return_dict
 
+        padding_mask = lengths = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            padding_mask = ~attention_mask.bool()  # B x L, True = padding
+            lengths = real_lengths(padding_mask)
+        elif attention_mask is None:
+            self._warn_if_padded(input_values)
         # as fairseq: wav_normalize applies to the CNN input only, the CQT sees the waveform as given
-        cnn_input = F.layer_norm(input_values, input_values.shape[-1:]) if cfg.wav_normalize else input_values
-        features = self.feature_extractor(cnn_input).transpose(1, 2)  # B x T x C
+        cnn_input = normalize_waveform(input_values, lengths) if cfg.wav_normalize else input_values
+        features = self.feature_extractor(cnn_input, lengths).transpose(1, 2)  # B x T x C
         if self.feature_extractor_cqt is not None:
-            cqt = cqt_frames(self.feature_extractor_cqt, input_values)[:, : features.shape[1]]  # B x T x bins
-            features = torch.cat([features, cqt.to(features.dtype)], dim=2)
+            cqt = cqt_frames(self.feature_extractor_cqt, input_values, padding_mask=padding_mask)  # B x T' x bins
+            features = torch.cat([features, cqt[:, : features.shape[1]].to(features.dtype)], dim=2)
         frame_mask = None
-        if attention_mask is not None:
+        if lengths is not None:
             frame_mask = self._get_feature_vector_attention_mask(features.shape[1], attention_mask)
         x = self.feature_projection(features)  # B x T x D
         if mask_time_indices is not None:

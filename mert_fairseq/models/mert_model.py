@@ -29,6 +29,7 @@ from torch import nn
 
 from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
 from mert_fairseq.common.config_values import parse_conv_layers, parse_list_literal, warn_fields_without_effect
+from mert_fairseq.models.cnn_features import cnn_features, frame_padding_mask
 from mert_fairseq.models.teachers.cqt import CQTTeacher, build_cqt, cqt_frames
 from mert_fairseq.data.step_draws import DrawSpec, StepDraws, frame_padding
 from mert_fairseq.models.masked_prediction import batched_cosine_logits
@@ -168,18 +169,17 @@ class MERTModel(BaseFairseqModel):
         return state_dict
 
     # ------------------------------------------------------------------ forward pieces
-    def forward_features(self, source: torch.Tensor) -> torch.Tensor:
-        """B x L -> CNN features B x C x T (gradient scaled by feature_grad_mult; frozen if <= 0)."""
-        if self.opts.wav_normalize:
-            source = F.layer_norm(source, source.shape[-1:])
+    def forward_features(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """B x L -> CNN features B x C x T (gradient scaled by feature_grad_mult; frozen if <= 0); a padded
+        clip's real frames as if it ran alone (`cnn_features`)."""
         if self.opts.feature_grad_mult > 0:
-            features = self.feature_extractor(source)
+            features = cnn_features(self.feature_extractor, source, padding_mask, self.opts.wav_normalize)
             if self.opts.feature_grad_mult != 1.0:
                 features = GradMultiply.apply(features, self.opts.feature_grad_mult)
             return features
         self.feature_extractor.eval()
         with torch.no_grad():
-            return self.feature_extractor(source)
+            return cnn_features(self.feature_extractor, source, padding_mask, self.opts.wav_normalize)
 
     def forward_targets(self, features: torch.Tensor, target_list: List[torch.Tensor]):
         """Crop T so every frame has a label; pick label floor(t * ratio) for frame t."""
@@ -294,18 +294,18 @@ class MERTModel(BaseFairseqModel):
             source = apply_noise_mixture(source, draws.mix_start, draws.mix_pos, draws.mix_len,
                                          self.opts.inbatch_noise_augment_volume)
 
-        features = self.forward_features(source)  # B x C x T
+        features = self.forward_features(source, padding_mask)  # B x C x T
         if target_list:
             features, target_list = self.forward_targets(features, target_list)
         features_pen = features.float().pow(2).mean()
         features = features.transpose(1, 2)  # B x T x C
         if self.opts.feature_extractor_cqt:
-            cqt = cqt_frames(self.feature_extractor_cqt, source)[:, : features.size(1)]
+            cqt = cqt_frames(self.feature_extractor_cqt, source, padding_mask=padding_mask)[:, : features.size(1)]
             features = torch.cat([features, cqt.to(features.dtype)], dim=2)
         features = self.layer_norm(features)
         B, T = features.shape[:2]
         if padding_mask is not None:
-            padding_mask = frame_padding(padding_mask, T)
+            padding_mask = frame_padding_mask(padding_mask, self.conv_layers, T)
         if self.post_extract_proj is not None:
             features = self.post_extract_proj(features)
             if self.post_proj_layer_norm is not None:

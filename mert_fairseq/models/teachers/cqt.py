@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ class SpectralCQT(nn.Module):
     """
 
     def __init__(self, sr: int, hop_length: int, fmin: float, n_bins: int, bins_per_octave: int,
-                 filter_scale: float = 1.0, band: float = 64.0, cache_size: int = 4) -> None:
+                 filter_scale: float = 1.0, band: float = 64.0, cache_size: int = 4, block_frames: int = 512) -> None:
         super().__init__()
         self.sr, self.hop_length, self.n_bins = int(sr), int(hop_length), int(n_bins)
         self.bins_per_octave, self.band, self.cache_size = int(bins_per_octave), float(band), cache_size
@@ -78,6 +78,8 @@ class SpectralCQT(nn.Module):
         l_int = self.lengths.astype(np.int64)
         self._d0 = np.ceil(half - self.lengths / 2).astype(np.int64) - (l_int % 2) - half
         self._reach = int(max((-self._d0).max(), (self._d0 + l_int).max()))
+        # inputs of more than block_frames frames are transformed in blocks, with margin frames of context
+        self.block_frames, self.margin = int(block_frames), -(-self._reach // self.hop_length)
         # numpy, not a tensor: a module built under a meta-device context (transformers' from_pretrained)
         # holds no tensor state that would have to be materialised
         self._scale = (np.sqrt(self.lengths) / self.hop_length).astype(np.float32)
@@ -143,7 +145,9 @@ class SpectralCQT(nn.Module):
             b = int(np.ceil((centre + reach).max() / M))
             b = min(b, a + self.hop_length)  # at most the whole circle
             m = torch.arange(a * M, b * M, dtype=torch.int64)
-            G = self._spectra(bins, m, N).reshape(len(bins), b - a, M).permute(2, 1, 0)  # M x blocks x n_g
+            # a few bins at a time: the closed form's fp64 temporaries stay small (~10x the kernels otherwise)
+            G = torch.cat([self._spectra(bins[i: i + 8], m, N) for i in range(0, len(bins), 8)])
+            G = G.reshape(len(bins), b - a, M).permute(2, 1, 0)  # M x blocks x n_g
             blocks = torch.arange(a, b) % self.hop_length
             groups.append((blocks.to(device), torch.cat([G.real, G.imag], dim=2).float().contiguous().to(device)))
         entry = (N, groups)
@@ -160,23 +164,45 @@ class SpectralCQT(nn.Module):
             x = x.unsqueeze(0)
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float()
-            B, L = x.shape
-            frames = L // self.hop_length + 1
-            M = _grid_size(math.ceil((L + self._reach) / self.hop_length))
-            N, groups = self._kernels(M, x.device)
-            X = torch.fft.fft(x, n=N).reshape(B, self.hop_length, M).permute(2, 0, 1)  # M x B x hop blocks
-            X = torch.cat([X.real, X.imag], dim=1)  # M x 2B x hop: rows [Re X; Im X]
-            real, imag = [], []
-            fold = _fold_dtype(x.device)
-            X = X.to(fold)
-            for blocks, G in groups:
-                P = torch.bmm(X.index_select(2, blocks), G.to(fold))  # M x 2B x 2n_g: [ReX ReG, ReX ImG; ImX ReG, ImX ImG]
-                n = G.size(2) // 2
-                real.append(P[:, :B, :n] - P[:, B:, n:])
-                imag.append(P[:, :B, n:] + P[:, B:, :n])
-            F = torch.complex(torch.cat(real, 2).float(), torch.cat(imag, 2).float()).permute(1, 2, 0)  # B x bins x M
-            c = torch.fft.ifft(F, dim=-1)[..., :frames]
-            return c.abs() * torch.from_numpy(self._scale).to(x.device)[:, None]
+            frames = x.shape[1] // self.hop_length + 1
+            if frames <= self.block_frames:  # one grid fitted to the input
+                M = _grid_size(math.ceil((x.shape[1] + self._reach) / self.hop_length))
+                return self._transform(x, frames, M)
+            return self._blocked(x, frames)
+
+    def _blocked(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """Long input B x L: `block_frames` frames at a time from a segment with `margin` frames of context on
+        each side (zeros beyond the input, as a single pass sees), all on one fixed grid: kernels and work
+        memory do not grow with L. Returns B x bins x frames."""
+        hop, C, R = self.hop_length, self.block_frames, self.margin
+        M = _grid_size(C + 2 * R)  # N = hop * M >= the segment: the kept frames' kernels never wrap around
+        padded = torch.nn.functional.pad(x, (R * hop, (C + R) * hop))
+        out = x.new_empty(x.shape[0], self.n_bins, frames)
+        for j0 in range(0, frames, C):
+            n = min(C, frames - j0)
+            segment = padded[:, j0 * hop: (j0 + C + 2 * R) * hop]  # frame R + k is centred on input frame j0 + k
+            out[:, :, j0: j0 + n] = self._transform(segment, R + n, M)[:, :, R:]
+        return out
+
+    def _transform(self, x: torch.Tensor, frames: int, M: int) -> torch.Tensor:
+        """fp32 B x L -> B x bins x frames: frame j centred on sample hop * j, zeros beyond the input, on the
+        grid N = hop * M (N >= L + the kernels' reach: no wrap-around into the frames kept)."""
+        B = x.shape[0]
+        N, groups = self._kernels(M, x.device)
+        X = torch.fft.fft(x, n=N).reshape(B, self.hop_length, M).permute(2, 0, 1)  # M x B x hop blocks
+        X = torch.cat([X.real, X.imag], dim=1)  # M x 2B x hop: rows [Re X; Im X]
+        real, imag = [], []
+        fold = _fold_dtype(x.device)
+        X = X.to(fold)
+        for blocks, G in groups:
+            # M x 2B x 2n_g: [ReX ReG, ReX ImG; ImX ReG, ImX ImG]
+            P = torch.bmm(X.index_select(2, blocks), G.to(fold))
+            n = G.size(2) // 2
+            real.append(P[:, :B, :n] - P[:, B:, n:])
+            imag.append(P[:, :B, n:] + P[:, B:, :n])
+        F = torch.complex(torch.cat(real, 2).float(), torch.cat(imag, 2).float()).permute(1, 2, 0)  # B x bins x M
+        c = torch.fft.ifft(F, dim=-1)[..., :frames]
+        return c.abs() * torch.from_numpy(self._scale).to(x.device)[:, None]
 
 
 def build_cqt(sample_rate: int, hop_length: int, n_bins: int) -> SpectralCQT:
@@ -192,10 +218,15 @@ def exclude_buffers_from_state_dict(module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def cqt_frames(cqt: nn.Module, wav: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """wav: B x L -> B x (floor((L - offset) / hop) + 1) x bins, fp32; frame j centred at offset + hop*j."""
+def cqt_frames(cqt: nn.Module, wav: torch.Tensor, offset: int = 0,
+               padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """wav: B x L -> B x (floor((L - offset) / hop) + 1) x bins, fp32; frame j centred at offset + hop*j.
+    padding_mask (B x L, True = padding): padded samples count as zeros, as beyond the end of a clip alone."""
     with torch.autocast(device_type=wav.device.type, enabled=False):
-        return cqt(wav[:, offset:].float()).float().transpose(1, 2)
+        wav = wav.float()
+        if padding_mask is not None:
+            wav = wav.masked_fill(padding_mask, 0.0)
+        return cqt(wav[:, offset:]).float().transpose(1, 2)
 
 
 class CQTTeacher(nn.Module):
