@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from fairseq.data.data_utils import compute_mask_indices
 
+from mert_fairseq.models.cnn_features import conv_output_length, frame_padding_mask
+
 ConvLayers = Tuple[Tuple[int, int, int], ...]
 
 
@@ -83,31 +85,15 @@ class StepDraws:
         return replace(self, **moved)
 
 
-def conv_frames(conv_layers: Sequence[Tuple[int, int, int]], n_samples: int) -> int:
-    """CNN frames of a clip of `n_samples` samples (unpadded convolutions)."""
-    n = n_samples
-    for _, kernel, stride in conv_layers:
-        n = (n - kernel) // stride + 1
-    return n
-
-
 def model_frames(spec: DrawSpec, n_samples: int, label_frames: Optional[int]) -> int:
     """T of the model's B x T x D frames: CNN frames, cropped so that every frame has a label (as
     `MERTModel.forward_targets`); online targets have n_samples // hop + 1 label frames."""
-    T = conv_frames(spec.conv_layers, n_samples)
+    T = conv_output_length(n_samples, [k for _, k, _ in spec.conv_layers], [s for _, _, s in spec.conv_layers])
     if spec.online_label_hop > 0:
         label_frames = n_samples // spec.online_label_hop + 1
     if label_frames is not None and spec.feat2tar_ratio * T > label_frames:
         T = int(label_frames / spec.feat2tar_ratio)
     return T
-
-
-def frame_padding(padding_mask: torch.Tensor, T: int) -> torch.Tensor:
-    """Sample-level B x L mask -> frame-level B x T: a frame is padding only if all its samples are."""
-    extra = padding_mask.size(1) % T
-    if extra > 0:
-        padding_mask = padding_mask[:, :-extra]
-    return padding_mask.view(padding_mask.size(0), T, -1).all(-1)
 
 
 def draw_noise_mixture(rng: np.random.Generator, B: int, L: int, prob: float, length_range: Sequence[int],
@@ -195,5 +181,6 @@ def draw_for_batch(spec: DrawSpec, rng: np.random.Generator, source: torch.Tenso
     shortest label stream's length (None: no label files). CPU tensors; the one function every caller uses."""
     B, L = source.shape
     T = model_frames(spec, L, label_frames)
-    pad = frame_padding(padding_mask.cpu(), T).numpy() if padding_mask is not None else None
+    # a frame is padding when it reads any padded sample, as in the model (`cnn_features`)
+    pad = frame_padding_mask(padding_mask.cpu(), spec.conv_layers, T).numpy() if padding_mask is not None else None
     return draw_step(spec, rng, B, L, T, pad)

@@ -29,9 +29,9 @@ from torch import nn
 
 from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
 from mert_fairseq.common.config_values import parse_conv_layers, parse_list_literal, warn_fields_without_effect
-from mert_fairseq.models.cnn_features import cnn_features, frame_padding_mask
+from mert_fairseq.models.cnn_features import cnn_features, frame_padding_mask, receptive_field
 from mert_fairseq.models.teachers.cqt import CQTTeacher, build_cqt, cqt_frames
-from mert_fairseq.data.step_draws import DrawSpec, StepDraws, frame_padding
+from mert_fairseq.data.step_draws import DrawSpec, StepDraws
 from mert_fairseq.models.masked_prediction import batched_cosine_logits
 from mert_fairseq.models.teachers.mel import MelTeacher
 from mert_fairseq.models.mert_config import NO_EFFECT_FIELDS, MERTConfig
@@ -108,7 +108,7 @@ class MERTModel(BaseFairseqModel):
         if cfg.audio_cqt_loss_m:
             self.encoder_cqt_model = CQTTeacher(
                 D, cfg.audio_cqt_bins, sample_rate, cfg.label_rate, cfg.cqt_align_to_cnn,
-                cnn_receptive_field=self._receptive_field(conv_layers),
+                cnn_receptive_field=receptive_field(*zip(*[(k, st) for _, k, st in conv_layers])),
             )
         if cfg.audio_mel_loss_m:
             self.encoder_mel_model = MelTeacher(D, cfg.audio_mel_bins, sample_rate, cfg.label_rate)
@@ -126,14 +126,6 @@ class MERTModel(BaseFairseqModel):
             self._load_pretrained_cnn(cfg.pretrained_weights)
 
     # ------------------------------------------------------------------ construction helpers
-    @staticmethod
-    def _receptive_field(conv_layers) -> int:
-        field, jump = 1, 1
-        for _, k, s in conv_layers:
-            field += (k - 1) * jump
-            jump *= s
-        return field
-
     @staticmethod
     def _warn_no_effect_fields(cfg: MERTConfig) -> None:
         warn_fields_without_effect(cfg, NO_EFFECT_FIELDS, "model")
@@ -190,11 +182,6 @@ class MERTModel(BaseFairseqModel):
             features = features[..., :feat_tsz]
         target_inds = (torch.arange(feat_tsz).float() * self.feat2tar_ratio).long().to(features.device, non_blocking=True)
         return features, [t[:, target_inds] for t in target_list]
-
-    @staticmethod
-    def forward_padding_mask(features: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        """Sample-level B x L mask -> frame-level B x T: a frame is padding only if all its samples are."""
-        return frame_padding(padding_mask, features.size(1))
 
     # ------------------------------------------------------------------ random draws
     def draw_spec(self) -> DrawSpec:
