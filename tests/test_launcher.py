@@ -39,7 +39,7 @@ def test_demo_runs_end_to_end_then_resumes(tmp_path):
 
 def test_demo_with_mfcc_chroma_and_onset_streams(tmp_path):
     from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
-    from mert_fairseq.prep.kmeans_labels import load_model
+    from mert_fairseq.prep.kmeans_model import load_model
 
     demo, save = tmp_path / "demo", tmp_path / "run"
     rc, out = run("optimization.max_update=2", "dataset.validate_interval_updates=2", "task.probe_interval_updates=100",

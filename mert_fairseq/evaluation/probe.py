@@ -322,7 +322,7 @@ class MFCCSource(FeatureSource):
 
     def __init__(self, name: str = "mfcc") -> None:
         from mert_fairseq.prep.common import SAMPLE_RATE
-        from mert_fairseq.prep.kmeans_labels import FeatureSpec, MfccFeatures
+        from mert_fairseq.prep.kmeans_features import FeatureSpec, MfccFeatures
 
         self.name, self.sample_rate, self.spec = name, SAMPLE_RATE, FeatureSpec()
         self.mfcc = MfccFeatures(self.spec)
