@@ -1,8 +1,6 @@
 """End-to-end training with `fairseq-hydra-train` on CPU: learning, stop/resume, data parallel."""
 import re
 import socket
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -10,9 +8,7 @@ import pytest
 import torch
 
 from synthetic import make_tone_dataset
-from training_runs import ROOT, TRAIN, TRAINED_RUN_OVERRIDES, TRAINED_RUN_UPDATES, load_params, metric, train  # noqa: F401
-
-# train, metric, load_params, ROOT and TRAIN live in training_runs.py; imported here by other modules too
+from training_runs import TRAINED_RUN_OVERRIDES, TRAINED_RUN_UPDATES, load_params, metric, train
 
 
 def test_loss_falls_and_masked_accuracy_rises_above_chance(tone_data, tmp_path):
