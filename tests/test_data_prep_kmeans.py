@@ -284,32 +284,43 @@ def test_cli_fit_with_chroma_saves_its_feature_settings(manifest_dir, tmp_path):
     assert [len(line) for line in lines] == [math.ceil(r.num_samples / 320) for r in read_manifest(manifest_dir / "train.tsv").rows]
 
 
-def test_cli_two_streams_in_one_call_equal_two_single_calls(manifest_dir, tmp_path):
+def test_cli_two_streams_in_one_call_equal_two_single_calls(manifest_dir, tmp_path, capsys):
+    """The script with two streams once (a fresh interpreter), then its main() in this process."""
+    from mert_fairseq.prep.kmeans_labels import main
+
     common = ("--manifest-dir", manifest_dir, "--n-clusters", 4, "--max-fit-frames", 1000)
     both = tmp_path / "both"
     result = run_script("prepare_kmeans_labels", "all", *common, "--label-dir", both, "--feature", "mfcc+chroma",
                         "--kmeans-model", both / "{name}.npz")
     assert result.returncode == 0, result.stderr
+
+    def run(*args) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse errors
+            code = exc.code
+        return code, capsys.readouterr().err
+
     for name, feature in (("kmeans", "mfcc"), ("chroma", "chroma")):
         single = tmp_path / name
-        result = run_script("prepare_kmeans_labels", "all", *common, "--label-dir", single, "--feature", feature,
-                            "--kmeans-model", single / "km.npz", "--name", name)
-        assert result.returncode == 0, result.stderr
+        code, err = run("all", *common, "--label-dir", single, "--feature", feature, "--kmeans-model",
+                        single / "km.npz", "--name", name)
+        assert code == 0, err
         assert load_model(both / f"{name}.npz")[1] == FeatureSpec(feature)
         for f in (f"train.{name}", f"valid.{name}", f"dict.{name}.txt"):
             assert (both / f).read_bytes() == (single / f).read_bytes(), f
-    named = run_script("prepare_kmeans_labels", "apply", "--manifest-dir", manifest_dir, "--label-dir", tmp_path / "re",
-                       "--kmeans-model", both / "{name}.npz", "--name", "kmeans,chroma", "--splits", "valid")
-    assert named.returncode == 0, named.stderr
+    code, err = run("apply", "--manifest-dir", manifest_dir, "--label-dir", tmp_path / "re",
+                    "--kmeans-model", both / "{name}.npz", "--name", "kmeans,chroma", "--splits", "valid")
+    assert code == 0, err
     assert (tmp_path / "re" / "valid.chroma").read_bytes() == (both / "valid.chroma").read_bytes()
     for extra, message in ((("--kmeans-model", tmp_path / "one.npz"), "needs a {name} placeholder"),
                            (("--kmeans-model", both / "{name}.npz", "--name", "a"), "2 streams but --name a has 1"),
                            (("--kmeans-model", both / "{name}.npz", "--name", "a,a"), "stream names must differ")):
-        bad = run_script("prepare_kmeans_labels", "all", *common, "--label-dir", tmp_path / "bad", "--feature",
-                         "mfcc+chroma", *extra)
-        assert bad.returncode == 1 and message in bad.stderr, bad.stderr
-    bad = run_script("prepare_kmeans_labels", "fit", *common, "--kmeans-model", both / "x", "--feature", "mfcc+pitch")
-    assert bad.returncode == 2 and "unknown feature 'pitch'" in bad.stderr
+        code, err = run("all", *common, "--label-dir", tmp_path / "bad", "--feature", "mfcc+chroma", *extra)
+        assert code == 1 and message in err, err
+    code, err = run("fit", *common, "--kmeans-model", both / "x", "--feature", "mfcc+pitch")
+    assert code == 2 and "unknown feature 'pitch'" in err
 
 
 # ----------------------------------------------------------------------------- model files without pickle

@@ -42,21 +42,28 @@ def test_stop_and_resume_continues_exactly(tone_data, trained_run, tmp_path):
         assert torch.allclose(v, b["model"][k], atol=1e-6), k
 
 
+# Deterministic objective (no masking randomness, no mixture): every frame is predicted.
+DET = ["model.mask_prob=0.0", "model.skip_masked=true", "model.skip_nomask=false",
+       "criterion.pred_nomask_weight=1.0", "criterion.pred_masked_weight=0.0", "model.mixture_prob=-1",
+       "optimization.max_update=1", "dataset.disable_validation=true", "common.log_interval=1"]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """(data, run folder, log) of the one-process reference run (8 clips in one batch), shared by both backends."""
+    root = tmp_path_factory.mktemp("one_process")
+    data = make_tone_dataset(root / "data", n_clips=8, seed=3)
+    return data, root / "one", train(data, root / "one", *DET, "dataset.max_tokens=384000")
+
+
 @pytest.mark.parametrize("ddp_backend", ["no_c10d", "c10d"])
-def test_two_process_data_parallel_matches_one_process(tmp_path, ddp_backend):
+def test_two_process_data_parallel_matches_one_process(tmp_path, ddp_backend, one_process):
     """no_c10d (all-reduce after the backward, the original's) and c10d (bucketed all-reduce overlapping the
     backward, without find_unused_parameters: the recipes')."""
-    data = make_tone_dataset(tmp_path / "data", n_clips=8, seed=3)
-    # Deterministic objective (no masking randomness, no mixture): every frame is predicted.
-    det = ["model.mask_prob=0.0", "model.skip_masked=true", "model.skip_nomask=false",
-           "criterion.pred_nomask_weight=1.0", "criterion.pred_masked_weight=0.0", "model.mixture_prob=-1", "optimization.max_update=1",
-           "dataset.disable_validation=true", "common.log_interval=1"]
-    one = train(data, tmp_path / "one", *det, "dataset.max_tokens=384000")
+    data, one_dir, one = one_process
     # Two CPU processes, one per rank (fairseq's own spawn and torchrun paths assume CUDA devices).
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ddp = [*det, "dataset.max_tokens=192000", "distributed_training.distributed_world_size=2",
+    port = _free_port()
+    ddp = [*DET, "dataset.max_tokens=192000", "distributed_training.distributed_world_size=2",
            "distributed_training.distributed_backend=gloo", f"distributed_training.ddp_backend={ddp_backend}",
            "distributed_training.find_unused_parameters=false",
            f"distributed_training.distributed_init_method=tcp://127.0.0.1:{port}",
@@ -67,7 +74,7 @@ def test_two_process_data_parallel_matches_one_process(tmp_path, ddp_backend):
     two = logs[0]
     loss_one, loss_two = metric(one, "train", "loss"), metric(two, "train", "loss")
     assert loss_one and loss_two and loss_one[0] == pytest.approx(loss_two[0], abs=2e-3), (loss_one, loss_two)
-    a, b = load_params(tmp_path / "one")["model"], load_params(tmp_path / "two")["model"]
+    a, b = load_params(one_dir)["model"], load_params(tmp_path / "two")["model"]
     for k, v in a.items():
         assert torch.allclose(v, b[k], atol=1e-5), k
 
