@@ -1,5 +1,6 @@
 """End-to-end training with `fairseq-hydra-train` on CPU: learning, stop/resume, data parallel."""
 import re
+import shutil
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -106,8 +107,8 @@ def _free_port() -> int:
 def test_two_ranks_draw_their_own_masks_and_resume_exactly(tmp_path):
     """Masking, the noise mixture and layerdrop on, 2 processes (gloo, c10d without find_unused_parameters:
     a layer one rank skips still gets its zero gradient): each rank's batches carry their own draws (row i
-    of rank 0's batch is not masked like row i of rank 1's), and a run stopped after 4 updates and resumed
-    ends with the weights of an uninterrupted run of 8."""
+    of rank 0's batch is not masked like row i of rank 1's), and a run resumed from the checkpoint of update 4
+    (the end of epoch 1) ends with the weights of the uninterrupted run of 8."""
     from step_helpers import build_recipe
 
     data = make_tone_dataset(tmp_path / "data", n_clips=16, seed=4)
@@ -126,18 +127,21 @@ def test_two_ranks_draw_their_own_masks_and_resume_exactly(tmp_path):
     assert not torch.equal(ranks[0]["net_input"]["draws"]["mix_len"], ranks[1]["net_input"]["draws"]["mix_len"])
     assert all(len(b["net_input"]["draws"]["layer_keep_host"]) == 2 for b in ranks)  # eager steps skip from these
 
-    common = ["dataset.max_tokens=96000", "dataset.disable_validation=true", "checkpoint.save_interval_updates=1000",
+    common = ["dataset.max_tokens=96000", "dataset.disable_validation=true", "checkpoint.save_interval_updates=4",
               "lr_scheduler.warmup_updates=4", "model.mixture_prob=0.5", "model.encoder_layerdrop=0.5",
               "common.log_interval=1"]
 
-    def two(run: Path, *overrides: str) -> None:
+    def two(run: Path, *overrides: str) -> str:  # rank 0's log
         port = _free_port()
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda r: train(data, run, *common, *overrides, *_ddp(port, r, run)), (0, 1)))
+            return list(pool.map(lambda r: train(data, run, *common, *overrides, *_ddp(port, r, run)), (0, 1)))[0]
 
     two(tmp_path / "straight", "optimization.max_update=8")
-    two(tmp_path / "resumed", "optimization.max_update=4", "+lr_scheduler.total_num_update=8")
-    two(tmp_path / "resumed", "optimization.max_update=8")
+    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)  # as if stopped at update 4
+    shutil.copyfile(tmp_path / "straight" / "checkpoints" / "checkpoint_1_4.pt",
+                    tmp_path / "resumed" / "checkpoints" / "checkpoint_last.pt")
+    log = two(tmp_path / "resumed", "optimization.max_update=8")
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 4 updates\)", log), log[-3000:]
     a, b = load_params(tmp_path / "straight"), load_params(tmp_path / "resumed")
     assert b["optimizer_history"][-1]["num_updates"] == 8
     for k, v in a["model"].items():
