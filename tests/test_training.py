@@ -127,7 +127,7 @@ def test_two_ranks_draw_their_own_masks_and_resume_exactly(tmp_path):
     assert not torch.equal(ranks[0]["net_input"]["draws"]["mix_len"], ranks[1]["net_input"]["draws"]["mix_len"])
     assert all(len(b["net_input"]["draws"]["layer_keep_host"]) == 2 for b in ranks)  # eager steps skip from these
 
-    common = ["dataset.max_tokens=96000", "dataset.disable_validation=true", "checkpoint.save_interval_updates=4",
+    common = ["dataset.max_tokens=96000", "dataset.disable_validation=true", "checkpoint.save_interval_updates=1000",
               "lr_scheduler.warmup_updates=4", "model.mixture_prob=0.5", "model.encoder_layerdrop=0.5",
               "common.log_interval=1"]
 
@@ -136,9 +136,9 @@ def test_two_ranks_draw_their_own_masks_and_resume_exactly(tmp_path):
         with ThreadPoolExecutor(2) as pool:
             return list(pool.map(lambda r: train(data, run, *common, *overrides, *_ddp(port, r, run)), (0, 1)))[0]
 
-    two(tmp_path / "straight", "optimization.max_update=8")
+    two(tmp_path / "straight", "optimization.max_update=8", "checkpoint.no_epoch_checkpoints=false")
     (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)  # as if stopped at update 4
-    shutil.copyfile(tmp_path / "straight" / "checkpoints" / "checkpoint_1_4.pt",
+    shutil.copyfile(tmp_path / "straight" / "checkpoints" / "checkpoint1.pt",
                     tmp_path / "resumed" / "checkpoints" / "checkpoint_last.pt")
     log = two(tmp_path / "resumed", "optimization.max_update=8")
     assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 4 updates\)", log), log[-3000:]
