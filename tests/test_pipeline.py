@@ -1,16 +1,16 @@
 """The documented pipeline on demo audio: corpus -> manifest -> EnCodec labels -> validation ->
 one update of the full-size 95M RVQ config through fairseq-hydra-train on CPU."""
-from importlib import import_module
+import subprocess
+import sys
+from pathlib import Path
 
+from data_prep_helpers import run_script
 from training_runs import metric, train
 
 ENCODEC = [f"encodec_{i}" for i in range(8)]
-# the module behind each scripts/NAME.py (its main(argv); the scripts as scripts: tests/test_cli.py)
-MODULES = {"make_demo_corpus": "demo_corpus", "prepare_manifest": "manifest",
-           "prepare_codecs_from_manifest": "encodec_labels", "validate_data": "validate"}
 
 
-def test_demo_audio_encodec_labels_train_95m_config(tmp_path, capsys):
+def test_demo_audio_encodec_labels_train_95m_config(tmp_path):
     corpus, manifest, labels = tmp_path / "corpus", tmp_path / "manifest", tmp_path / "labels"
     steps = [
         ("make_demo_corpus", "--out-dir", corpus, "--num-clips", "6", "--seconds", "4"),
@@ -21,9 +21,8 @@ def test_demo_audio_encodec_labels_train_95m_config(tmp_path, capsys):
         ("validate_data", "--manifest-dir", manifest, "--label-dir", labels, "--splits", "train,valid"),
     ]
     for name, *args in steps:
-        code = import_module(f"mert_fairseq.prep.{MODULES[name]}").main([str(a) for a in args])
-        out = capsys.readouterr()
-        assert code == 0, f"{name}: {out.out[-2000:]}{out.err[-3000:]}"
+        proc = run_script(name, *args)
+        assert proc.returncode == 0, f"{name}: {proc.stdout[-2000:]}{proc.stderr[-3000:]}"
     data = {"data": str(manifest), "label_dir": str(labels), "labels": ENCODEC}
     log = train(data, tmp_path / "run", "common.cpu=true", "common.fp16=false", "model.label_rate=75",
                 "optimization.max_update=2", "dataset.max_tokens=200000", "dataset.num_workers=0",
