@@ -1,6 +1,5 @@
 """The documented pipeline on demo audio: corpus -> manifest -> EnCodec labels -> validation ->
 one update of the full-size 95M RVQ config through fairseq-hydra-train on CPU."""
-
 from data_prep_helpers import run_script
 from training_runs import metric, train
 
