@@ -5,8 +5,9 @@
 #   demo corpus (+ held-out probe clips) -> manifest -> K-means labels (four streams: MFCC, log-CQT,
 #   bass-relative chroma and high-band onset density; DEMO_KMEANS_FEATURE=mfcc for MFCC codes only, =mfcc+cqt
 #   for two streams, =mfcc+cqt+chord for the three of the previous recipe, any
-#   '+'-joined list of prepare_kmeans_labels.py features) -> MERT_demo_cpu training (with
-#   online probes) -> probe table of the model vs random init vs MFCC on the held-out clips + PNGs.
+#   '+'-joined list of prepare_kmeans_labels.py features) -> MERT_demo_cpu training (the recipe is the YAML;
+#   the launcher adds the data paths, the probe clips and, for DEMO_KMEANS_FEATURE, task.labels; online
+#   probes) -> probe table of the model vs random init vs MFCC on the held-out clips + PNGs.
 #   Steps already done are skipped; training resumes from checkpoint_last.pt.
 #     bash scripts/run_training.sh
 #     bash scripts/run_training.sh optimization.max_update=2000   # demo with hydra overrides
@@ -35,6 +36,8 @@
 #              NPROCS_PER_NODE; one task per GPU: rank SLURM_PROCID, device SLURM_LOCALID, world SLURM_NTASKS
 #     torchrun rank RANK, device LOCAL_RANK, world WORLD_SIZE, rendezvous MASTER_ADDR:MASTER_PORT (env://)
 #   DRY_RUN=1 prints the fairseq-hydra-train command instead of running it. -h / --help: this text.
+#   TRAIN_MODULE=mert_fairseq.testing.fault_train (tests) trains through the fault-injection entry point
+#   (`python -m`; it arms the MERT_FAULT_* hooks, docs/reliability.md) instead of fairseq-hydra-train.
 #   Exit code 75: stopped by SIGUSR1/SIGTERM after saving checkpoint_last.pt (rerun to continue; README).
 set -euo pipefail
 
@@ -44,6 +47,9 @@ if [[ -x "$ROOT/.venv/bin/python" ]]; then
   PY="$ROOT/.venv/bin/python"; TRAIN=("$ROOT/.venv/bin/fairseq-hydra-train")
 else
   PY="$(command -v python3)"; TRAIN=("$PY" -m fairseq_cli.hydra_train)
+fi
+if [[ -n "${TRAIN_MODULE:-}" ]]; then
+  TRAIN=("$PY" -m "$TRAIN_MODULE"); export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 fi
 CONFIG_DIR="$ROOT/configs/pretrain"
 USER_DIR="$ROOT/mert_fairseq"
@@ -87,20 +93,16 @@ run_demo() {
       --label-dir "$labels" --kmeans-model "$labels/{name}.npz" --name "$names" --n-clusters 100 \
       --feature "$feature" --max-fit-frames 20000 "${onset_args[@]}"
   fi
-  local stream_args=()
-  # several streams (the demo's recipe, chosen on probe rows :100; docs/probing.md): one projection each; no
-  # in-batch noise (it mixes other clips' pitch into the input); the loss on unmasked frames too, half the
-  # frames masked (the probes read unmasked frames); the waveform CNN frozen at its random init (it learns
-  # no pitch in a demo's updates, and without its backward pass 800 updates cost what 500 did)
-  [[ "$names" == kmeans ]] || stream_args=("task.labels=[$names]" model.untie_final_proj=true model.mixture_prob=0
-    model.skip_nomask=false criterion.pred_nomask_weight=1.0 model.mask_prob=0.5 model.feature_grad_mult=0.0
-    optimization.max_update=800)
+  # the recipe (four streams, their heads, masking, loss, updates) is MERT_demo_cpu.yaml; the launcher adds data
+  # paths, and the label streams when DEMO_KMEANS_FEATURE chose other features
+  local labels_arg=()
+  [[ "$feature" == "$default_feature" ]] || labels_arg=("task.labels=[$names]")
   say_t "4/5 training MERT_demo_cpu -> $save (resumes from checkpoint_last.pt when present)"
   local log="$save/train.log" ckpt="$save/checkpoints/checkpoint_last.pt"
   mkdir -p "$save"
   "${TRAIN[@]}" --config-dir "$CONFIG_DIR" --config-name MERT_demo_cpu \
     common.user_dir="$USER_DIR" task.data="$manifest" task.label_dir="$labels" task.probe_csv="$probe/metadata.csv" \
-    checkpoint.save_dir="$save/checkpoints" hydra.run.dir="$save" "${stream_args[@]}" "$@" 2>&1 | tee -a "$log" \
+    checkpoint.save_dir="$save/checkpoints" hydra.run.dir="$save" "${labels_arg[@]}" "$@" 2>&1 | tee -a "$log" \
     | grep --line-buffered -E "\]\[(train_inner|train|valid)\]|Loaded checkpoint|done training|online probe \(|Error|error" || true
   [[ "${PIPESTATUS[0]}" == 0 ]] || { echo "training failed; see $log" >&2; exit 1; }
   local acc

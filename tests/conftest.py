@@ -41,3 +41,13 @@ def trained_run(tone_data, tmp_path_factory):
     from training_runs import make_trained_run
 
     return make_trained_run(tone_data, tmp_path_factory.mktemp("trained_run"))
+
+
+@pytest.fixture(autouse=True)
+def no_patch_left_behind():
+    """Every test starts and ends with fairseq unpatched: what a test (or a task it set up) installed through
+    fairseq_patches' registry, fault hooks included, is undone after it."""
+    yield
+    patches = sys.modules.get("mert_fairseq.tasks.fairseq_patches")
+    if patches is not None:
+        patches.uninstall()

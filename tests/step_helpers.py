@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from tiny_models import tiny_overrides
+from training_runs import TONE_DEMO_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs" / "pretrain"
@@ -35,7 +36,8 @@ def build_recipe(name: str, data: dict, n_streams: int = 8, extra=()):
     cfg = compose_config(name, [f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",
                                 f"task.label_dir={data['label_dir']}",
                                 f"task.labels=[{','.join(data['labels'] * n_streams)}]", "model.label_rate=75",
-                                "task.max_sample_size=24000", "task.min_sample_size=1000", *tiny_overrides(), *extra])
+                                "task.max_sample_size=24000", "task.min_sample_size=1000", *tiny_overrides(),
+                                *(TONE_DEMO_OVERRIDES if name == "MERT_demo_cpu" else ()), *extra])
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     utils.import_user_module(cfg.common)
     task = tasks.setup_task(cfg.task)

@@ -119,10 +119,13 @@ def test_restart_after_the_final_checkpoint_trains_nothing(tone_data, trained_ru
 
 
 # ---------------------------------------------------------------- atomic writes under SIGKILL
-# a process that does `_write_or_copy` (below) with the fault point of MERT_FAULT_POINT armed (it is killed there)
+# a process that does `_write_or_copy` (below) with the fault point of MERT_FAULT_POINT armed as the
+# fault-injection entry point arms it (fault_points.install): it is killed there
 KILLED_WRITER = """
 import sys
 sys.path.insert(0, sys.argv[4])
+from mert_fairseq.testing import fault_points
+fault_points.install(fault_points.Faults.from_env())
 from test_checkpoint_recovery import _write_or_copy
 _write_or_copy(*sys.argv[1:4])
 print("not killed")
@@ -149,7 +152,7 @@ def _write_or_copy(mode: str, src, dst) -> None:
 
 
 @pytest.mark.parametrize("mode", ["copy", "write"])
-def test_kill_half_way_through_a_checkpoint_copy_or_write_keeps_the_old_file(mode, tmp_path):
+def test_kill_half_way_through_a_checkpoint_copy_or_write_keeps_the_old_file(mode, tmp_path, monkeypatch):
     src, dst = tmp_path / "checkpoint_1_10.pt", tmp_path / "checkpoint_last.pt"
     torch.save({"w": torch.arange(300_000.0) + 1}, src)
     torch.save({"w": torch.zeros(3)}, dst)
@@ -163,7 +166,9 @@ def test_kill_half_way_through_a_checkpoint_copy_or_write_keeps_the_old_file(mod
     partial = list(tmp_path.glob(".checkpoint_last.pt.*.tmp"))
     assert len(partial) == 1 and 0 < partial[0].stat().st_size < src.stat().st_size
     assert remove_stale_temp_files(str(tmp_path)) == 1 and not list(tmp_path.glob("*.tmp"))
-    # without a fault the same call (here, in this process: no fault point is armed) replaces the file completely
+    # without the entry point's hooks the same call replaces the file completely (here, in this process): the
+    # variable alone arms nothing, production code does not read it
+    monkeypatch.setenv("MERT_FAULT_POINT", env["MERT_FAULT_POINT"])
     _write_or_copy(mode, src, dst)
     assert checkpoint_damage(dst) is None
     assert torch.equal(torch.load(dst)["w"], torch.arange(300_000.0) + (1 if mode == "copy" else 0))

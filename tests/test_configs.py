@@ -8,7 +8,7 @@ from fairseq import tasks, utils
 from omegaconf import OmegaConf
 
 from mert_fairseq.models.mert_config import NO_EFFECT_FIELDS as MODEL_NO_EFFECT
-from mert_fairseq.tasks.mert_pretraining import NO_EFFECT_FIELDS as TASK_NO_EFFECT
+from mert_fairseq.tasks.mert_pretraining_config import NO_EFFECT_FIELDS as TASK_NO_EFFECT
 from step_helpers import CONFIG_DIR, compose_config, tiny_overrides, write_dicts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,3 +95,54 @@ def test_slurm_launcher_config_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.gpus_per_node, launcher.partition) == (8, 8, "gpu")
+
+
+def test_fields_without_effect_come_from_one_table_per_config_class():
+    """The config classes' own bodies list live fields only; the accepted-only fields are those of the table,
+    with the table's defaults, and the removed task switches are among them."""
+    from mert_fairseq.models.mert_config import MERTConfig
+    from mert_fairseq.tasks.mert_pretraining_config import MERTPretrainingConfig
+
+    for cls, table in ((MERTConfig, MODEL_NO_EFFECT), (MERTPretrainingConfig, TASK_NO_EFFECT)):
+        own = set(cls.__dict__.get("__annotations__", {}))
+        assert not own & set(table), (cls.__name__, own & set(table))
+        defaults = cls()
+        assert all(getattr(defaults, k) == (tuple(v.default) if isinstance(v.default, tuple) else v.default)
+                   for k, v in table.items()), cls.__name__
+    assert {"windowed_reads", "keep_freed_memory", "draws_in_collater", "compile_encoder_layers",
+            "cuda_graphs"} <= set(TASK_NO_EFFECT)
+    assert "compile_step" not in TASK_NO_EFFECT and "bf16_autocast" not in TASK_NO_EFFECT
+
+
+def test_stored_checkpoint_config_with_removed_fields_loads_and_warns_once(tmp_path, caplog):
+    """A checkpoint of this project from before the switches went (tests/fixtures, main at 1437d81) stores
+    windowed_reads, keep_freed_memory and compile_encoder_layers; with those and the later draws_in_collater /
+    cuda_graphs set away from their defaults, fairseq's struct merge (tasks.setup_task, models' merge_with_parent)
+    accepts the stored config, and each set field warns exactly once per task built."""
+    from fairseq.dataclass.utils import merge_with_parent
+    from omegaconf import open_dict
+
+    from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
+    from mert_fairseq.models.mert_config import MERTConfig
+
+    state = load_checkpoint_state(ROOT / "tests" / "fixtures" / "checkpoint_main_1437d81.pt")
+    cfg = state["cfg"] if OmegaConf.is_config(state["cfg"]) else OmegaConf.create(state["cfg"])
+    assert {"windowed_reads", "keep_freed_memory", "compile_encoder_layers"} <= set(cfg.task)
+    assert cfg.task.store_labels is True  # the demo recipe of that time set it
+    with open_dict(cfg):
+        cfg.task.update(data=str(tmp_path), label_dir=str(tmp_path), windowed_reads=False, draws_in_collater=False,
+                        cuda_graphs=True)
+        cfg.model.dropout_features = 0.1
+    write_dicts(tmp_path, cfg.task.labels, 16)
+    utils.import_user_module(OmegaConf.create({"user_dir": str(ROOT / "mert_fairseq")}))
+    with caplog.at_level("WARNING"):
+        for from_checkpoint in (False, True):
+            task = tasks.setup_task(cfg.task, from_checkpoint=from_checkpoint)
+            assert (task.cfg.windowed_reads, task.cfg.draws_in_collater, task.cfg.cuda_graphs) == (False, False, True)
+    model_cfg = merge_with_parent(MERTConfig(), cfg.model)
+    assert model_cfg.dropout_features == 0.1
+    lines = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    for key in ("task.windowed_reads=False", "task.draws_in_collater=False", "task.cuda_graphs=True",
+                "task.store_labels=True"):
+        assert sum(line.startswith(key + " has no effect") for line in lines) == 2, (key, lines)  # once per task
+    assert len(lines) == 8, lines

@@ -1,8 +1,10 @@
 """What the README and docs/ say runs, composes: every `fairseq-hydra-train` / `run_training.sh` command
 shown there (fenced code, continuation lines joined) is composed with its overrides against the YAML it
 names, as fairseq-hydra-train does (fairseq's structured config, then the task/model dataclasses), without
-training; and every task option, and every `task.*=` / `model.*=` override mentioned in the prose, is a key of
-every shipped YAML, so it is set as written (no `+`)."""
+training. The recipes say what they mean: every key a shipped YAML sets is a field of its config class, a
+task/model key sits away from its default unless the docs name it, and every `task.*=` / `model.*=` /
+`criterion.*=` override the docs name is a key of every shipped YAML, so it is set as written (no `+`; other
+options are added with `+task.NAME=VALUE`)."""
 from __future__ import annotations
 
 import re
@@ -91,32 +93,104 @@ def test_documented_command_composes(where, config, overrides):
 
 
 def prose_overrides():
-    """Every `task.x=...` / `model.x=...` (or `+task.x=...`) word in the docs: prose, comments, commands."""
+    """Every `task.x=...` / `model.x=...` / `criterion.x=...` (or `+task.x=...`) word in the docs: prose,
+    comments, commands."""
     found = set()
     for path in DOCS:
-        for m in re.finditer(r"(?:^|[\s`'(])(\+{0,2}(?:task|model)\.[a-z_0-9]+)=", path.read_text(), re.M):
+        for m in re.finditer(r"(?:^|[\s`'(])(\+{0,2}(?:task|model|criterion)\.[a-z_0-9]+)=", path.read_text(), re.M):
             found.add(m.group(1))
     return sorted(found)
 
 
-NO_EFFECT = {"seed", "enable_padding", "store_labels", "cqt_loss_bin_dataloader", "inbatch_noise_augment_len_range",
-             "inbatch_noise_augment_number_range", "inbatch_noise_augment_volume"}  # legacy / informational fields
+def recipe_yaml(recipe: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "configs" / "pretrain" / f"{recipe}.yaml").read_text())
 
 
-def test_every_task_option_and_every_mentioned_key_is_in_every_recipe():
+def group_fields(group: str, node: dict) -> dict:
+    """name -> default (MISSING for required fields) of the config class of one YAML group, as fairseq resolves it."""
     import dataclasses
 
-    from omegaconf import OmegaConf
+    from fairseq.dataclass.configs import FairseqConfig
+    from fairseq.models import MODEL_DATACLASS_REGISTRY
+    from fairseq.registry import REGISTRIES
+    from fairseq.tasks import TASK_DATACLASS_REGISTRY
 
-    from mert_fairseq.tasks.mert_pretraining import MERTPretrainingConfig
+    import mert_fairseq  # noqa: F401  (registers the task and model)
 
+    if group == "task":
+        dc = TASK_DATACLASS_REGISTRY[node["_name"]]
+    elif group == "model":
+        dc = MODEL_DATACLASS_REGISTRY[node["_name"]]
+    elif group in REGISTRIES:
+        dc = REGISTRIES[group]["dataclass_registry"][node["_name"]]
+    else:
+        default = FairseqConfig.__dataclass_fields__[group].default
+        dc = default if dataclasses.is_dataclass(default) else FairseqConfig.__dataclass_fields__[group].default_factory
+    return {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(dc)}
+
+
+def same_value(yaml_value, default) -> bool:
+    """A YAML value equals a dataclass default (numbers as floats, lists and tuples as lists)."""
+    if isinstance(default, (list, tuple)) or isinstance(yaml_value, (list, tuple)):
+        return isinstance(yaml_value, (list, tuple)) and isinstance(default, (list, tuple)) \
+            and list(yaml_value) == list(default)
+    if isinstance(yaml_value, bool) or isinstance(default, bool) or yaml_value is None or default is None:
+        return yaml_value is default or yaml_value == default and type(yaml_value) is type(default)
+    if isinstance(yaml_value, (int, float)) and isinstance(default, (int, float)):
+        return float(yaml_value) == float(default)
+    return str(yaml_value) == str(default)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_key_a_recipe_sets_is_a_field_of_its_config(recipe):
+    yaml = recipe_yaml(recipe)
+    unknown = [f"{group}.{key}" for group, node in yaml.items() if group != "hydra"
+               for key in node if key not in group_fields(group, node)]
+    assert not unknown, f"{recipe}: not a config field: {unknown}"
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_sets_task_and_model_fields_at_their_default_only_where_the_docs_name_them(recipe):
+    """A shipped YAML sets what the recipe decides (values away from the defaults) and the keys the docs tell
+    users to set; nothing else."""
+    import dataclasses
+
+    documented = {k.lstrip("+") for k in prose_overrides()}
+    yaml, idle = recipe_yaml(recipe), []
+    for group in ("task", "model"):
+        fields = group_fields(group, yaml[group])
+        for key, value in yaml[group].items():
+            default = fields.get(key)
+            if key == "_name" or value == "???" or default is dataclasses.MISSING:
+                continue
+            if same_value(value, default) and f"{group}.{key}" not in documented:
+                idle.append(f"{group}.{key}={value!r}")
+    assert not idle, f"{recipe} sets fields at their default that no doc names (drop them): {idle}"
+
+
+def test_every_documented_key_is_in_every_recipe():
     keys = prose_overrides()
     assert "task.numpy_memmap_label" in keys and "task.skip_bad_audio" in keys
-    options = [f"task.{f.name}" for f in dataclasses.fields(MERTPretrainingConfig) if f.name not in NO_EFFECT]
-    missing, plus = [], [k for k in keys if k.startswith("+")]
+    missing, plus, unknown = [], [], []
     for recipe in RECIPES:
-        yaml = OmegaConf.load(ROOT / "configs" / "pretrain" / f"{recipe}.yaml")
-        has = lambda key: key.split(".")[1] in yaml[key.split(".")[0]].keys()  # noqa: E731  (??? counts)
-        missing += [f"{recipe}: {k}" for k in sorted(set(keys + options)) if not k.startswith("+") and not has(k)]
-    assert not missing, "\n".join(missing)
-    assert not plus, f"written with '+' (hydra refuses '+' for a key the YAML has): {plus}"
+        yaml = recipe_yaml(recipe)
+        for key in keys:
+            group, name = key.lstrip("+").split(".")
+            if name not in group_fields(group, yaml[group]):
+                unknown.append(f"{recipe}: {key}")
+            elif not key.startswith("+") and name not in yaml[group]:  # '???' counts
+                missing.append(f"{recipe}: {key}")
+            elif key.startswith("+") and not key.startswith("++") and name in yaml[group]:
+                plus.append(f"{recipe}: {key}")
+    assert not unknown, "documented, but not a config field:\n" + "\n".join(unknown)
+    from mert_fairseq.models.mert_config import NO_EFFECT_FIELDS as MODEL_ACCEPTED
+    from mert_fairseq.tasks.mert_pretraining_config import NO_EFFECT_FIELDS as TASK_ACCEPTED
+
+    accepted = {**{f"task.{k}": v for k, v in TASK_ACCEPTED.items()}, **{f"model.{k}": v for k, v in MODEL_ACCEPTED.items()}}
+    told = [f"{k}: {accepted[k.lstrip('+')].why}" for k in keys if k.lstrip("+") in accepted]
+    assert not told, "the docs tell users to set a field that has no effect:\n" + "\n".join(told)
+    assert not missing, "documented without '+', so every recipe must set it:\n" + "\n".join(missing)
+    assert not plus, "written with '+' (hydra refuses '+' for a key the YAML has):\n" + "\n".join(plus)

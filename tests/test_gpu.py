@@ -38,7 +38,7 @@ def expected_loss_scale(scaler: "torch.amp.GradScaler", init_scale: float, overf
 
 def _step(dtype, steps: int = 3):
     """`steps` updates of a tiny model under autocast; fp16 with a GradScaler that grows every 2 clean steps."""
-    from tiny_models import tiny_criterion as _criterion, tiny_model, tiny_sample as _sample
+    from tiny_models import tiny_criterion as _criterion, tiny_model, music_sample as _sample
 
     torch.manual_seed(0)
     model = tiny_model("rvq_95m").cuda().train()
@@ -109,10 +109,14 @@ def test_training_run_with_workers_exits_within_10s_on_gpu(tone_data, tmp_path):
 
 # ---------------------------------------------------------------- fairseq's own fp16 path (FP16Optimizer)
 def _train_gpu(data, run_dir, *overrides, env=None):
-    from training_runs import run_training
+    from mert_fairseq.common.recipes import child_pythonpath
+    from mert_fairseq.testing import fault_train
+    from training_runs import TRAIN, run_training
 
+    # the fault-injection entry point when a test arms a hook (MERT_FAULT_NAN_UPDATES), else fairseq's
+    program = fault_train.command() if env else [TRAIN]
     return run_training(data, run_dir, "common.cpu=false", "common.fp16=true", "common.log_interval=1", *overrides,
-                        env=env, timeout=600)
+                        program=program, env={"PYTHONPATH": child_pythonpath(), **(env or {})}, timeout=600)
 
 
 def test_fp16_run_probes_and_validates_on_gpu(tone_data, tmp_path):
@@ -121,7 +125,7 @@ def test_fp16_run_probes_and_validates_on_gpu(tone_data, tmp_path):
 
     make_demo_corpus(tmp_path / "probe", num_clips=8, seconds=2.0, seed=1)
     rc, log = _train_gpu(tone_data, tmp_path / "run", f"task.probe_csv={tmp_path / 'probe' / 'metadata.csv'}",
-                         "task.probe_interval_updates=2", "task.probe_folds=2", "optimization.max_update=3",
+                         "task.probe_interval_updates=2", "++task.probe_folds=2", "optimization.max_update=3",
                          "dataset.validate_interval_updates=2")
     assert rc == 0, log[-3000:]
     assert len(metric(log, "train_inner", "probe_timbre")) == 3 and log.count("online probe (") == 2

@@ -1,9 +1,11 @@
-"""The training step built for a GPU, checked on the CPU: criterion `mert` computes hubert's loss; the step's
+"""The training step built for a GPU, checked on the CPU: criterion `mert` computes the original's loss (fairseq's
+hubert criterion on the S x (1 + C) logits, `perf.reference.ReferenceCriterion`); the step's
 random draws come from the collater (seeded, fixed shapes); the step runs no data-dependent op and compiles
 as one graph reused across batches with different masks."""
 from __future__ import annotations
 
 import math
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -11,9 +13,11 @@ import torch
 from fairseq.criterions.hubert_criterion import HubertCriterion
 from torch.utils._python_dispatch import TorchDispatchMode
 from step_helpers import batch, build_recipe
-from tiny_models import tiny_model
+from tiny_models import tiny_model, tiny_sample
 
 from mert_fairseq.criterions.mert_criterion import MertCriterion
+from mert_fairseq.data.step_draws import StepDraws, draw_for_batch
+from mert_fairseq.perf.reference import ReferenceCriterion
 
 RECIPES = ["MERT_RVQ-VAE_CQT_95M", "MERT_RVQ-VAE_CQT_330M"]
 DATA_DEPENDENT = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.unique",
@@ -44,26 +48,27 @@ class CountOps(TorchDispatchMode):
 
 # ------------------------------------------------------------------------------------------ criterion
 def _sample(model, B=3, L=24000, seed=0):
+    """Random audio and labels, with the step's draws made as the collater makes them."""
     g = torch.Generator().manual_seed(seed)
     targets = [torch.randint(4, n, (B, math.ceil(L / 320)), generator=g) for n in model.num_classes]
-    return {"id": torch.arange(B), "net_input": {"source": torch.randn(B, L, generator=g), "padding_mask": None},
-            "target_list": targets}
+    return tiny_sample(model, torch.randn(B, L, generator=g), targets, seed=seed)
 
 
 @pytest.mark.parametrize("family,extra", [
     ("rvq_95m", {}), ("rvq_330m", {}), ("kmeans", {"skip_nomask": False}),
     ("rvq_95m", {"learnable_temp": True, "mask_origin": 0.1, "mask_replace": 0.1, "encoder_layerdrop": 0.3}),
 ])
-def test_mert_criterion_equals_hubert_with_the_same_masks(family, extra):
-    """Same draws (the model's own, same seed) -> loss and every logged value within 1e-5 relative, every
-    gradient within 1e-5 of its largest magnitude (other float summation orders)."""
+def test_mert_criterion_equals_the_reference_with_the_same_masks(family, extra):
+    """Same draws (same seed) -> the mert criterion's loss and every logged value equal the reference's (hubert's
+    criterion on the original's logits) within 1e-5 relative, every gradient within 1e-5 of its largest
+    magnitude (other float summation orders)."""
     weights = dict(pred_masked_weight=1.0, pred_nomask_weight=0.5 if "skip_nomask" in extra else 0.0,
                    loss_weights=[10.0, 1.0])
     torch.manual_seed(0)
     model = tiny_model(family, **extra).train()
     sample = _sample(model)
     results = []
-    for crit in (HubertCriterion(None, **weights), MertCriterion(None, **weights)):
+    for crit in (ReferenceCriterion(None, **weights), MertCriterion(None, **weights)):
         model.zero_grad()
         torch.manual_seed(3)
         model.set_num_updates(7)
@@ -103,9 +108,10 @@ def test_mert_criterion_logging_values_stay_on_the_device_and_reduce_like_hubert
 
 
 # ------------------------------------------------------------------------------------------ collater draws
-def _same_draw(a, b) -> bool:
-    """Equal draws: tensors element by element, host values (the layerdrop flags' tuple) with ==."""
-    return torch.equal(a, b) if torch.is_tensor(a) else a == b
+def _same_draws(a: StepDraws, b: StepDraws) -> bool:
+    """Equal draws: tensors element by element, host values (layerdrop flags' tuple, counts) with ==."""
+    return all(torch.equal(x, y) if torch.is_tensor(x) else x == y
+               for x, y in ((getattr(a, f.name), getattr(b, f.name)) for f in fields(StepDraws)))
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -114,35 +120,35 @@ def test_collater_draws_are_seeded_static_and_differ_between_batches(tone_data, 
     assert task.draw_spec is not None and task.draw_spec.mask_prob == 0.8
     a, again, other = batch(ds, [0, 1, 2, 3]), batch(ds, [0, 1, 2, 3]), batch(ds, [4, 5, 6, 7])
     draws = a["net_input"]["draws"]
+    assert isinstance(draws, StepDraws)
     B, T = 4, 74  # 24000 samples -> 74 CNN frames
-    assert draws["mask"].shape == (B, T) and draws["mask"].dtype == torch.bool
-    assert a["masked_frames"] == int(draws["mask"].sum()) > 0 and a["valid_frames"] == B * T
-    for k, v in draws.items():
-        assert _same_draw(v, again["net_input"]["draws"][k]), k  # same batch, same epoch: same draws
-    assert not torch.equal(draws["mask"], other["net_input"]["draws"]["mask"])
+    assert draws.mask.shape == (B, T) and draws.mask.dtype == torch.bool
+    assert draws.masked_frames == int(draws.mask.sum()) > 0 and draws.valid_frames == B * T
+    assert _same_draws(draws, again["net_input"]["draws"])  # same batch, same epoch: same draws
+    assert not torch.equal(draws.mask, other["net_input"]["draws"].mask)
     if "95M" in name:
-        assert draws["mix_len"].shape == (B, 3) and draws["layer_keep"].shape == (2,)
-        assert draws["layer_keep_host"] == tuple(draws["layer_keep"].tolist())  # the host copy eager steps read
+        assert draws.mix_len.shape == (B, 3) and draws.layer_keep.shape == (2,)
+        assert draws.layer_keep_host == tuple(draws.layer_keep.tolist())  # the host copy eager steps read
     ds.set_epoch(2)
-    assert not torch.equal(draws["mask"], batch(ds, [0, 1, 2, 3])["net_input"]["draws"]["mask"])
+    assert not torch.equal(draws.mask, batch(ds, [0, 1, 2, 3])["net_input"]["draws"].mask)
 
 
-def test_model_without_draws_draws_the_same_way_as_the_collater():
-    """The model's own draws (direct calls) come from the same function: same seed -> same masks."""
-    from mert_fairseq.data.step_draws import draw_step
-
-    model = tiny_model("rvq_95m").train()
-    spec = model.draw_spec()
-    draws, counts = draw_step(spec, np.random.default_rng(5), 3, 24000, 74)
-    again, _ = draw_step(spec, np.random.default_rng(5), 3, 24000, 74)
-    assert all(_same_draw(draws[k], again[k]) for k in draws)
-    frac = np.mean([draw_step(spec, np.random.default_rng(s), 3, 24000, 74)[1]["masked_frames"] / (3 * 74)
+def test_direct_calls_draw_with_the_collaters_function(tone_data):
+    """Direct calls get their draws from `draw_for_batch`, the function the collater calls: the collater's
+    draws equal a direct draw from the same seed; the masking law holds (80 % of frames start a 5-frame span)."""
+    task, model, criterion, ds = build_recipe("MERT_RVQ-VAE_CQT_95M", tone_data)
+    b = batch(ds, [0, 1, 2, 3])
+    rng = np.random.default_rng([ds.seed, ds.epoch, 0, 1, 2, 3])
+    direct = draw_for_batch(model.draw_spec(), rng, b["net_input"]["source"], b["net_input"]["padding_mask"],
+                            min(t.size(1) for t in b["target_list"]))
+    assert _same_draws(direct, b["net_input"]["draws"])
+    spec = tiny_model("rvq_95m").draw_spec()
+    source = torch.zeros(3, 24000)
+    assert _same_draws(draw_for_batch(spec, np.random.default_rng(5), source),
+                       draw_for_batch(spec, np.random.default_rng(5), source))
+    frac = np.mean([draw_for_batch(spec, np.random.default_rng(s), source).masked_frames / (3 * 74)
                     for s in range(20)])
-    torch.manual_seed(1)
-    own = [model(**_sample(model, seed=s)["net_input"], target_list=_sample(model, seed=s)["target_list"])
-           for s in range(20)]
-    frac_own = np.mean([o["masked_frames"] / o["valid_frames"] for o in own])
-    assert abs(frac - frac_own) < 0.05 and 0.4 < frac < 0.95  # same law (80 % of frames start a 5-frame span)
+    assert 0.4 < frac < 0.95
 
 
 @pytest.mark.parametrize("family", ["rvq_95m", "rvq_330m"])
@@ -150,14 +156,11 @@ def test_eager_step_skips_a_dropped_layer_with_the_same_loss_and_gradients(famil
     """Layerdrop: the eager step skips a dropped layer (host flags), the compiled formulation computes it and
     discards it (`torch.where`); same loss, same gradients, and the dropped layer's weights get zeros (not
     None: c10d DDP needs a gradient for every weight)."""
-    from mert_fairseq.data.step_draws import draw_step
-
     torch.manual_seed(0)
     model = tiny_model(family, encoder_layers=3, encoder_layerdrop=0.5).train()
     sample = _sample(model)
-    draws, _ = draw_step(model.draw_spec(), np.random.default_rng(0), 3, 24000, 74)
-    draws["layer_keep"], draws["layer_keep_host"] = torch.tensor([True, False, True]), (True, False, True)
-    sample["net_input"]["draws"] = draws
+    sample["net_input"]["draws"] = replace(sample["net_input"]["draws"], layer_keep=torch.tensor([True, False, True]),
+                                           layer_keep_host=(True, False, True))
     results = []
     for skip in (True, False):
         model.encoder.skip_dropped_layers = skip
@@ -208,7 +211,7 @@ def test_recipe_step_is_one_graph_reused_across_masks(tone_data, name):
                                                                        "++model.dropout_input=0.0"])
     model.train()
     samples = [batch(ds, ids) for ids in ([0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11])]
-    assert not torch.equal(samples[0]["net_input"]["draws"]["mask"], samples[1]["net_input"]["draws"]["mask"])
+    assert not torch.equal(samples[0]["net_input"]["draws"].mask, samples[1]["net_input"]["draws"].mask)
     s = samples[0]
     criterion.step_tensors(model, s["target_list"], s["net_input"])  # eager once per shape (CompiledStep does too)
     explain = torch._dynamo.explain(criterion.step_tensors)(model, s["target_list"], s["net_input"])
@@ -229,4 +232,59 @@ def test_recipe_step_is_one_graph_reused_across_masks(tone_data, name):
         out["loss"].backward()
         assert torch.allclose(out["loss"], eager, rtol=1e-5), (out["loss"], eager)
     assert len(graphs) == 1  # no recompilation for new masks, mixtures, layerdrop draws
+    torch._dynamo.reset()
+
+
+# ------------------------------------------------------------------------------------------ the compiled step
+COMPILE_UPDATES = 20
+
+
+def _train_demo(data: dict, compiled: bool, init=None):
+    """COMPILE_UPDATES updates of the demo recipe (one encoder layer: the smallest graph to compile) through
+    fairseq's Trainer, batches of 2 clips that differ in every update (other clips, masks, mixtures);
+    (losses per masked frame, final weights, the initial weights)."""
+    from mert_fairseq.perf.training_setup import batch as collate, build_trainer, compose_config
+
+    torch.manual_seed(1)
+    cfg = compose_config("MERT_demo_cpu", ["model.encoder_layers=1", f"task.compile_step={str(compiled).lower()}"])
+    trainer = build_trainer(cfg, data["data"], data["labels"], label_dir=data["label_dir"])
+    model = trainer.model
+    if init is not None:
+        model.load_state_dict(init)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    losses, train_step = [], trainer.task.train_step
+
+    def recorded(*args, **kwargs):  # the task's step, its loss recorded
+        loss, sample_size, log = train_step(*args, **kwargs)
+        losses.append(float(loss) / sample_size)
+        return loss, sample_size, log
+
+    trainer.task.train_step = recorded
+    ds = trainer.task.dataset("train")
+    for u in range(COMPILE_UPDATES):
+        trainer.train_step([collate(ds, [u % 16, (u + 5) % 16])])
+    assert trainer.get_num_updates() == COMPILE_UPDATES
+    return losses, model.state_dict(), start
+
+
+@pytest.mark.slow
+def test_compiled_step_trains_the_demo_recipe_as_eager_and_compiles_once(tone_data):
+    """task.compile_step=true (CompiledStep, inductor on the CPU) from the same initial weights on the same
+    batches: 20 updates give eager's losses and final weights within 1e-4, and the step compiles once (one
+    graph, reused by every update after the first, whose masks and mixtures all differ)."""
+    from torch._dynamo.utils import counters
+
+    eager_losses, eager_weights, init = _train_demo(tone_data, compiled=False)
+    torch._dynamo.reset()
+    counters.clear()
+    losses, weights, _ = _train_demo(tone_data, compiled=True, init=init)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert len(losses) == len(eager_losses) == COMPILE_UPDATES
+    assert max(abs(a - b) for a, b in zip(losses, eager_losses)) < 1e-4, (losses, eager_losses)
+    assert losses[-1] < losses[0]  # it trains
+    assert set(weights) == set(eager_weights)
+    moved = max(float((weights[k] - init[k]).abs().max()) for k in weights)
+    assert moved > 1e-3  # the weights moved
+    for k in weights:
+        assert float((weights[k] - eager_weights[k]).abs().max()) < 1e-4, k
     torch._dynamo.reset()

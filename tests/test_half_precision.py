@@ -31,7 +31,7 @@ def test_half_precision_run_probes_validates_and_extracts(precision, tone_data, 
 
     run = tmp_path / "run"
     log = train(tone_data, run, *PRECISION[precision], f"task.probe_csv={probe_csv}", "task.probe_interval_updates=2",
-                "task.probe_tasks='timbre,mode'", "task.probe_folds=2", "optimization.max_update=3",
+                "task.probe_tasks='timbre,mode'", "++task.probe_folds=2", "optimization.max_update=3",
                 "dataset.validate_interval_updates=2", "common.log_interval=1")
     assert "done training" in log
     timbre = metric(log, "train_inner", "probe_timbre")

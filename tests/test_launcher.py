@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from synthetic import make_tone_dataset
+from training_runs import TONE_DEMO_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "scripts" / "run_training.sh")
+FAULT_TRAIN = "mert_fairseq.testing.fault_train"  # TRAIN_MODULE: the entry point that arms MERT_FAULT_* hooks
 
 
 def run(*args, **env):
@@ -77,7 +79,7 @@ def test_demo_with_mfcc_cqt_chord_and_onset_streams(demo):
 
 def test_original_call_form_single_node_cpu(tmp_path):
     data = make_tone_dataset(tmp_path / "data", n_clips=8)
-    rc, out = run("0", "local", "MERT_demo_cpu", "mysetting", "127.0.0.1", "39999",
+    rc, out = run("0", "local", "MERT_demo_cpu", "mysetting", "127.0.0.1", "39999", *TONE_DEMO_OVERRIDES,
                   "common.cpu=true", "optimization.max_update=2", "dataset.disable_validation=true",
                   DATA_DIR=data["data"], LABEL_DIR=data["label_dir"], LABELS="[tone]", SAVE_DIR=tmp_path / "save")
     assert rc == 0, out[-4000:]
@@ -150,7 +152,7 @@ def test_slurm_ranks_from_slurm_variables(tmp_path):
                                                     "distributed_init_method")] == ["3", "1", "4", "env://"], out
 
 
-TWO_NODE = ["common.cpu=true", "optimization.max_update=3", "dataset.disable_validation=true",
+TWO_NODE = [*TONE_DEMO_OVERRIDES, "common.cpu=true", "optimization.max_update=3", "dataset.disable_validation=true",
             "dataset.max_tokens=96000", "common.log_interval=1"]
 
 
@@ -189,7 +191,8 @@ def test_two_nodes_on_loopback_train_to_the_same_weights(tmp_path):
     data = make_tone_dataset(tmp_path / "data", n_clips=8)
     port = _free_port()
     base = {**os.environ, "DATA_DIR": data["data"], "LABEL_DIR": data["label_dir"], "LABELS": "[tone]",
-            "NPROCS_PER_NODE": "1", "WORLD_SIZE": "2", "MERT_FAULT_RANK_WEIGHTS": str(tmp_path / "weights")}
+            "NPROCS_PER_NODE": "1", "WORLD_SIZE": "2",
+            "TRAIN_MODULE": FAULT_TRAIN, "MERT_FAULT_RANK_WEIGHTS": str(tmp_path / "weights")}
     cmds = [["bash", SCRIPT, str(node), "local", "MERT_demo_cpu", "two", "127.0.0.1", str(port), *TWO_NODE]
             for node in (0, 1)]
     codes, outs, seconds = _two_processes(cmds, [{**base, "SAVE_DIR": str(tmp_path / f"node{n}")} for n in (0, 1)])
@@ -207,7 +210,7 @@ def test_torchrun_two_nodes_train_to_the_same_weights(tmp_path):
     port = _free_port()
     torchrun = str(Path(sys.executable).parent / "torchrun")
     base = {**os.environ, "DATA_DIR": data["data"], "LABEL_DIR": data["label_dir"], "LABELS": "[tone]",
-            "MERT_FAULT_RANK_WEIGHTS": str(tmp_path / "weights"), "OMP_NUM_THREADS": "1"}
+            "TRAIN_MODULE": FAULT_TRAIN, "MERT_FAULT_RANK_WEIGHTS": str(tmp_path / "weights"), "OMP_NUM_THREADS": "1"}
     cmds = [[torchrun, "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
              "--master_port", str(port), "--no-python", "bash", SCRIPT, "0", "torchrun", "MERT_demo_cpu", "tr",
              "127.0.0.1", str(port), *TWO_NODE] for node in (0, 1)]

@@ -73,8 +73,7 @@ def test_fairseq_internals_the_patches_rely_on():
 
     from mert_fairseq.tasks import fairseq_patches
 
-    def stock(module, name: str, key: str = ""):  # fairseq's own attribute, also after another test installed
-        return fairseq_patches._stock.get(key or name, getattr(module, name))
+    stock = fairseq_patches.original  # fairseq's own attribute, patched or not
 
     train_src = inspect.getsource(fairseq_cli.train.main)
     assert fairseq_cli.train.checkpoint_utils is checkpoint_utils
@@ -94,11 +93,23 @@ def test_fairseq_internals_the_patches_rely_on():
     assert "should_stop |= should_stop_early(cfg, valid_losses[0])" in vs_src
     assert "if do_save or should_stop:" in vs_src and "checkpoint_utils.save_checkpoint(" in vs_src
     assert vs_src.index("should_stop_early(") < vs_src.index("checkpoint_utils.save_checkpoint(")
-    assert "getattr(should_stop_early, \"best\"" in inspect.getsource(
-        stock(fairseq_cli.train, "should_stop_early", "fairseq_cli.train.should_stop_early"))
+    assert "getattr(should_stop_early, \"best\"" in inspect.getsource(stock(fairseq_cli.train, "should_stop_early"))
     assert inspect.signature(stock(checkpoint_utils, "save_checkpoint")).parameters.keys() == \
         {"cfg", "trainer", "epoch_itr", "val_loss"}
     assert set(fairseq_patches.TRAIN_REPLACEMENTS) <= set(vars(fairseq_cli.train))
+    # c10d on CPU (_DistributedDataParallel): fairseq calls the module-level name with keyword arguments,
+    # device_ids and output_device among them, which the patch drops for a CPU module
+    from fairseq.models import distributed_fairseq_model as dfm
+
+    assert stock(dfm, "DistributedDataParallel") is torch.nn.parallel.DistributedDataParallel
+    assert set(fairseq_patches.DDP_REPLACEMENTS) <= set(vars(dfm))
+    ddp_src = inspect.getsource(dfm.DistributedFairseqModel)
+    call = ddp_src[ddp_src.index("wrapped_model = DistributedDataParallel("):]
+    call = call[:call.index(")\n")]
+    assert "module=model.to(device)" in call and "device_ids=[args.device_id]" in call, call
+    assert "output_device=args.device_id" in call, call
+    ddp_params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    assert {"module", "device_ids", "output_device"} <= ddp_params.keys()
 
 
 def test_patches_are_scoped_to_checkpoint_utils_and_undone():
@@ -107,7 +118,6 @@ def test_patches_are_scoped_to_checkpoint_utils_and_undone():
 
     from mert_fairseq.tasks import fairseq_patches
 
-    was_installed = fairseq_patches.installed()
     fairseq_patches.uninstall()
     import fairseq_cli.train
 
@@ -122,9 +132,49 @@ def test_patches_are_scoped_to_checkpoint_utils_and_undone():
         assert fairseq_cli.train.should_stop_early is not stock_stop
     finally:
         fairseq_patches.uninstall()
-        assert checkpoint_utils.load_checkpoint is stock_load and checkpoint_utils.PathManager is PathManager and fairseq_cli.train.should_stop_early is stock_stop
-        if was_installed:
-            fairseq_patches.install()
+        assert checkpoint_utils.load_checkpoint is stock_load and checkpoint_utils.PathManager is PathManager
+        assert fairseq_cli.train.should_stop_early is stock_stop
+
+
+def test_uninstall_restores_every_replaced_attribute_fault_hooks_included(tmp_path):
+    """fairseq's patches and the fault-injection hooks (every kind armed) go through one registry; after
+    uninstall() every attribute they replaced is the object it was before (identity), no attribute is left
+    behind or missing, and nothing is recorded."""
+    import fairseq_cli.train
+    from fairseq import checkpoint_utils
+    from fairseq.models import distributed_fairseq_model
+
+    from mert_fairseq.data.mert_dataset import MERTDataset
+    from mert_fairseq.tasks import fairseq_patches
+    from mert_fairseq.tasks.mert_pretraining import MERTPretrainingTask
+    from mert_fairseq.testing import fault_points
+
+    fairseq_patches.uninstall()
+    owners = {"checkpoint_utils": checkpoint_utils, "fairseq_cli.train": fairseq_cli.train,
+              "distributed_fairseq_model": distributed_fairseq_model, "fairseq_patches": fairseq_patches,
+              "MERTDataset": MERTDataset, "MERTPretrainingTask": MERTPretrainingTask}
+    before = {name: dict(vars(owner)) for name, owner in owners.items()}
+    for point in fault_points.POINTS:  # one point at a time (MERT_FAULT_POINT names one), all other hooks
+        faults = fault_points.Faults.from_env({"MERT_FAULT_POINT": f"{point}:3", "MERT_FAULT_NAN_UPDATES": "2,3",
+                                               "MERT_FAULT_RANK_WEIGHTS": str(tmp_path)})
+        fault_points.install(faults)
+        # 5 of checkpoint_utils, the stop check, DDP; NaN batches, rank weights (a 2nd save_checkpoint), the point
+        assert len(fairseq_patches.installed()) == 10, fairseq_patches.installed()
+        changed = {(name, attr) for name, owner in owners.items() for attr in set(vars(owner)) | set(before[name])
+                   if vars(owner).get(attr) is not before[name].get(attr)}
+        expected_fault = {"checkpoint_write": ("fairseq_patches", "checkpoint_file_hook"),
+                          "checkpoint_copy": ("fairseq_patches", "checkpoint_file_hook"),
+                          "data_loading": ("MERTDataset", "__getitem__"),
+                          "validation": ("MERTPretrainingTask", "valid_step")}[point]
+        assert changed == {("checkpoint_utils", n) for n in fairseq_patches.REPLACEMENTS} | {
+            ("fairseq_cli.train", "should_stop_early"), ("distributed_fairseq_model", "DistributedDataParallel"),
+            ("MERTPretrainingTask", "train_step"), expected_fault}, changed
+        fairseq_patches.uninstall()
+        assert not fairseq_patches.installed()
+        for name, owner in owners.items():
+            after = vars(owner)
+            assert after.keys() == before[name].keys(), (name, after.keys() ^ before[name].keys())
+            assert all(after[attr] is before[name][attr] for attr in after), name
 
 
 def test_patched_loading_sets_no_environment_variable(monkeypatch, tmp_path):
@@ -152,6 +202,21 @@ def test_patched_loading_sets_no_environment_variable(monkeypatch, tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="refused"):
         checkpoint_utils.load_checkpoint_to_cpu(str(hostile))
     assert dict(os.environ) == before
+
+
+def test_a_hubert_criterion_checkpoint_is_read_as_mert():
+    """The loader's one criterion rule: a checkpoint written by HubertCriterion is read as written by
+    MertCriterion (what the task builds for both names), so fairseq's trainer, which compares the names,
+    resumes it (the resume itself: the next test)."""
+    from fairseq import checkpoint_utils
+
+    from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
+    from mert_fairseq.tasks import fairseq_patches
+
+    assert load_checkpoint_state(OLD_CHECKPOINT)["optimizer_history"][-1]["criterion_name"] == "HubertCriterion"
+    fairseq_patches.install()
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(OLD_CHECKPOINT))
+    assert state["optimizer_history"][-1]["criterion_name"] == "MertCriterion"
 
 
 def test_checkpoint_written_before_the_move_loads_and_resumes(tmp_path):

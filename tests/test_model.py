@@ -6,13 +6,12 @@ import numpy as np
 
 import pytest
 import torch
-from fairseq.criterions.hubert_criterion import HubertCriterion
 from fairseq.models.wav2vec.wav2vec2 import TransformerEncoder as FairseqTransformerEncoder
 
 from mert_fairseq.models.teachers.cqt import CQTTeacher
-from mert_fairseq.models.masked_prediction import cosine_logits, direct_cosine_logits
+from mert_fairseq.criterions.mert_criterion import MertCriterion
 from mert_fairseq.models.noise_mixture import mix_in_batch_noise
-from tiny_models import STREAMS, tiny_model
+from tiny_models import STREAMS, tiny_model, tiny_sample
 
 ORIGINAL_KEYS = [
     "feature_extractor.conv_layers.0.0.weight", "feature_extractor.conv_layers.0.2.weight",
@@ -82,28 +81,13 @@ def test_encoder_equals_fairseq_wav2vec2_encoder(family):
     assert torch.allclose(ours_l1[~padding], ref_l1[~padding], atol=1e-5)
 
 
-def test_cosine_logits_equal_direct_formulation():
-    g = torch.Generator().manual_seed(0)
-    proj, embs = torch.randn(50, 16, generator=g), torch.rand(1028, 16, generator=g)
-    targets = torch.randint(4, 1028, (50,), generator=g)
-    fast = cosine_logits(proj, embs, targets, 10.0)
-    direct = direct_cosine_logits(proj, embs, targets, 10.0)
-    assert fast.shape == direct.shape == (50, 1029)
-    finite = torch.isfinite(direct)
-    assert torch.equal(finite, torch.isfinite(fast))
-    assert (fast[finite] - direct[finite]).abs().max() < 1e-5
-    assert finite.sum() == 50 * 1028  # the target's own column is -inf in every row
-
-
 @pytest.mark.parametrize("family", ["rvq_95m", "rvq_330m", "kmeans"])
 def test_training_step_each_family(family):
     torch.manual_seed(0)
     model = tiny_model(family).train()
     source, targets = batch(model)
-    criterion = HubertCriterion(None, pred_masked_weight=1.0, pred_nomask_weight=0.0, loss_weights=[10, 1])
-    sample = {"net_input": {"source": source, "padding_mask": None}, "target_list": targets,
-              "id": torch.arange(len(source))}
-    loss, sample_size, log = criterion(model, sample)
+    criterion = MertCriterion(None, pred_masked_weight=1.0, pred_nomask_weight=0.0, loss_weights=[10, 1])
+    loss, sample_size, log = criterion(model, tiny_sample(model, source, targets))
     assert torch.isfinite(loss) and loss > 0
     assert sample_size > 0 and len([k for k in log if k.startswith("loss_m_")]) == STREAMS[family]
     assert "loss_cqt_pred_m" in log and "loss_features_pen" in log
@@ -115,7 +99,7 @@ def test_training_step_each_family(family):
 
 
 def test_masked_loss_matches_manual_cross_entropy():
-    """The hubert criterion's masked loss equals a cross-entropy computed by hand: cosine of each masked
+    """The mert criterion's masked loss equals a cross-entropy computed by hand: cosine of each masked
     frame's projection with every label embedding, / logit_temp, explicit log-softmax over the C classes,
     minus the target's log-probability, summed over the masked frames (agreement within 1e-5 per frame)."""
     torch.manual_seed(1)
@@ -124,20 +108,16 @@ def test_masked_loss_matches_manual_cross_entropy():
     seen = {}
     model.register_forward_hook(lambda m, args, out: seen.update(out=out))
     model.encoder.register_forward_hook(lambda m, args, out: seen.update(x=out[0]))  # B x T x D
-    criterion = HubertCriterion(None, pred_masked_weight=1.0, pred_nomask_weight=0.0, loss_weights=None)
-    sample = {"net_input": {"source": source, "padding_mask": None}, "target_list": targets,
-              "id": torch.arange(len(source))}
+    criterion = MertCriterion(None, pred_masked_weight=1.0, pred_nomask_weight=0.0, loss_weights=None)
     with torch.no_grad():
-        loss, sample_size, log = criterion(model, sample)
+        loss, sample_size, log = criterion(model, tiny_sample(model, source, targets))
     seen["mask"] = seen["out"]["masked"]  # the real masking's mask, kept for the hand computation
-    logits = model.get_logits(seen["out"], True)[0]
-    assert logits.shape[1] == 1 + 20
-    # column 0 is the target; equal to the target class column of a plain cosine / temp
-    assert torch.all(logits[:, 0] <= 1.0 / model.cfg.logit_temp + 1e-4)
-    assert torch.isinf(logits).sum() == logits.shape[0]
+    logits = model.frame_logits(seen["out"])[0]  # B*T x C: every frame, every class
+    assert logits.shape == (seen["mask"].numel(), 20)
+    assert torch.all(logits.abs() <= 1.0 / model.cfg.logit_temp + 1e-4) and torch.isfinite(logits).all()
 
     x, mask = seen["x"].double(), seen["mask"]  # B x T x D, B x T
-    assert model.feat2tar_ratio == 1 and mask.sum() == sample_size == logits.shape[0]
+    assert model.feat2tar_ratio == 1 and mask.sum() == sample_size > 0
     frames = x[mask]  # S x D, row-major like the model
     target = targets[0][:, : x.shape[1]][mask]  # S dictionary indices
     proj = frames @ model.final_proj.weight.double().t() + model.final_proj.bias.double()  # S x F
@@ -147,7 +127,7 @@ def test_masked_loss_matches_manual_cross_entropy():
     log_probs = scores - torch.log(torch.exp(scores).sum(dim=1, keepdim=True))  # log-softmax over C
     manual = -log_probs.gather(1, target.long().unsqueeze(1)).sum()
     assert abs(loss.item() - manual.item()) / sample_size < 1e-5, (loss.item(), manual.item())
-    assert log["loss_m_0"] == pytest.approx(manual.item(), rel=1e-6)
+    assert float(log["loss_m_0"]) == pytest.approx(manual.item(), rel=1e-6)
 
 
 def test_mixture_only_in_training():
@@ -231,16 +211,13 @@ def test_extract_hidden_states_layout():
     assert torch.allclose(hidden[1], layer1)  # input of layer 2 = output of layer 1 (pre-LN)
 
 
-def test_dynamic_mask_schedule_follows_updates():
-    model = tiny_model("kmeans", mask_dynamic_prob_step="[10, 20]", mask_dynamic_prob="[0.2, 0.5, 0.8]",
-                       mask_dynamic_len_step="[15]", mask_dynamic_len="[2, 5]")
-    seen = {}
-    for n in (0, 9, 10, 19, 20, 100):
-        model.set_num_updates(n)
-        seen[n] = (model.mask_prob, model.mask_length)
-    assert seen == {0: (0.2, 2), 9: (0.2, 2), 10: (0.5, 2), 19: (0.5, 5), 20: (0.8, 5), 100: (0.8, 5)}
-    with pytest.raises(ValueError, match="mask_dynamic_prob"):
-        tiny_model("kmeans", mask_dynamic_prob_step="[10]", mask_dynamic_prob="[0.2]")
+def test_mask_schedules_are_refused_clearly():
+    """The data loader draws the masks and does not know the update: a mask schedule is an error naming the
+    field (no original recipe sets one; their '[]' default loads)."""
+    for field, value in (("mask_dynamic_prob_step", "[10, 20]"), ("mask_dynamic_len", "[2, 5]")):
+        with pytest.raises(ValueError, match=f"model.{field}=.*mask schedules are not supported"):
+            tiny_model("kmeans", **{field: value})
+    assert tiny_model("kmeans", mask_dynamic_prob_step="[]", mask_dynamic_prob="[]").draw_spec().mask_prob == 0.8
 
 
 def test_unsupported_values_fail_clearly():
@@ -250,21 +227,19 @@ def test_unsupported_values_fail_clearly():
         tiny_model("kmeans", conv_feature_layers="[(32, 10)]")
 
 
-def test_training_draws_follow_fairseq_update_seed():
-    """Same fairseq seed + update -> same masks and mixture (exact resume); another update -> new draws."""
-    from fairseq.criterions.hubert_criterion import HubertCriterion
-
+def test_training_step_is_a_function_of_its_draws():
+    """The model draws nothing: the same draws (same seed) -> the same loss whatever the global RNG state
+    (exact resume); other draws -> another loss; masking without draws is a clear error."""
     model = tiny_model("kmeans", mixture_prob=0.5, inbatch_noise_augment_len_range="[2400, 4800]").train()
     source, targets = batch(model)
-    criterion = HubertCriterion(None, 1.0, 0.0, [10, 1])
+    criterion = MertCriterion(None, 1.0, 0.0, [10, 1])
     losses = []
-    for seed, update in ((5, 3), (5, 3), (6, 4)):
-        torch.manual_seed(seed)  # what fairseq's trainer does before every update
-        model.set_num_updates(update)
-        sample = {"net_input": {"source": source.clone(), "padding_mask": None}, "target_list": targets,
-                  "id": torch.arange(len(source))}
-        losses.append(criterion(model, sample)[0].item())
+    for draw_seed, torch_seed in ((5, 3), (5, 4), (6, 3)):
+        torch.manual_seed(torch_seed)
+        losses.append(criterion(model, tiny_sample(model, source.clone(), targets, seed=draw_seed))[0].item())
     assert losses[0] == losses[1] and losses[2] != losses[0], losses
+    with pytest.raises(ValueError, match="needs the step's draws"):
+        model(source, targets)
 
 
 def test_fields_without_effect_warn(caplog):

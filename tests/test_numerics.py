@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
+from mert_fairseq.testing import fault_train
 from training_runs import ROOT, metric, run_training
 
 COMMON = ["dataset.max_tokens=192000", "dataset.disable_validation=true", "lr_scheduler.warmup_updates=2",
@@ -13,7 +14,7 @@ COMMON = ["dataset.max_tokens=192000", "dataset.disable_validation=true", "lr_sc
 
 
 def run(data, run_dir, nan_updates: str, *overrides):
-    return run_training(data, run_dir, *COMMON, *overrides,
+    return run_training(data, run_dir, *COMMON, *overrides, program=fault_train.command(),
                         env={"PYTHONPATH": str(ROOT), "MERT_FAULT_NAN_UPDATES": nan_updates})
 
 

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from mert_fairseq.models.teachers.random_projection import RandomProjectionTargets
 from training_runs import load_params, metric, train
-from tiny_models import tiny_model
+from tiny_models import tiny_model, tiny_sample
 
 
 def audio(batch=2, seconds=1.0, seed=0):
@@ -42,8 +42,13 @@ def test_model_state_dict_keys_unchanged_without_the_option():
     assert set(online.state_dict()) - set(base.state_dict()) == {"online_targets.projection", "online_targets.codebooks"}
     assert set(base.state_dict()) <= set(online.state_dict())
     online.train()
-    out = online(audio(seconds=2.0))  # no target_list: codes come from the audio
-    assert online.get_logits(out, True)[0].shape[1] == 1 + 20 and torch.isfinite(out["cqt_pred_m"])
+    wav = audio(seconds=2.0)
+    net_input = tiny_sample(online, wav, [])["net_input"]  # draws for the frames the online codes cover
+    out = online(**net_input)  # no target_list: codes come from the audio
+    T = 149  # CNN frames of 2 s (75 Hz, unpadded convolutions), each with a code (2 s // 320 + 1 = 151)
+    assert net_input["draws"].mask.shape == (2, T)
+    assert out["proj"].shape[:3] == (1, 2, T) and out["targets"].shape == (1, 2, T)
+    assert online.frame_logits(out).shape == (1, 2 * T, 20) and torch.isfinite(out["cqt_pred_m"])
 
 
 def test_training_without_label_files_resumes_exactly(tone_data, tmp_path):

@@ -185,7 +185,7 @@ def test_original_checkpoint_restores_for_continued_pretraining(original_ckpt, t
            f"model.encoder_layers={LAYERS}", f"model.encoder_embed_dim={D}", f"model.encoder_ffn_embed_dim={FFN}",
            f"model.encoder_attention_heads={HEADS}", f"model.conv_feature_layers='{CONV_SPEC}'",
            f"model.conv_pos={POS}", f"model.conv_pos_groups={POS_GROUPS}", f"model.final_dim={FINAL}",
-           "model.untie_final_proj=true", f"model.audio_cqt_bins={CQT_BINS}", "model.extractor_mode=default",
+           "model.untie_final_proj=true", f"++model.audio_cqt_bins={CQT_BINS}", "++model.extractor_mode=default",
            "model.feature_extractor_cqt=false",  # the demo config adds a CQT input; the original has none
            # continue from the original checkpoint with fresh optimizer, schedule and data iterator
            f"checkpoint.restore_file={original_ckpt}", "checkpoint.reset_optimizer=true",

@@ -72,3 +72,49 @@ def test_signal_sets_the_flag_and_a_second_one_is_not_swallowed():
             "print('flag set', flush=True); os.kill(os.getpid(), signal.SIGTERM); time.sleep(5); print('alive')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "flag set" and proc.returncode == -signal.SIGTERM, proc.stderr[-2000:]
+
+
+def _agree(rank: int, port: int, out_dir: str) -> None:
+    """One rank of test_ranks_agree_one_update_later: 6 stop checks; rank 1 gets SIGUSR1 during update 3."""
+    import json
+    import os
+    import signal
+    import time
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    preemption.reset()
+    preemption.install_handlers()
+    answers, first_call_s = [], None
+    for update in range(1, 7):
+        if rank == 1 and update == 1:
+            time.sleep(2.0)  # rank 0's first check must not wait for this rank
+        if rank == 1 and update == 3:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.1)
+        start = time.monotonic()
+        answers.append(preemption.stop_requested())
+        first_call_s = time.monotonic() - start if first_call_s is None else first_call_s
+        if answers[-1]:
+            break
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump({"answers": answers, "first_call_s": first_call_s}, f)
+    dist.destroy_process_group()
+
+
+def test_ranks_agree_one_update_later_without_blocking(tmp_path):
+    """2 gloo processes: the flag raised on rank 1 during update 3 is agreed by both ranks at update 4's check
+    (its own rank too reads it only then), and a check does not wait for the other rank's."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_agree, args=(port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["answers"] for r in ranks] == [[False, False, False, True]] * 2, ranks
+    assert ranks[0]["first_call_s"] < 1.0, ranks  # launched without waiting for rank 1 (asleep 2 s)

@@ -1,7 +1,7 @@
 """The training speed-ups compute the same numbers as the straightforward formulation:
 SDPA attention == fairseq MultiheadAttention, spectral CQT == nnAudio CQT1992v2 (within a stated
-tolerance), normalised-matmul logits == materialised cosine logits, .npy labels == text labels;
-and a training step runs under bf16 autocast on CPU."""
+tolerance), batched normalised-matmul logits == the original's materialised cosine logits, .npy labels == text
+labels; and a training step runs under bf16 autocast on CPU."""
 from __future__ import annotations
 
 import math
@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 from fairseq.data.dictionary import Dictionary
-from tiny_models import tiny_criterion as _criterion, tiny_model, tiny_sample as _sample
+from tiny_models import WEIGHTS, music_sample as _sample, tiny_criterion as _criterion, tiny_model
 
-from mert_fairseq.perf.reference import build_nnaudio_cqt, reference_formulation
-from mert_fairseq.perf.step_benchmark import music_like
+from mert_fairseq.perf.reference import ReferenceCriterion, build_nnaudio_cqt, direct_cosine_logits, reference_formulation
+from mert_fairseq.perf.synthetic_corpus import music_like
 from mert_fairseq.prep.labels_npy import labels_to_npy
 from mert_fairseq.models.teachers.cqt import CQTTeacher, SpectralCQT, build_cqt
-from mert_fairseq.models.masked_prediction import cosine_logits, direct_cosine_logits
+from mert_fairseq.models.masked_prediction import batched_cosine_logits
 from mert_fairseq.models.transformer_encoder import SelfAttention
 
 SR = 24000
@@ -105,13 +105,18 @@ def test_cqt_teacher_targets_under_autocast_are_fp32():
 
 
 # ------------------------------------------------------------------------------------------ logits
-def test_cosine_logits_equal_direct_formulation():
+def test_batched_logits_equal_the_original_direct_formulation():
+    """The mert criterion's logits (`batched_cosine_logits`, all classes) in the original's S x (1 + C) layout
+    (column 0 the target, its own column -inf) equal the reference's materialised `direct_cosine_logits`,
+    values and gradients within 1e-5."""
     torch.manual_seed(0)
     S, C, F_ = 57, 40, 16
     proj = torch.randn(S, F_, requires_grad=True)
     embs = torch.rand(C, F_, requires_grad=True)
     targets = torch.randint(0, C, (S,))
-    fast = cosine_logits(proj, embs, targets, 10.0)
+    cos = batched_cosine_logits(proj[None], embs[None], 10.0)[0]  # S x C
+    index = targets.unsqueeze(1)
+    fast = torch.cat([cos.gather(1, index), cos.scatter(1, index, float("-inf"))], dim=1)
     proj2, embs2 = proj.detach().clone().requires_grad_(True), embs.detach().clone().requires_grad_(True)
     slow = direct_cosine_logits(proj2, embs2, targets, 10.0)
     assert fast.shape == slow.shape == (S, 1 + C)
@@ -195,7 +200,7 @@ def test_training_step_under_bf16_autocast_on_cpu():
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, sample_size, log = _criterion()(model, _sample(model))
-    assert torch.isfinite(loss) and sample_size > 0 and math.isfinite(log["loss_cqt_pred_m"])
+    assert torch.isfinite(loss) and sample_size > 0 and math.isfinite(float(log["loss_cqt_pred_m"]))
     (loss / sample_size).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
@@ -203,25 +208,39 @@ def test_training_step_under_bf16_autocast_on_cpu():
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_task_bf16_autocast_runs_fairseqs_step_with_the_forward_under_autocast(tone_data, bf16):
+    """task.bf16_autocast: fairseq's trainer step and valid step run the model's forward under bf16 autocast
+    and the backward outside it; off, nothing runs under autocast."""
+    from mert_fairseq.perf.training_setup import batch, build_trainer, compose_config
+
+    cfg = compose_config("MERT_demo_cpu", ["model.encoder_layers=1", f"task.bf16_autocast={str(bf16).lower()}"])
+    trainer = build_trainer(cfg, tone_data["data"], tone_data["labels"], label_dir=tone_data["label_dir"])
+    model, seen = trainer.model, []
+    model.encoder.register_forward_hook(lambda m, a, out: seen.append(("forward", torch.is_autocast_enabled("cpu"))))
+    model.encoder.layers[0].fc1.weight.register_hook(
+        lambda g: seen.append(("backward", torch.is_autocast_enabled("cpu"))))
+    sample = batch(trainer.task.dataset("train"), [0, 1])
+    log = trainer.train_step([sample])
+    assert seen == [("forward", bf16), ("backward", False)] and math.isfinite(log["loss"])
+    trainer.valid_step(sample)
+    assert seen[-1] == ("forward", bf16)
+
+
 def test_reference_formulation_same_loss_and_restores_model():
-    import mert_fairseq.models.mert_model as mm
+    """The reference (hubert's criterion on the original's logits, nnAudio CQT, fairseq attention) gives the
+    mert criterion's loss within 1e-4 relative (fp32; the CQTs differ within their tolerance) with the
+    same masks, and the model is restored afterwards."""
     from mert_fairseq.models.teachers.cqt import SpectralCQT
 
     model = tiny_model("rvq_95m").train()
-    sample = _sample(model)
-    crit = _criterion()
-    torch.manual_seed(3)
-    model.set_num_updates(0)  # same random draws (masks, noise mixture) for both formulations
-    ours, n_ours, _ = crit(model, sample)
+    sample = _sample(model)  # the same draws (masks, noise mixture) for both formulations
+    ours, n_ours, _ = _criterion()(model, sample)
     with reference_formulation(model):
-        assert mm.cosine_logits is direct_cosine_logits
         assert type(model.encoder.layers[0].self_attn).__name__ == "_FairseqAttention"
-        torch.manual_seed(3)
-        model.set_num_updates(0)
-        ref, n_ref, _ = crit(model, sample)
+        ref, n_ref, _ = ReferenceCriterion(None, **WEIGHTS)(model, sample)
     assert n_ours == n_ref
     assert abs(ours.item() - ref.item()) <= 1e-4 * abs(ours.item())
-    assert mm.cosine_logits is cosine_logits
     assert isinstance(model.encoder.layers[0].self_attn, SelfAttention)
     assert isinstance(model.encoder_cqt_model.spec_layer, SpectralCQT)
     assert set(model.state_dict()) == set(tiny_model("rvq_95m").state_dict())
@@ -236,7 +255,9 @@ def test_benchmark_smoke(tmp_path, capsys):
     import json
     import statistics
 
-    from mert_fairseq.perf.step_benchmark import PHASES, compose_config, flops_per_audio_second, main
+    from mert_fairseq.perf.step_benchmark import flops_per_audio_second, main
+    from mert_fairseq.perf.training_setup import compose_config
+    from mert_fairseq.perf.timing import PHASES
 
     overrides = ["model.encoder_layers=1", "model.audio_cqt_bins=84"]
     out = tmp_path / "bench.json"
@@ -337,24 +358,6 @@ def test_adamw_torch_is_registered_and_handles_flat_params():
 
 
 # ------------------------------------------------------------------------------------------ host syncs
-def test_select_frames_by_positions_equals_boolean_indexing():
-    from mert_fairseq.models.mert_model import select_frames
-
-    torch.manual_seed(0)
-    x = torch.randn(3, 11, 4, requires_grad=True)
-    x2 = x.detach().clone().requires_grad_(True)
-    mask = torch.rand(3, 11) < 0.4
-    positions = torch.from_numpy(np.flatnonzero(mask.numpy().reshape(-1)))
-    a, b = select_frames(x, mask), select_frames(x2, positions)
-    assert torch.equal(a, b)
-    w = torch.randn_like(a)
-    (a * w).sum().backward()
-    (b * w).sum().backward()
-    assert torch.equal(x.grad, x2.grad)
-    t = torch.randint(0, 9, (3, 11))
-    assert torch.equal(select_frames(t, mask), select_frames(t, positions))
-
-
 def test_all_false_padding_mask_gives_the_same_loss_and_gradients_as_before():
     """An all-False padding mask (cropped batches) acts as no mask: attention without a mask, the same
     draws; the loss and gradients equal those of the batch without a padding mask."""
@@ -433,31 +436,6 @@ def test_benchmark_train_log_mode_counts_flops_of_the_config(tmp_path, capsys):
     assert 1e8 < res["flops_per_audio_second"] < 1e11  # tiny demo model
     assert res["mfu"] == pytest.approx(res["audio_seconds_per_s"] * res["flops_per_audio_second"] / 1e12)
     assert "MFU" in capsys.readouterr().out
-
-
-# ------------------------------------------------------------------------------------------ torch.compile
-@pytest.mark.slow
-def test_compiled_encoder_layers_equal_eager():
-    """task.compile_encoder_layers compiles every encoder layer in place (same state-dict keys); the
-    compiled forward and backward equal eager within 1e-5 (fp32, CPU inductor)."""
-    from mert_fairseq.tasks.mert_pretraining import compile_encoder_layers
-
-    torch.manual_seed(0)
-    eager = tiny_model("rvq_95m").train()
-    compiled = tiny_model("rvq_95m").train()
-    compiled.load_state_dict(eager.state_dict())
-    keys = set(compiled.state_dict())
-    compile_encoder_layers(compiled)
-    assert set(compiled.state_dict()) == keys
-    x = torch.randn(2, 37, 32)
-    outs = []
-    for model in (eager, compiled):
-        xi = x.clone().requires_grad_(True)
-        y, _ = model.encoder(xi)
-        y.pow(2).sum().backward()
-        outs.append((y.detach(), xi.grad, model.encoder.layers[1].fc1.weight.grad))
-    for a, b in zip(*outs):
-        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ bf16 weights

@@ -44,8 +44,8 @@ def test_stop_and_resume_continues_exactly(tone_data, trained_run, tmp_path):
 
 
 # Deterministic objective (no masking randomness, no mixture): every frame is predicted.
-DET = ["model.mask_prob=0.0", "model.skip_masked=true", "model.skip_nomask=false",
-       "criterion.pred_nomask_weight=1.0", "criterion.pred_masked_weight=0.0", "model.mixture_prob=-1",
+DET = ["model.mask_prob=0.0", "++model.skip_masked=true", "model.skip_nomask=false",
+       "criterion.pred_nomask_weight=1.0", "++criterion.pred_masked_weight=0.0", "model.mixture_prob=-1",
        "optimization.max_update=1", "dataset.disable_validation=true", "common.log_interval=1"]
 
 
@@ -121,11 +121,11 @@ def test_two_ranks_draw_their_own_masks_and_resume_exactly(tmp_path):
                                       disable_iterator_cache=True)
         batch = next(iter(itr.next_epoch_itr(shuffle=True)))
         ranks.append(batch)
-    m0, m1 = (b["net_input"]["draws"]["mask"] for b in ranks)
+    m0, m1 = (b["net_input"]["draws"].mask for b in ranks)
     assert m0.shape == m1.shape and not torch.equal(m0, m1)
     assert not all(torch.equal(m0[i], m1[i]) for i in range(len(m0)))
-    assert not torch.equal(ranks[0]["net_input"]["draws"]["mix_len"], ranks[1]["net_input"]["draws"]["mix_len"])
-    assert all(len(b["net_input"]["draws"]["layer_keep_host"]) == 2 for b in ranks)  # eager steps skip from these
+    assert not torch.equal(ranks[0]["net_input"]["draws"].mix_len, ranks[1]["net_input"]["draws"].mix_len)
+    assert all(len(b["net_input"]["draws"].layer_keep_host) == 2 for b in ranks)  # eager steps skip from these
 
     common = ["dataset.max_tokens=96000", "dataset.disable_validation=true", "checkpoint.save_interval_updates=1000",
               "lr_scheduler.warmup_updates=4", "model.mixture_prob=0.5", "model.encoder_layerdrop=0.5",

@@ -1,6 +1,6 @@
 """Tiny MERT models for fast CPU tests, built in one place: `tiny_model` (a MERTModel of one config family),
 `tiny_overrides` (the same widths as hydra overrides, for a recipe YAML composed as fairseq-hydra-train
-does), and a batch and criterion for a step of one (`tiny_sample`, `tiny_criterion`)."""
+does), and a batch and criterion for a step of one (`tiny_sample`, `music_sample`, `tiny_criterion`)."""
 from __future__ import annotations
 
 import math
@@ -8,13 +8,14 @@ from typing import List, Mapping, Optional
 
 import numpy as np
 import torch
-from fairseq.criterions.hubert_criterion import HubertCriterion
 from omegaconf import OmegaConf
 
+from mert_fairseq.criterions.mert_criterion import MertCriterion
+from mert_fairseq.data.step_draws import draw_for_batch
 from mert_fairseq.models.mert_config import MERTConfig
 from mert_fairseq.models.mert_model import MERTModel
 from mert_fairseq.models.teachers.random_projection import code_dictionary
-from mert_fairseq.perf.step_benchmark import music_like
+from mert_fairseq.perf.synthetic_corpus import music_like
 
 SR = 24000
 TINY = dict(
@@ -54,15 +55,27 @@ def tiny_overrides(**changes) -> List[str]:
     return [f"++model.{k}='{v}'" if isinstance(v, str) else f"++model.{k}={v}" for k, v in widths.items()]
 
 
-def tiny_sample(model: MERTModel, B: int = 2, L: int = SR, seed: int = 0) -> dict:
-    """A batch of B music-like clips of L samples with random targets for every stream of `model`."""
+def tiny_sample(model: MERTModel, source: torch.Tensor, targets: List[torch.Tensor], seed: int = 0,
+                padding_mask: Optional[torch.Tensor] = None) -> dict:
+    """A batch as MERTDataset's collater makes it: `net_input` with the step's draws (`draw_for_batch`, seeded)."""
+    label_frames = min(t.size(1) for t in targets) if targets else None
+    draws = draw_for_batch(model.draw_spec(), np.random.default_rng(seed), source, padding_mask, label_frames)
+    return {"net_input": {"source": source, "padding_mask": padding_mask, "draws": draws}, "target_list": targets,
+            "id": torch.arange(len(source))}
+
+
+def music_sample(model: MERTModel, B: int = 2, L: int = SR, seed: int = 0) -> dict:
+    """`tiny_sample` of B music-like clips of L samples with random targets for every stream of `model`."""
     rng = np.random.default_rng(seed)
     source = torch.from_numpy(np.stack([music_like(L, SR, rng) for _ in range(B)]))
     targets = [torch.randint(4, n, (B, math.ceil(L / 320)), generator=torch.Generator().manual_seed(k))
                for k, n in enumerate(model.num_classes)]
-    return {"id": torch.arange(B), "net_input": {"source": source, "padding_mask": None}, "target_list": targets}
+    return tiny_sample(model, source, targets, seed=seed)  # with the step's draws, as the collater makes them
 
 
-def tiny_criterion() -> HubertCriterion:
-    """fairseq's hubert criterion with the recipes' weights (masked frames only, CQT loss weight 10)."""
-    return HubertCriterion(None, pred_masked_weight=1.0, pred_nomask_weight=0.0, loss_weights=[10.0, 1.0])
+WEIGHTS = dict(pred_masked_weight=1.0, pred_nomask_weight=0.0, loss_weights=[10.0, 1.0])  # the recipes'
+
+
+def tiny_criterion() -> MertCriterion:
+    """The mert criterion with the recipes' weights (masked frames only, CQT loss weight 10)."""
+    return MertCriterion(None, **WEIGHTS)

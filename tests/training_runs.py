@@ -19,22 +19,35 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(Path(sys.executable).parent / "fairseq-hydra-train")
 
 
+# MERT_demo_cpu on the tests' one-stream tone corpus: the single-stream settings the demo recipe had before it
+# became the four-stream recipe (tied head, in-batch noise, loss on masked frames only, 0.8 masked, CNN
+# trained, 500 updates), which the tests' assertions were written for; the caller's overrides come after
+TONE_DEMO_OVERRIDES: Tuple[str, ...] = (
+    "model.untie_final_proj=false", "model.mixture_prob=0.5", "model.skip_nomask=true",
+    "criterion.pred_nomask_weight=0.0", "model.mask_prob=0.8", "model.feature_grad_mult=0.1",
+    "optimization.max_update=500",
+)
+
+
 def train_command(data: dict, run_dir: Path, *overrides: str, config: str = "MERT_demo_cpu",
                   program: Sequence[str] = (TRAIN,)) -> List[str]:
     """The command line that trains recipe `config` on `data` (a make_tone_dataset dict: `data`, `label_dir`,
-    `labels`) into run_dir (checkpoints in run_dir/checkpoints), then `overrides`; `program` runs it
-    (fairseq-hydra-train; e.g. (python, "-m", "fairseq_cli.hydra_train") or (python, a wrapper script))."""
+    `labels`) into run_dir (checkpoints in run_dir/checkpoints), then TONE_DEMO_OVERRIDES (MERT_demo_cpu) and
+    `overrides`; `program` runs it (fairseq-hydra-train; e.g. (python, "-m", "fairseq_cli.hydra_train") or
+    (python, a wrapper script))."""
+    recipe = TONE_DEMO_OVERRIDES if config == "MERT_demo_cpu" else ()
     return [*program, "--config-dir", str(ROOT / "configs/pretrain"), "--config-name", config,
             f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",
             f"task.label_dir={data['label_dir']}", f"task.labels=[{','.join(data['labels'])}]",
-            f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'checkpoints'}", *overrides]
+            f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'checkpoints'}", *recipe, *overrides]
 
 
 def run_training(data: dict, run_dir: Path, *overrides: str, config: str = "MERT_demo_cpu",
-                 env: Optional[Dict[str, str]] = None, timeout: float = 900) -> Tuple[int, str]:
+                 program: Sequence[str] = (TRAIN,), env: Optional[Dict[str, str]] = None,
+                 timeout: float = 900) -> Tuple[int, str]:
     """Run `train_command` (with `env` added to the environment): (exit code, stdout + stderr)."""
-    proc = subprocess.run(train_command(data, run_dir, *overrides, config=config), capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **env} if env else None)
+    proc = subprocess.run(train_command(data, run_dir, *overrides, config=config, program=program),
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **env} if env else None)
     return proc.returncode, proc.stdout + proc.stderr
 
 

@@ -1,9 +1,11 @@
 """Parsing of the string-valued config fields the original MERT configs use for lists
-(e.g. "[(512,10,5)] + [(512,3,2)] * 4", "[8000, 24000]"), without `eval`; the one warning for
-fields accepted only so that original YAMLs and checkpoint configs load (`warn_fields_without_effect`)."""
+(e.g. "[(512,10,5)] + [(512,3,2)] * 4", "[8000, 24000]"), without `eval`; fields accepted only so that
+original YAMLs and stored checkpoint configs load: one table per config class (`Accepted` entries), the
+dataclass base built from it (`accepted_fields`) and the one warning when one is set (`warn_fields_without_effect`)."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import logging
 from typing import Any, List, Mapping, Optional, Tuple
 
@@ -47,13 +49,35 @@ def _plain(value: Any) -> Any:
     return [_plain(v) for v in value]
 
 
-def warn_fields_without_effect(cfg: Any, defaults: Any, table: Mapping[str, str], group: str) -> List[str]:
-    """One warning per field of `table` (name -> why it does nothing) that `cfg` sets away from its value in
-    `defaults` (None counts as unset); returns those names. `group` names the config group ("model", "task")."""
+@dataclasses.dataclass(frozen=True)
+class Accepted:
+    """A config field that has no effect here, accepted so that original YAMLs and the configs stored in
+    checkpoints load: its `default`, `why` it does nothing, and its `type` when that is not type(default)."""
+
+    default: Any
+    why: str
+    type: Any = None
+
+
+def accepted_fields(name: str, table: Mapping[str, Accepted]) -> type:
+    """A FairseqDataclass with one field per entry of `table`: the base of a config class whose own body lists
+    only live fields. They are real dataclass fields, so hydra composes a YAML that sets them and fairseq's
+    struct merge of a stored checkpoint config (`merge_with_parent`) accepts them."""
+    from fairseq.dataclass import FairseqDataclass  # here: the list parsers above need no fairseq
+
+    fields = [(key, entry.type or type(entry.default),
+               dataclasses.field(default=entry.default, metadata={"help": f"no effect: {entry.why}"}))
+              for key, entry in table.items()]
+    return dataclasses.make_dataclass(name, fields, bases=(FairseqDataclass,))
+
+
+def warn_fields_without_effect(cfg: Any, table: Mapping[str, Accepted], group: str) -> List[str]:
+    """One warning per field of `table` that `cfg` sets away from its default (None counts as unset); returns
+    those names. `group` names the config group ("model", "task")."""
     changed = []
-    for name, why in table.items():
+    for name, entry in table.items():
         value = getattr(cfg, name, None)
-        if value is not None and _plain(value) != _plain(getattr(defaults, name)):
-            logger.warning("%s.%s=%r has no effect in mert-fairseq: %s", group, name, value, why)
+        if value is not None and _plain(value) != _plain(entry.default):
+            logger.warning("%s.%s=%r has no effect in mert-fairseq: %s", group, name, value, entry.why)
             changed.append(name)
     return changed

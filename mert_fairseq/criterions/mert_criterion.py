@@ -1,6 +1,8 @@
-"""`criterion._name=mert`: the loss of fairseq's `hubert` criterion, computed for a GPU step.
+"""`criterion._name=mert`: the loss of fairseq's `hubert` criterion, computed for a GPU step. Original YAMLs that
+name `criterion: hubert` build this class too (`MERTPretrainingTask.build_criterion`: same fields, same loss and
+logs), so there is one loss path; the original's formulation lives with the benchmark (`perf/reference.py`).
 
-Same numbers as `hubert` with the same masks (tests/test_criterion.py, 1e-5): per label stream k the summed
+Same numbers as `hubert` with the same masks (tests/test_speedups.py, 1e-5): per label stream k the summed
 cross-entropy of the masked frames' class logits (`pred_masked_weight`; unmasked: `pred_nomask_weight`), plus
 `loss_weights[i] * extra_i * sample_size` for the model's extra losses (features_pen, cqt_pred_m), and the
 accuracy counters `correct_m_k` / `count_m_k`. Computed differently:
@@ -11,7 +13,7 @@ accuracy counters `correct_m_k` / `count_m_k`. Computed differently:
   target's logit and every other class's);
 - logging values stay device tensors through the step (no `.item()`), are summed across workers in one
   all-reduce (`logging_outputs_can_be_summed`: fairseq's fast stat sync), and become numbers in one device
-  copy per update in `reduce_metrics`; sample sizes are host ints counted by the collater;
+  copy per update in `reduce_metrics`; sample sizes are host ints counted by the collater (`StepDraws`);
 - `step_tensors` (model forward + loss, tensors in and out) is what `task.compile_step` compiles.
 """
 from __future__ import annotations
@@ -89,7 +91,6 @@ class MertCriterion(FairseqCriterion):
                     loss = loss + p
                     out[f"extra_{n}"] = p.detach()
         out["loss"] = loss
-        out.update({k: v for k, v in net_output.items() if k in ("masked_frames", "valid_frames")})
         out.update({f"log_{k}": net_output[k] for k in self.log_keys if k in net_output})
         return out
 
@@ -104,10 +105,13 @@ class MertCriterion(FairseqCriterion):
     # ------------------------------------------------------------------ fairseq interface
     def forward(self, model, sample, reduce: bool = True):
         if not reduce:
-            raise ValueError("criterion mert: reduce=False is not supported (use criterion hubert)")
+            raise ValueError("criterion mert: reduce=False is not supported (the loss is summed over frames)")
         step = getattr(self, "compiled_step", None) or self.step_tensors
-        out = step(model, sample["target_list"], sample["net_input"])
-        counts = self._host_counts(sample, out)
+        net_input = sample["net_input"]
+        draws = net_input["draws"]  # StepDraws: fairseq moves the batch's tensors to the device, not these
+        net_input = {**net_input, "draws": draws.to(net_input["source"].device)}
+        out = step(model, sample["target_list"], net_input)
+        counts = {"m": draws.masked_frames, "u": draws.valid_frames - draws.masked_frames}  # host ints
         sample_size = 0
         if self.pred_masked_weight > 0 and "n_m" in out:
             sample_size += counts["m"]
@@ -118,7 +122,7 @@ class MertCriterion(FairseqCriterion):
         for kind in ("m", "u"):
             if f"loss_{kind}" not in out:
                 continue
-            weight = sample["net_input"].get("draws", {}).get("codebook_weight")
+            weight = net_input["draws"].codebook_weight
             for k in range(out[f"loss_{kind}"].numel()):
                 log[f"loss_{kind}_{k}"] = out[f"loss_{kind}"][k].detach()
                 log[f"correct_{kind}_{k}"] = out[f"correct_{kind}"][k]
@@ -126,16 +130,6 @@ class MertCriterion(FairseqCriterion):
         log.update({f"loss_{k[len('extra_'):]}": v for k, v in out.items() if k.startswith("extra_")})
         log.update({k[len("log_"):]: float(v) for k, v in out.items() if k.startswith("log_")})
         return out["loss"], sample_size, log
-
-    @staticmethod
-    def _host_counts(sample: dict, out: dict) -> dict:
-        """Masked / unmasked frame counts as host ints: the collater's (or the model's own draw's), else the
-        device counts (a sync later, in the trainer)."""
-        masked = sample.get("masked_frames", out.get("masked_frames"))
-        valid = sample.get("valid_frames", out.get("valid_frames"))
-        if masked is None or valid is None:
-            return {"m": out.get("n_m"), "u": out.get("n_u")}
-        return {"m": int(masked), "u": int(valid) - int(masked)}
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:

@@ -37,7 +37,7 @@ from mert_fairseq.data.audio_reader import read_window
 from mert_fairseq.data.labels import DataError, LabelStream
 from mert_fairseq.data.manifest_index import ManifestIndex, read_manifest_index
 from mert_fairseq.data.seeded_draw import seeded_integer
-from mert_fairseq.data.step_draws import DrawSpec, draw_step, frame_padding, model_frames
+from mert_fairseq.data.step_draws import DrawSpec, draw_for_batch
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +113,8 @@ class MERTDataset(FairseqDataset):
     ) -> None:
         """`store_labels` has no effect any more (labels are read by byte offset or from a memmap);
         `windowed_reads=False` reads every clip whole (the original behaviour; for comparisons);
-        `draw_spec`: draw the step's masks, mixture, layerdrop and codebook picks in the collater
-        (`net_input["draws"]`, `masked_frames`, `valid_frames`; see `step_draws`)."""
+        `draw_spec`: what the collater draws for the model (`net_input["draws"]`, a `StepDraws`; see
+        `step_draws`); the task sets it once the model is built."""
         self.manifest_path = manifest_path
         self.manifest, self.kept_rows, num_rows = load_manifest(manifest_path, min_keep_sample_size,
                                                                 max_keep_sample_size)
@@ -261,16 +261,13 @@ class MERTDataset(FairseqDataset):
         return batch
 
     def _add_draws(self, batch: dict, targets: List[torch.Tensor]) -> None:
-        """The step's random draws, from one generator seeded by (seed, epoch, ids of the batch's clips): the
-        same on resume, different on every rank (each rank trains on other clips)."""
-        audio, padding_mask = batch["net_input"]["source"], batch["net_input"]["padding_mask"]
-        B, L = audio.shape
-        T = model_frames(self.draw_spec, L, min(t.size(1) for t in targets) if targets else None)
-        pad = frame_padding(padding_mask, T).numpy() if padding_mask is not None else None
+        """The step's random draws (`net_input["draws"]`, a `StepDraws`), from one generator seeded by (seed,
+        epoch, ids of the batch's clips): the same on resume, different on every rank (each rank trains on other
+        clips)."""
         rng = np.random.default_rng([self.seed, self.epoch, *batch["id"].tolist()])
-        draws, counts = draw_step(self.draw_spec, rng, B, L, T, pad)
-        batch["net_input"]["draws"] = draws
-        batch.update(counts)
+        net_input = batch["net_input"]
+        net_input["draws"] = draw_for_batch(self.draw_spec, rng, net_input["source"], net_input["padding_mask"],
+                                            min(t.size(1) for t in targets) if targets else None)
 
     def _crop_start(self, sample: dict, diff: int) -> int:
         """Start of the batch crop inside `source` (diff = len(source) - crop size > 0)."""

@@ -3,8 +3,8 @@ model (eval mode, no gradient) on a small labelled set, probes every layer with 
 (`mert_fairseq.evaluation.probe`) and logs the best layer's score per task as `probe_<task>`.
 
 The clips are read once (first `probe_max_clips` rows, first `probe_clip_seconds` seconds each) and
-batched by length. The hook leaves the training draws untouched: the model's per-update call counter
-(which seeds masks and noise) is restored, and the global RNGs are not used.
+batched by length. The hook leaves training untouched: the model draws nothing (the step's draws come from the
+data loader), its train/eval mode is restored, and the global RNGs are not used.
 """
 from __future__ import annotations
 
@@ -56,16 +56,14 @@ class OnlineProbe:
         return np.stack(out)
 
     def run(self, model: torch.nn.Module) -> Dict[str, float]:
-        """{task: best-layer cross-validated score}; the model's train/eval mode and call counter are kept."""
-        was_training, calls = model.training, getattr(model, "_calls_this_update", None)
+        """{task: best-layer cross-validated score}; the model's train/eval mode is kept."""
+        was_training = model.training
         start, cpu = time.perf_counter(), time.process_time()
         model.eval()
         try:
             feats = self.features(model)
         finally:
             model.train(was_training)
-            if calls is not None:
-                model._calls_this_update = calls
         results = probe_all(feats, self.probe_set, folds=self.folds)
         scores = {r["task"]: float(r["score"]) for r in results}
         self.seconds = (time.perf_counter() - start, time.process_time() - cpu)

@@ -1,12 +1,12 @@
-"""`MERTConfig`: every field of the original MERT model config, so original YAMLs and the configs
-stored in published checkpoints load unchanged. Fields that have no effect here are listed in
-`NO_EFFECT_FIELDS` and warn once when set away from their default."""
+"""`MERTConfig`: the model's live fields; the original MERT model config's other fields, which have no effect
+here, come from the table `NO_EFFECT_FIELDS` (a base class built from it), so original YAMLs and the configs
+stored in published checkpoints load unchanged and warn once per field set away from its default."""
 
 from dataclasses import dataclass, field
 from typing import Tuple
 
 from fairseq import utils
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.dataclass import ChoiceEnum
 from fairseq.models.wav2vec.wav2vec2 import (
     EXTRACTOR_MODE_CHOICES,
     LAYER_TYPE_CHOICES,
@@ -14,12 +14,33 @@ from fairseq.models.wav2vec.wav2vec2 import (
 )
 from omegaconf import II
 
+from mert_fairseq.common.config_values import Accepted, accepted_fields
+
 MASK_REPLACE_TYPE_CHOICES = ChoiceEnum(["in_batch", "in_sample"])
 AUDIO_EXTRACT_TYPE_CHOICES = ChoiceEnum(["w2v_conv", "hstft_conv"])
 
 
+# Fields accepted only so that original YAMLs and checkpoint configs load: name -> default, why it does nothing.
+# MERTModel warns once when one is set away from its default (common.config_values.warn_fields_without_effect;
+# the task's table: tasks.mert_pretraining_config.NO_EFFECT_FIELDS).
+NO_EFFECT_FIELDS = {
+    "audio_extract_type": Accepted("w2v_conv", "only the w2v_conv front end exists", AUDIO_EXTRACT_TYPE_CHOICES),
+    "music_conv_nmel": Accepted(80, "hstft_conv front end is not implemented"),
+    "music_conv_hoplen": Accepted(40, "hstft_conv front end is not implemented"),
+    "subln": Accepted(False, "never wired into the encoder in the original"),
+    "dropout_features": Accepted(0.0, "applied to a tensor nothing uses"),
+    "chunk_nce_cal": Accepted(-1, "logits are computed by a normalised matmul, no per-class tensors to chunk"),
+    "emb_grad_mult": Accepted(1.0, "commented out in the original"),
+    "latent_temp": Accepted((2, 0.5, 0.999995), "legacy wav2vec field", Tuple[float, float, float]),
+    "attention_relax": Accepted(-1.0, "subtracting the row max before softmax is a no-op for a stable softmax"),
+    "depthwise_conv_kernel_size": Accepted(31, "conformer layers are not implemented"),
+    "attn_type": Accepted("", "conformer layers are not implemented"),
+    "pos_enc_type": Accepted("abs", "conformer layers are not implemented"),
+}
+
+
 @dataclass
-class MERTConfig(FairseqDataclass):
+class MERTConfig(accepted_fields("MERTConfigAccepted", NO_EFFECT_FIELDS)):
     label_rate: float = II("task.label_rate")
 
     # --- CNN front end ---
@@ -35,11 +56,6 @@ class MERTConfig(FairseqDataclass):
     feature_grad_mult: float = field(
         default=1.0, metadata={"help": "scale the gradient into the CNN; <= 0 freezes it (eval mode, no grad)"}
     )
-    audio_extract_type: AUDIO_EXTRACT_TYPE_CHOICES = field(
-        default="w2v_conv", metadata={"help": "front end; only w2v_conv exists (hstft_conv: no effect)"}
-    )
-    music_conv_nmel: int = field(default=80, metadata={"help": "no effect (hstft_conv front end)"})
-    music_conv_hoplen: int = field(default=40, metadata={"help": "no effect (hstft_conv front end)"})
     do_cnn_feat_stable_layernorm: bool = field(
         default=False,
         metadata={"help": "non-affine LayerNorm on CNN features, plus a non-affine LayerNorm after post_extract_proj"},
@@ -77,13 +93,6 @@ class MERTConfig(FairseqDataclass):
     deepnorm: bool = field(
         default=False, metadata={"help": "DeepNet residual scaling alpha=(2N)^1/4 and init scaling (8N)^-1/4 (post-LN)"}
     )
-    subln: bool = field(default=False, metadata={"help": "no effect (never wired in the original)"})
-    attention_relax: float = field(
-        default=-1.0, metadata={"help": "original's max-subtraction before softmax; numerically a no-op here"}
-    )
-    depthwise_conv_kernel_size: int = field(default=31, metadata={"help": "conformer only (not implemented)"})
-    attn_type: str = field(default="", metadata={"help": "conformer only (not implemented)"})
-    pos_enc_type: str = field(default="abs", metadata={"help": "conformer only (not implemented)"})
     fp16: bool = field(default=False, metadata={"help": "informational; precision is set by common.fp16/bf16"})
 
     # --- dropouts ---
@@ -92,7 +101,6 @@ class MERTConfig(FairseqDataclass):
     activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN activation"})
     encoder_layerdrop: float = field(default=0.0, metadata={"help": "probability of skipping a layer in training"})
     dropout_input: float = field(default=0.0, metadata={"help": "dropout on the projected CNN features"})
-    dropout_features: float = field(default=0.0, metadata={"help": "no effect (applied to an unused tensor)"})
 
     # --- prediction heads ---
     final_dim: int = field(default=0, metadata={"help": "projection dim of outputs and label embeddings (0 = D)"})
@@ -102,16 +110,11 @@ class MERTConfig(FairseqDataclass):
     learnable_temp: bool = field(default=False, metadata={"help": "learn one log inverse temperature per stream"})
     learnable_temp_init: float = field(default=0.1, metadata={"help": "initial learnable temperature"})
     learnable_temp_max: float = field(default=100.0, metadata={"help": "max of the learned logit scale"})
-    chunk_nce_cal: int = field(
-        default=-1, metadata={"help": "no effect: logits are a normalised matmul, never materialised per class"}
-    )
     random_codebook: int = field(
         default=-1, metadata={"help": "> 0: each step predicts this many randomly chosen label streams"}
     )
-    emb_grad_mult: float = field(default=1.0, metadata={"help": "no effect (commented out in the original)"})
     skip_masked: bool = field(default=False, metadata={"help": "no loss on masked frames"})
     skip_nomask: bool = field(default=False, metadata={"help": "no loss on unmasked frames"})
-    latent_temp: Tuple[float, float, float] = field(default=(2, 0.5, 0.999995), metadata={"help": "no effect"})
 
     # --- masking ---
     mask_prob: float = field(default=0.65, metadata={"help": "span-start probability (x T / length spans)"})
@@ -163,21 +166,3 @@ class MERTConfig(FairseqDataclass):
     pretrained_weights: str = field(
         default="", metadata={"help": "checkpoint whose feature_extractor.* weights initialise the CNN"}
     )
-
-
-# field -> why it does nothing; MERTModel warns once when one differs from its default
-# (common.config_values.warn_fields_without_effect; the task's table: tasks.mert_pretraining.NO_EFFECT_FIELDS).
-NO_EFFECT_FIELDS = {
-    "audio_extract_type": "only the w2v_conv front end exists",
-    "music_conv_nmel": "hstft_conv front end is not implemented",
-    "music_conv_hoplen": "hstft_conv front end is not implemented",
-    "subln": "never wired into the encoder in the original",
-    "dropout_features": "applied to a tensor nothing uses",
-    "chunk_nce_cal": "logits are computed by a normalised matmul, no per-class tensors to chunk",
-    "emb_grad_mult": "commented out in the original",
-    "latent_temp": "legacy wav2vec field",
-    "attention_relax": "subtracting the row max before softmax is a no-op for a stable softmax",
-    "depthwise_conv_kernel_size": "conformer layers are not implemented",
-    "attn_type": "conformer layers are not implemented",
-    "pos_enc_type": "conformer layers are not implemented",
-}

@@ -4,11 +4,11 @@ teacher codes (8 EnCodec codebooks or K-means clusters) + CQT reconstruction.
 Data flow for a batch (B clips of L samples at 24 kHz, T = CNN frames at 75 Hz, D = width):
   source B x L --(training: in-batch noise mixture)--> CNN B x 512 x T --> LayerNorm, proj B x T x D
   --> mask spans with `mask_emb` --> encoder B x T x D --> per codebook k: projections K x B x T x F, cosine
-  logits against every class (`frame_logits`, the `mert` criterion: all frames, weighted by the mask; or the
-  original S x (1 + C_k) layout on the S masked frames, `get_logits`, fairseq's `hubert` criterion); CQT head
-  vs. the CQT of the CLEAN audio, averaged over the masked frames.
-The step's random draws (masks, mixture, layerdrop, random codebooks) come from the collater
-(`data/step_draws.py`), so a training step runs on fixed shapes with no host synchronisation.
+  logits against every class at every frame (`frame_logits`, K x B*T x C, for the `mert` criterion, which
+  weights them by the mask); CQT head vs. the CQT of the CLEAN audio, averaged over the masked frames.
+The step's random draws (masks, mixture, layerdrop, random codebooks) come in as one `StepDraws` made by the
+collater (`data/step_draws.py`); the model draws nothing, so a training step runs on fixed shapes with no host
+synchronisation.
 State-dict keys are those of the original MERT (see tests/test_checkpoint_compat.py).
 """
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fairseq.data.data_utils import compute_mask_indices
 from fairseq.data.dictionary import Dictionary
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
@@ -31,8 +30,8 @@ from torch import nn
 from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
 from mert_fairseq.common.config_values import parse_conv_layers, parse_list_literal, warn_fields_without_effect
 from mert_fairseq.models.teachers.cqt import CQTTeacher, build_cqt, cqt_frames
-from mert_fairseq.data.step_draws import DrawSpec, draw_step, frame_padding, model_frames
-from mert_fairseq.models.masked_prediction import batched_cosine_logits, cosine_logits
+from mert_fairseq.data.step_draws import DrawSpec, StepDraws, frame_padding
+from mert_fairseq.models.masked_prediction import batched_cosine_logits
 from mert_fairseq.models.teachers.mel import MelTeacher
 from mert_fairseq.models.mert_config import NO_EFFECT_FIELDS, MERTConfig
 from mert_fairseq.models.noise_mixture import apply_noise_mixture
@@ -41,21 +40,10 @@ from mert_fairseq.models.transformer_encoder import TransformerEncoder
 
 logger = logging.getLogger(__name__)
 
+# The original's mask schedules (lists by update); refused when set: the loader draws masks, unaware of the update.
+MASK_SCHEDULE_FIELDS = ("mask_dynamic_prob_step", "mask_dynamic_prob", "mask_dynamic_len_step", "mask_dynamic_len")
 # Buffers the original stored in checkpoints; rebuilt here at construction, dropped on load.
 _RECOMPUTED_BUFFER_SUFFIXES = ("cqt_kernels_real", "cqt_kernels_imag", "lenghts", "spectrogram.window", "mel_scale.fb")
-
-
-def stage_value(steps: List[int], values: list, num_updates: int):
-    """Piecewise-constant schedule: values[i] holds from steps[i-1] (inclusive) to steps[i]."""
-    return values[sum(num_updates >= s for s in steps)]
-
-
-def select_frames(t: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-    """Frames of a B x T (x ...) tensor, in row-major order: `where` is a B x T bool mask or flat B*T
-    positions (long). Same values and gradients either way."""
-    if where.dtype == torch.bool:
-        return t[where]
-    return t.flatten(0, 1).index_select(0, where)
 
 
 @register_model("mert", dataclass=MERTConfig)
@@ -124,19 +112,15 @@ class MERTModel(BaseFairseqModel):
         if cfg.audio_mel_loss_m:
             self.encoder_mel_model = MelTeacher(D, cfg.audio_mel_bins, sample_rate, cfg.label_rate)
 
-        self.mask_prob, self.mask_length = cfg.mask_prob, cfg.mask_length
-        self._prob_schedule = tuple(parse_list_literal(getattr(cfg, f), f"model.{f}")
-                                    for f in ("mask_dynamic_prob_step", "mask_dynamic_prob"))
-        self._len_schedule = tuple(parse_list_literal(getattr(cfg, f), f"model.{f}")
-                                   for f in ("mask_dynamic_len_step", "mask_dynamic_len"))
-        for (steps, values), name in ((self._prob_schedule, "prob"), (self._len_schedule, "len")):
-            if steps and len(values) != len(steps) + 1:
-                raise ValueError(f"mask_dynamic_{name} needs len(mask_dynamic_{name}_step) + 1 values")
+        for name in MASK_SCHEDULE_FIELDS:
+            if parse_list_literal(getattr(cfg, name, None), f"model.{name}"):
+                raise ValueError(f"model.{name}={getattr(cfg, name)!r}: mask schedules are not supported (the data "
+                                 "loader draws the masks and does not know the update; no original MERT recipe "
+                                 "uses one): set a fixed model.mask_prob / model.mask_length")
         self.noise_length_range = parse_list_literal(cfg.inbatch_noise_augment_len_range,
                                                      "model.inbatch_noise_augment_len_range")
         self.noise_count_range = parse_list_literal(cfg.inbatch_noise_augment_number_range,
                                                     "model.inbatch_noise_augment_number_range")
-        self.set_num_updates(0)
         if cfg.pretrained_weights:
             self._load_pretrained_cnn(cfg.pretrained_weights)
 
@@ -151,7 +135,7 @@ class MERTModel(BaseFairseqModel):
 
     @staticmethod
     def _warn_no_effect_fields(cfg: MERTConfig) -> None:
-        warn_fields_without_effect(cfg, MERTConfig(), NO_EFFECT_FIELDS, "model")
+        warn_fields_without_effect(cfg, NO_EFFECT_FIELDS, "model")
         if cfg.wav_normalize:
             logger.warning("model.wav_normalize normalises each waveform separately (the original normalised "
                            "the whole batch jointly)")
@@ -167,14 +151,6 @@ class MERTModel(BaseFairseqModel):
     @classmethod
     def build_model(cls, cfg: MERTConfig, task) -> "MERTModel":
         return cls(cfg, task.cfg, task.dictionaries)
-
-    def set_num_updates(self, num_updates: int) -> None:
-        super().set_num_updates(num_updates)
-        self.num_updates = num_updates
-        self._calls_this_update = 0
-        for (steps, values), attr in ((self._prob_schedule, "mask_prob"), (self._len_schedule, "mask_length")):
-            if steps:
-                setattr(self, attr, stage_value(steps, values, num_updates))
 
     def upgrade_state_dict_named(self, state_dict: Dict[str, torch.Tensor], name: str) -> Dict[str, torch.Tensor]:
         """Accept original checkpoints: drop stored CQT/mel buffers, map new-style weight norm keys."""
@@ -222,62 +198,31 @@ class MERTModel(BaseFairseqModel):
 
     # ------------------------------------------------------------------ random draws
     def draw_spec(self) -> DrawSpec:
-        """What a step draws (at the current mask schedule): `data/step_draws.py`."""
+        """What a step draws for this model (`data/step_draws.py`)."""
         c = self.opts
+        online = getattr(self, "online_targets", None)
         return DrawSpec(
-            conv_layers=self.conv_layers, feat2tar_ratio=self.feat2tar_ratio, mask_prob=self.mask_prob,
-            mask_length=self.mask_length, mask_selection=c.mask_selection, mask_other=c.mask_other,
+            conv_layers=self.conv_layers, feat2tar_ratio=self.feat2tar_ratio, mask_prob=c.mask_prob,
+            mask_length=c.mask_length, mask_selection=c.mask_selection, mask_other=c.mask_other,
             no_mask_overlap=c.no_mask_overlap, mask_min_space=c.mask_min_space, mask_origin=c.mask_origin,
             mask_replace=c.mask_replace, mask_replace_type=c.mask_replace_type, mixture_prob=c.mixture_prob,
             noise_length_range=tuple(self.noise_length_range), noise_count_range=tuple(self.noise_count_range),
             layerdrop=c.encoder_layerdrop, n_layers=c.encoder_layers, random_codebook=c.random_codebook,
-            n_streams=len(self.num_classes))
+            n_streams=len(self.num_classes), mask_channel_prob=c.mask_channel_prob,
+            mask_channel_length=c.mask_channel_length, mask_channel_selection=c.mask_channel_selection,
+            mask_channel_other=c.mask_channel_other, no_mask_channel_overlap=c.no_mask_channel_overlap,
+            mask_channel_min_space=c.mask_channel_min_space, embed_dim=c.encoder_embed_dim,
+            online_label_hop=online.hop if online is not None else 0)
 
-    @property
-    def has_mask_schedule(self) -> bool:
-        """mask_dynamic_*: the span-mask law changes with the update count, which loader workers do not know."""
-        return bool(self._prob_schedule[0] or self._len_schedule[0])
-
-    def _draw_here(self, source: torch.Tensor, target_list, padding_mask, mask: bool):
-        """The step's draws when the batch brings none (direct calls): seeded from fairseq's per-update seed
-        (`torch.initial_seed()` = common.seed + num_updates), the update, the call index within the update and
-        the rank (so ranks differ), with the collater's function."""
-        spec = self.draw_spec()
-        if not ((mask and spec.mask_prob > 0) or spec.random_codebook > 0
-                or (self.training and (spec.mixture_prob > 0 or spec.layerdrop > 0))):
-            return {}, {}
-        dist = torch.distributed
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        rng = np.random.default_rng([torch.initial_seed() % 2**63, self.num_updates, self._calls_this_update, rank])
-        B, L = source.shape
-        T = model_frames(spec, L, min(t.size(1) for t in target_list) if target_list else None)
-        pad = frame_padding(padding_mask.cpu(), T).numpy() if padding_mask is not None else None
-        draws, counts = draw_step(spec, rng, B, L, T, pad, span_masks=mask)
-        return {k: v.to(source.device, non_blocking=True) if torch.is_tensor(v) else v
-                for k, v in draws.items()}, counts
-
-    def _channel_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """mask_channel_prob: zero random feature channels (drawn here, on the host; not in the recipes)."""
-        B, _, D = x.shape
-        seed = int(np.random.SeedSequence([torch.initial_seed() % 2**63, self.num_updates,
-                                           self._calls_this_update, 1]).generate_state(1)[0])
-        ch = compute_mask_indices(
-            (B, D), None, self.opts.mask_channel_prob, self.opts.mask_channel_length,
-            self.opts.mask_channel_selection, self.opts.mask_channel_other,
-            no_overlap=self.opts.no_mask_channel_overlap, min_space=self.opts.mask_channel_min_space,
-            seed=seed, epoch=1, indices=torch.arange(B),
-        )
-        return x.masked_fill(torch.from_numpy(ch).to(x.device, non_blocking=True).unsqueeze(1), 0.0)
-
-    def _fill_masked(self, x: torch.Tensor, mask: torch.Tensor, draws: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Masked frames get `mask_emb`; BERT-style (`mask_origin`, `mask_replace`), the drawn choices say
-        which masked frames keep their own features and which take another frame's (`mask_source`)."""
+    def _fill_masked(self, x: torch.Tensor, draws: StepDraws) -> torch.Tensor:
+        """x: B x T x D. Masked frames get `mask_emb`; BERT-style (`mask_origin`, `mask_replace`), the drawn
+        choices say which masked frames keep their own features and which take another frame's (`mask_source`)."""
         emb = self.mask_emb.to(x.dtype)
-        if "mask_source" not in draws:
-            return torch.where(mask.unsqueeze(-1), emb, x)
+        if draws.mask_source is None:
+            return torch.where(draws.mask.unsqueeze(-1), emb, x)
         B, T, D = x.shape
-        x = x.reshape(B * T, D).index_select(0, draws["mask_source"].reshape(-1)).view(B, T, D)
-        return torch.where(draws["mask_to_emb"].unsqueeze(-1), emb, x)
+        x = x.reshape(B * T, D).index_select(0, draws.mask_source.reshape(-1)).view(B, T, D)
+        return torch.where(draws.mask_to_emb.unsqueeze(-1), emb, x)
 
     # ------------------------------------------------------------------ masked prediction
     def _logit_scales(self):
@@ -324,33 +269,29 @@ class MERTModel(BaseFairseqModel):
         features_only: bool = False,
         output_layer: Optional[int] = None,
         return_hidden_states: bool = False,
-        draws: Optional[Dict[str, torch.Tensor]] = None,
+        draws: Optional[StepDraws] = None,
     ) -> Dict[str, torch.Tensor]:
         """source: B x L waveform; target_list: per stream B x T_label dictionary indices.
         `output_layer` is 1-based (fairseq convention). `draws`: the step's random draws (span masks, noise
-        mixture, layerdrop, random codebooks) as the collater makes them (`data/step_draws.py`); without them
-        the model draws them itself (`_draw_here`, seeded: a resumed run repeats the same draws).
+        mixture, layerdrop, random codebooks), made by `step_draws.draw_for_batch` (the collater's
+        `net_input["draws"]`); needed when `mask` is true, else None (nothing random: no mixture, no layerdrop).
 
         Training output (fixed shapes whatever the draws): `proj` K x B x T x F, `targets` K x B x T,
-        `masked` / `unmasked` B x T bool (non-padding frames), `features_pen`, the teacher losses over the
-        masked frames, and when the model drew itself the host counts `masked_frames`, `valid_frames`.
+        `masked` / `unmasked` B x T bool (non-padding frames), `codebook_weight`, `features_pen`, the teacher
+        losses over the masked frames.
         """
+        if draws is None:
+            if mask:
+                raise ValueError(
+                    "MERTModel.forward(mask=True) needs the step's draws: net_input['draws'] of MERTDataset's "
+                    "collater, or mert_fairseq.data.step_draws.draw_for_batch(model.draw_spec(), rng, source, "
+                    "padding_mask, label_frames); pass mask=False for features")
+            draws = StepDraws()
         if not target_list and not features_only and hasattr(self, "online_targets"):
             target_list = self.online_targets(source)  # per codebook B x T_label codes of the clean audio
-        counts: dict = {}
-        if draws is None:
-            self._calls_this_update += 1
-            draws, counts = self._draw_here(source, target_list, padding_mask, mask)
-        out = self._forward(source, target_list, padding_mask, cqt_labels, mel_labels, mask, features_only,
-                            output_layer, return_hidden_states, draws)
-        out.update(counts)
-        return out
-
-    def _forward(self, source, target_list, padding_mask, cqt_labels, mel_labels, mask, features_only,
-                 output_layer, return_hidden_states, draws) -> Dict[str, torch.Tensor]:
         clean = source
-        if self.training and "mix_len" in draws:
-            source = apply_noise_mixture(source, draws["mix_start"], draws["mix_pos"], draws["mix_len"],
+        if self.training and draws.mix_len is not None:
+            source = apply_noise_mixture(source, draws.mix_start, draws.mix_pos, draws.mix_len,
                                          self.opts.inbatch_noise_augment_volume)
 
         features = self.forward_features(source)  # B x C x T
@@ -373,18 +314,18 @@ class MERTModel(BaseFairseqModel):
 
         # all-False padding (cropped batches) acts as none: attention without a mask (a sync, padded batches only)
         pad = padding_mask if padding_mask is not None and bool(padding_mask.any()) else None
-        span = draws.get("mask") if mask else None
+        span = draws.mask if mask else None
         if span is not None and tuple(span.shape) != (B, T):
             raise ValueError(f"net_input draws: span mask of shape {tuple(span.shape)} for {B} x {T} model frames "
                              "(drawn for another CNN or crop?)")
-        x = features if span is None else self._fill_masked(features, span, draws)
-        if mask and self.opts.mask_channel_prob > 0:
-            x = self._channel_mask(x)
+        x = features if span is None else self._fill_masked(features, draws)
+        if mask and draws.channel_mask is not None:
+            x = x.masked_fill(draws.channel_mask.unsqueeze(1), 0.0)
         x, hidden_states = self.encoder(
             x, pad, tgt_layer=None if output_layer is None else output_layer - 1,
             return_hidden_states=return_hidden_states,
-            layer_keep=draws.get("layer_keep") if self.training else None,
-            layer_keep_host=draws.get("layer_keep_host") if self.training else None,
+            layer_keep=draws.layer_keep if self.training else None,
+            layer_keep_host=draws.layer_keep_host if self.training else None,
         )
         if features_only:
             return {"x": x, "padding_mask": padding_mask, "features": features, "hidden_states": hidden_states}
@@ -398,7 +339,7 @@ class MERTModel(BaseFairseqModel):
             "targets": torch.stack(target_list) if target_list else None,
             "masked": masked,
             "unmasked": unmasked,
-            "codebook_weight": draws.get("codebook_weight"),
+            "codebook_weight": draws.codebook_weight,
             "padding_mask": padding_mask,
             "features_pen": features_pen,
         }
@@ -436,30 +377,6 @@ class MERTModel(BaseFairseqModel):
         return res["hidden_states"], res["padding_mask"]
 
     # ------------------------------------------------------------------ criterion interface
-    def get_logits(self, net_output, is_masked: bool = True) -> List[torch.Tensor]:
-        """fairseq's hubert criterion: per stream S x (1 + C) logits of the masked (or unmasked) frames in the
-        original layout (column 0 the target). Computed once per output; the `mert` criterion uses
-        `frame_logits` instead."""
-        key = "_logit_m_list" if is_masked else "_logit_u_list"
-        if key not in net_output:
-            logits = []
-            if not (self.opts.skip_masked if is_masked else self.opts.skip_nomask) and net_output["proj"] is not None:
-                where = net_output["masked" if is_masked else "unmasked"]
-                weight = net_output.get("codebook_weight")
-                chosen = range(len(self.num_classes)) if weight is None else [
-                    k for k, w in enumerate(weight.tolist()) if w > 0]
-                scales, embs = self._logit_scales(), self._label_embeddings()
-                for k in chosen:
-                    scale = scales[k] if torch.is_tensor(scales) else scales
-                    logits.append(cosine_logits(select_frames(net_output["proj"][k], where), embs[k],
-                                                select_frames(net_output["targets"][k], where), scale).float())
-            net_output[key] = logits
-        return net_output[key]
-
-    def get_targets(self, net_output, is_masked: bool = True) -> List[torch.Tensor]:
-        """The target is column 0 of every logits row (original layout)."""
-        return [x.new_zeros(x.size(0), dtype=torch.long) for x in self.get_logits(net_output, is_masked)]
-
     def get_extra_losses(self, net_output):
         names = [n for n in ("features_pen", "cqt_pred_m", "mel_pred_m") if n in net_output]
         return [net_output[n] for n in names], names

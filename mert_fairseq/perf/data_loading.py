@@ -67,7 +67,7 @@ def write_corpus(root: Path, n_tracks: int, seconds: float, formats: Sequence[st
     by the formats (same row order). Existing files are kept (the corpus is deterministic)."""
     import soundfile as sf
 
-    from mert_fairseq.perf.step_benchmark import music_like
+    from mert_fairseq.perf.synthetic_corpus import music_like
     from mert_fairseq.prep.labels_npy import labels_to_npy
 
     rng = np.random.default_rng(seed)
@@ -173,7 +173,7 @@ def measure_soundfile_reads(ds, n: int, min_cpu_s: float) -> dict:
 def run_throughput(args: argparse.Namespace) -> dict:
     import torch
 
-    from mert_fairseq.perf.step_benchmark import compose_config
+    from mert_fairseq.perf.training_setup import compose_config
 
     torch.set_num_threads(1)
     task_cfg = compose_config(args.config).task

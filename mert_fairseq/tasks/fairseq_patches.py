@@ -11,8 +11,8 @@ of `fairseq.checkpoint_utils` or (when a training run has imported it) `fairseq_
 | `PathManager` | `_CheckpointPathManager` (fairseq's PathManager with an atomic local `copy`) | `save_checkpoint` copies the first file to `checkpoint_last.pt`, ... with a plain copy that a kill tears | `save_checkpoint` calls `PathManager.copy(src, dst, overwrite=True)` through the module-level name |
 | `load_checkpoint` | `_load_checkpoint` | resume past a damaged `checkpoint_last.pt`; stop at once when already at `max_update`; catch SIGUSR1/SIGTERM from here on (`checkpoint.preemption`) | `fairseq_cli.train.main` calls `checkpoint_utils.load_checkpoint(cfg.checkpoint, trainer, ...)` through the module |
 | `save_checkpoint` | `_save_checkpoint` | preemption: once the checkpoint of a run stopped by SIGUSR1/SIGTERM is saved, exit with code 75 (and requeue a Slurm job): `checkpoint.preemption` | `fairseq_cli.train.validate_and_save` calls `checkpoint_utils.save_checkpoint(cfg.checkpoint, trainer, epoch_itr, val_loss)` through the module, on every rank |
-| `load_checkpoint_to_cpu` | `_load_checkpoint_to_cpu` | read with `weights_only=True` and the allow-list whatever the environment says; errors name the file; while resuming a `mert`-criterion run, a checkpoint written with `hubert` counts as `mert` (same loss, neither has state), so older checkpoints resume under the recipes | the trainer's `load_checkpoint` and fairseq's model loading call `checkpoint_utils.load_checkpoint_to_cpu` through the module; the state is finished by fairseq's `_upgrade_state_dict`; the trainer compares `optimizer_history[-1]["criterion_name"]` with its criterion's class name |
-| `fairseq_cli.train.should_stop_early` | `_should_stop_early` | preemption: stop (and so save) after the update during which a signal came, on every rank at once | `validate_and_save` calls the module-level name `should_stop_early(cfg, valid_loss)` after every update, then saves when it is true; fairseq keeps its patience state as attributes of that name |
+| `load_checkpoint_to_cpu` | `_load_checkpoint_to_cpu` | read with `weights_only=True` and the allow-list whatever the environment says; errors name the file; a checkpoint written with the `hubert` criterion is read as written with `mert` (`HubertCriterion` -> `MertCriterion`: the task builds `MertCriterion` for both names, same loss, no state), so older checkpoints resume | the trainer's `load_checkpoint` and fairseq's model loading call `checkpoint_utils.load_checkpoint_to_cpu` through the module; the state is finished by fairseq's `_upgrade_state_dict`; the trainer compares `optimizer_history[-1]["criterion_name"]` with its criterion's class name |
+| `fairseq_cli.train.should_stop_early` | `_should_stop_early` | preemption: stop (and so save) after the update during which a signal came (under data parallelism after the next one, on every rank at once, agreed without a per-update sync) | `validate_and_save` calls the module-level name `should_stop_early(cfg, valid_loss)` after every update, then saves when it is true; fairseq keeps its patience state as attributes of that name |
 
 and one attribute of `fairseq.models.distributed_fairseq_model`:
 
@@ -20,16 +20,19 @@ and one attribute of `fairseq.models.distributed_fairseq_model`:
 |---|---|---|---|
 | `DistributedDataParallel` | `_DistributedDataParallel` (torch's, without `device_ids`/`output_device` for a CPU module) | `ddp_backend=c10d` (the recipes') passes `device_ids=[device_id]`, which torch refuses for CPU modules: c10d could not run on CPU/gloo | `DistributedFairseqModel` calls the module-level name `DistributedDataParallel(module=..., device_ids=..., ...)` |
 
-With `MERT_FAULT_POINT`, `MERT_FAULT_NAN_UPDATES` or `MERT_FAULT_RANK_WEIGHTS` set (the fault-injection
-harness and tests), `install()` also arms the harness's kill points and hooks (`mert_fairseq.testing.fault_points.install`). `tests/test_layout.py`
-fails when one of the internals above changes.
+Every replaced attribute, these and the fault-injection hooks (`mert_fairseq.testing.fault_points`,
+installed on top of these by the fault-injection entry point `mert_fairseq.testing.fault_train` only), goes
+through `replace()`, which records the attribute's own value; `uninstall()` puts every one back.
+Checkpoint files are written through `checkpoint_file_hook` (the file itself; the fault-injection entry point
+replaces it with its half-way writer). `tests/test_layout.py` fails when one of the internals above changes.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
-from typing import IO, Callable, Optional
+from typing import IO, Any, Callable, List
 
 import torch
 from fairseq import checkpoint_utils
@@ -42,25 +45,56 @@ from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
 
 logger = logging.getLogger(__name__)
 
-_stock: dict = {}  # the replaced fairseq attributes, by name (other modules' with their module prefix)
-_resuming_criterion: list = []  # class name of the criterion of the run being resumed (inside _load_checkpoint)
-# criteria computing the same loss with no state: a checkpoint of the first resumes under the second
-CRITERION_ALIASES = {("HubertCriterion", "MertCriterion")}
+CRITERION_RENAMES = {"HubertCriterion": "MertCriterion"}  # criterion class a checkpoint names -> read as
 
 
-def _fault_wrap(point: str) -> Callable[[IO[bytes]], IO[bytes]]:
-    """The harness's half-way writer for `point` when a fault point is armed, else the file itself."""
-    if not os.environ.get("MERT_FAULT_POINT"):
-        return lambda f: f
-    from mert_fairseq.testing.fault_points import halfway_writer
+@dataclasses.dataclass(frozen=True)
+class Patch:
+    """`owner.name` replaced; `replaced` is the value it had, `own` whether `owner` held it itself (else it
+    was inherited from a base class)."""
 
-    return lambda f: halfway_writer(f, point)
+    owner: Any  # a module or a class
+    name: str
+    replaced: Any
+    own: bool
+
+
+_patches: List[Patch] = []  # in the order applied; undone in reverse
+
+
+def replace(owner: Any, name: str, replacement: Any) -> Any:
+    """Set `owner.name = replacement`, recorded for `uninstall()`; returns the value it replaces."""
+    replaced = getattr(owner, name)
+    _patches.append(Patch(owner, name, vars(owner).get(name, replaced), name in vars(owner)))
+    setattr(owner, name, replacement)
+    return replaced
+
+
+def original(owner: Any, name: str) -> Any:
+    """`owner.name` as it was before its first patch (fairseq's own), patched or not."""
+    first = next((p for p in _patches if p.owner is owner and p.name == name), None)
+    return getattr(owner, name) if first is None else first.replaced
+
+
+def installed() -> List[Patch]:
+    """The patches in place, oldest first (empty when none is)."""
+    return list(_patches)
+
+
+def checkpoint_file_hook(f: IO[bytes], point: str) -> IO[bytes]:
+    """What an atomic save writes its temporary file through (`point`: "checkpoint_write" or
+    "checkpoint_copy"): the file itself. The fault-injection entry point replaces this attribute."""
+    return f
+
+
+def _hook(point: str) -> Callable[[IO[bytes]], IO[bytes]]:
+    return lambda f: checkpoint_file_hook(f, point)  # looked up at write time
 
 
 def _persistent_save(obj, filename, async_write: bool = False):
     if async_write or not isinstance(filename, str) or not resume.is_local(filename):
-        return _stock["torch_persistent_save"](obj, filename, async_write)
-    resume.atomic_torch_save(obj, filename, _fault_wrap("checkpoint_write"))
+        return original(checkpoint_utils, "torch_persistent_save")(obj, filename, async_write)
+    resume.atomic_torch_save(obj, filename, _hook("checkpoint_write"))
 
 
 class _CheckpointPathManager:
@@ -75,15 +109,16 @@ class _CheckpointPathManager:
             return PathManager.copy(src_path, dst_path, overwrite, **kwargs)
         if os.path.exists(dst_path) and not overwrite:
             return False
-        resume.atomic_copy(src_path, dst_path, _fault_wrap("checkpoint_copy"))
+        resume.atomic_copy(src_path, dst_path, _hook("checkpoint_copy"))
         return True
 
 
 def _load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks: bool = False):
     """fairseq's `load_checkpoint_to_cpu` for local files, read by `load_checkpoint_state` (weights_only,
-    allow-list; a damaged or hostile file is an error naming it), then finished as fairseq does."""
+    allow-list; a damaged or hostile file is an error naming it), then finished as fairseq does; the
+    criterion a checkpoint names is renamed by CRITERION_RENAMES (the trainer compares it with its own)."""
     if not resume.is_local(path):
-        return _stock["load_checkpoint_to_cpu"](path, arg_overrides, load_on_all_ranks)
+        return original(checkpoint_utils, "load_checkpoint_to_cpu")(path, arg_overrides, load_on_all_ranks)
     state = load_checkpoint_state(path)
     if state.get("args") is not None and arg_overrides is not None:
         for name, value in arg_overrides.items():
@@ -94,8 +129,8 @@ def _load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks: bool = 
             checkpoint_utils.overwrite_args_by_name(state["cfg"], arg_overrides)
     state = checkpoint_utils._upgrade_state_dict(state)
     history = state.get("optimizer_history") or []
-    if _resuming_criterion and history and (history[-1].get("criterion_name"), _resuming_criterion[0]) in CRITERION_ALIASES:
-        history[-1]["criterion_name"] = _resuming_criterion[0]
+    if history and history[-1].get("criterion_name") in CRITERION_RENAMES:
+        history[-1]["criterion_name"] = CRITERION_RENAMES[history[-1]["criterion_name"]]
     return state
 
 
@@ -111,18 +146,14 @@ def _load_checkpoint(cfg, trainer, **passthrough_args):
         if chosen != path:
             cfg = resume.with_restore_file(cfg, chosen)
     preemption.install_handlers()  # a training process: from here on a signal ends with a saved checkpoint
-    _resuming_criterion[:] = [type(trainer.get_criterion()).__name__]
-    try:
-        extra_state, epoch_itr = _stock["load_checkpoint"](cfg, trainer, **passthrough_args)
-    finally:
-        _resuming_criterion.clear()
+    extra_state, epoch_itr = original(checkpoint_utils, "load_checkpoint")(cfg, trainer, **passthrough_args)
     resume.stop_if_already_complete(trainer.get_num_updates(), trainer.cfg.optimization.max_update, path)
     return extra_state, epoch_itr
 
 
 def _save_checkpoint(cfg, trainer, epoch_itr, val_loss):
     """fairseq's `save_checkpoint`; then, for a preempted run, exit (preemption.after_save)."""
-    saved = _stock["save_checkpoint"](cfg, trainer, epoch_itr, val_loss)
+    saved = original(checkpoint_utils, "save_checkpoint")(cfg, trainer, epoch_itr, val_loss)
     preemption.after_save(trainer)
     return saved
 
@@ -130,7 +161,7 @@ def _save_checkpoint(cfg, trainer, epoch_itr, val_loss):
 def _should_stop_early(cfg, valid_loss) -> bool:
     """fairseq's patience check (it keeps its state as attributes of the name it is called by, i.e. of this
     function), or a preemption signal agreed by all ranks."""
-    early = _stock["fairseq_cli.train.should_stop_early"](cfg, valid_loss)
+    early = original(sys.modules["fairseq_cli.train"], "should_stop_early")(cfg, valid_loss)
     return preemption.stop_requested() or early
 
 
@@ -155,37 +186,26 @@ REPLACEMENTS = {
 TRAIN_REPLACEMENTS = {"should_stop_early": _should_stop_early}  # attributes of fairseq_cli.train
 
 
-def installed() -> bool:
-    return bool(_stock)
-
-
-def install(task_class: Optional[type] = None, dataset_class: Optional[type] = None) -> None:
-    """Apply the patches above (idempotent). With the fault-injection variables set, also arm the harness's
-    points in `task_class` and `dataset_class` (the task passes its own classes)."""
-    if _stock:
+def install() -> None:
+    """Apply the patches above (idempotent: nothing happens while any patch is installed)."""
+    if _patches:
         return
     for name, replacement in REPLACEMENTS.items():
-        _stock[name] = getattr(checkpoint_utils, name)
-        setattr(checkpoint_utils, name, replacement)
+        replace(checkpoint_utils, name, replacement)
     for name, replacement in DDP_REPLACEMENTS.items():
-        _stock[f"{distributed_fairseq_model.__name__}.{name}"] = getattr(distributed_fairseq_model, name)
-        setattr(distributed_fairseq_model, name, replacement)
+        replace(distributed_fairseq_model, name, replacement)
     train_module = sys.modules.get("fairseq_cli.train")  # imported when training (importing it sets up logging)
     for name, replacement in TRAIN_REPLACEMENTS.items() if train_module else ():
-        _stock[f"fairseq_cli.train.{name}"] = getattr(train_module, name)
-        setattr(train_module, name, replacement)
-    fault_vars = ("MERT_FAULT_POINT", "MERT_FAULT_NAN_UPDATES", "MERT_FAULT_RANK_WEIGHTS")
-    if task_class is not None and any(os.environ.get(v) for v in fault_vars):
-        from mert_fairseq.testing import fault_points
-
-        fault_points.install(task_class, dataset_class)
+        replace(train_module, name, replacement)
     logger.debug("patched fairseq.checkpoint_utils: %s; fairseq_cli.train: %s; distributed_fairseq_model: %s",
                  ", ".join(REPLACEMENTS), ", ".join(TRAIN_REPLACEMENTS), ", ".join(DDP_REPLACEMENTS))
 
 
 def uninstall() -> None:
-    """Put fairseq's own attributes back (tests)."""
-    for name, original in _stock.items():
-        module, _, attr = name.rpartition(".")
-        setattr(sys.modules[module] if module else checkpoint_utils, attr, original)
-    _stock.clear()
+    """Put back every attribute `replace()` changed, newest first (tests; the autouse fixture of conftest)."""
+    while _patches:
+        patch = _patches.pop()
+        if patch.own:
+            setattr(patch.owner, patch.name, patch.replaced)
+        else:
+            delattr(patch.owner, patch.name)

@@ -1,6 +1,6 @@
 """The `mert_pretraining` task: loads manifests, label dictionaries and `MERTDataset`s.
 
-Config fields are those of the original task, so original YAMLs and checkpoint configs load.
+Config: tasks/mert_pretraining_config.py (the original task's fields, so original YAMLs and checkpoints load).
 Sharded data (`sharding_data` = n > 1: `{split}_{i}_{n}.tsv` + labels) and `dynamic_crops` rotate
 every epoch under stock fairseq: `has_sharded_data` asks the trainer to reload the train split each
 epoch, and the shard for an epoch is a pure function of (seed, epoch), so a resumed run continues
@@ -10,169 +10,25 @@ with the same shard sequence.
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 import torch
 from fairseq.data.dictionary import Dictionary
-from fairseq.dataclass.configs import FairseqDataclass
 from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.fairseq_task import FairseqTask
-from omegaconf import II, MISSING
 
 from mert_fairseq.data import allocator, loader_shutdown
 from mert_fairseq.common.config_values import parse_list_literal, warn_fields_without_effect
+from mert_fairseq.criterions.mert_criterion import MertCriterion
 from mert_fairseq.data.mert_dataset import DataError, MERTDataset
 from mert_fairseq.models.teachers.random_projection import code_dictionary
 from mert_fairseq.optim.non_finite import NonFiniteGuard
 from mert_fairseq.tasks import fairseq_patches
+from mert_fairseq.tasks.mert_pretraining_config import NO_EFFECT_FIELDS, MERTPretrainingConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class MERTPretrainingConfig(FairseqDataclass):
-    data: str = field(default=MISSING, metadata={"help": "directory with {split}.tsv manifests"})
-    label_dir: Optional[str] = field(default=None, metadata={"help": "directory with label files (default: data)"})
-    labels: List[str] = field(
-        default_factory=lambda: ["ltr"],
-        metadata={"help": "label streams: files {label_dir}/{split}.{label} and dict.{label}.txt"},
-    )
-    label_rate: float = field(default=-1.0, metadata={"help": "label frames per second (75 for EnCodec at 24 kHz)"})
-    sample_rate: int = field(default=16_000, metadata={"help": "audio sample rate; files must already have it"})
-    normalize: bool = field(default=False, metadata={"help": "normalise each clip to zero mean, unit variance"})
-    enable_padding: bool = field(default=False, metadata={"help": "no effect: legacy HuBERT field (use pad_audio)"})
-    max_keep_size: Optional[int] = field(default=None, metadata={"help": "drop clips longer than this (samples)"})
-    max_sample_size: Optional[int] = field(default=None, metadata={"help": "crop clips to at most this (samples)"})
-    min_sample_size: Optional[int] = field(default=None, metadata={"help": "drop clips shorter than this (samples)"})
-    single_target: Optional[bool] = field(default=False, metadata={"help": "batch keys 'target' instead of lists"})
-    random_crop: Optional[bool] = field(default=True, metadata={"help": "random crop start (else from 0)"})
-    pad_audio: Optional[bool] = field(default=False, metadata={"help": "pad to the longest clip instead of cropping"})
-    fine_tuning: bool = field(default=False, metadata={"help": "one target dictionary (fine-tuning)"})
-    store_labels: Optional[bool] = field(
-        default=False, metadata={"help": "no effect: labels are read by byte offset (text) or memory-mapped (.npy)"}
-    )
-    numpy_memmap_label: Optional[bool] = field(
-        default=False, metadata={"help": "labels in {split}.{label}.npy (rows padded with -1), memory-mapped"}
-    )
-    augmentation_effects: Optional[str] = field(
-        default="[]", metadata={"help": "list of random_mute, random_Gaussian, reverse_polarity"}
-    )
-    augmentation_probs: Optional[str] = field(default="[]", metadata={"help": "probability of each effect"})
-    inbatch_noise_augment_len_range: Optional[str] = field(
-        default="[8000, 24000]", metadata={"help": "no effect: the model's field of this name is used"}
-    )
-    inbatch_noise_augment_number_range: Optional[str] = field(
-        default="[1, 3]", metadata={"help": "no effect: the model's field of this name is used"}
-    )
-    inbatch_noise_augment_volume: float = field(
-        default=1.0, metadata={"help": "no effect: the model's field of this name is used"}
-    )
-    dynamic_crops: Optional[str] = field(
-        default="[]", metadata={"help": "max clip seconds per stage, e.g. [5, 10]"}
-    )
-    dynamic_crops_epoches: Optional[str] = field(
-        default="[]", metadata={"help": "first epoch of each dynamic_crops stage, starting at 1"}
-    )
-    cqt_loss_bin_dataloader: Optional[int] = field(
-        default=-1, metadata={"help": "no effect: CQT targets are computed by the model (fp32)"}
-    )
-    sharding_data: int = field(
-        default=-1, metadata={"help": "n > 1: train on {split}_{i}_{n}.tsv shards, one shard per epoch"}
-    )
-    load_random_data_shard: bool = field(
-        default=True, metadata={"help": "seeded random shard per epoch (else shards in order)"}
-    )
-    skip_bad_audio: bool = field(
-        default=False, metadata={"help": "skip unreadable clips with a logged count instead of failing"}
-    )
-    bf16_autocast: bool = field(
-        default=False,
-        metadata={"help": "run forward and loss under torch.autocast(bfloat16) with fp32 weights and optimizer "
-                          "(CPU or GPU; unlike common.bf16 nothing is cast to bf16 permanently)"},
-    )
-    windowed_reads: bool = field(
-        default=True,
-        metadata={"help": "read only the crop window of clips longer than max_sample_size (same batches as "
-                          "whole-file reads); false reads every clip whole"},
-    )
-    keep_freed_memory: bool = field(
-        default=True,
-        metadata={"help": "raise glibc malloc's trim/mmap thresholds so data loading reuses freed memory "
-                          "instead of re-faulting pages every batch (mert_fairseq/data/allocator.py)"},
-    )
-    compile_encoder_layers: bool = field(
-        default=False,
-        metadata={"help": "torch.compile each transformer layer in place (same state-dict keys); first steps "
-                          "compile (tens of seconds); a GPU lever, slower on CPU"},
-    )
-    draws_in_collater: bool = field(
-        default=True,
-        metadata={"help": "draw masks, noise mixture, layerdrop and random codebooks in the data loader (fixed "
-                          "shapes, no host sync in the step); false: the model draws them (as before)"},
-    )
-    compile_step: bool = field(
-        default=False,
-        metadata={"help": "torch.compile the mert criterion's step (forward + loss; fullgraph, inductor); "
-                          "the first steps compile; a GPU lever"},
-    )
-    cuda_graphs: bool = field(
-        default=False,
-        metadata={"help": "with compile_step: capture the compiled step in CUDA graphs (inductor's "
-                          "reduce-overhead mode; fixed batch shapes: cropped batches of one size)"},
-    )
-    seed: int = II("common.seed")
-    resume_from_intact_checkpoint: bool = field(
-        default=True,
-        metadata={"help": "when checkpoint_last.pt is damaged (torn, truncated, zero bytes), resume from the intact "
-                          "checkpoint with the most updates in checkpoint.save_dir; false: stop with an error"},
-    )
-    max_consecutive_bad_updates: int = field(
-        default=10,
-        metadata={"help": "updates with a non-finite loss or gradient are skipped (fp32/bf16; fp16 uses its loss "
-                          "scaler); stop the run after this many in a row (0: never stop)"},
-    )
-    max_bad_audio_fraction: float = field(
-        default=0.05,
-        metadata={"help": "with skip_bad_audio: fail when more than this fraction of a split's clips was "
-                          "unreadable in one epoch"},
-    )
-
-    # ---- probing during pretraining (mert_fairseq/evaluation/online_probe.py)
-    probe_csv: Optional[str] = field(
-        default=None, metadata={"help": "labels CSV (file column + task columns, paths relative to the CSV) of "
-                                        "a small held-out set probed during training; logs probe_<task> keys"})
-    probe_interval_updates: int = field(
-        default=1000, metadata={"help": "probe every N updates (and at update 0) on the main process"})
-    probe_tasks: Optional[str] = field(
-        default=None, metadata={"help": "comma list of CSV columns (column or column:kind) to probe; default all"})
-    probe_max_clips: int = field(default=100, metadata={"help": "probe at most this many clips (first rows)"})
-    probe_clip_seconds: float = field(default=4.0, metadata={"help": "probe the first N seconds of each clip"})
-    probe_folds: int = field(default=3, metadata={"help": "cross-validation folds of the online probe"})
-    # ---- targets computed by the model instead of label files (models/teachers/random_projection.py)
-    online_targets: Optional[str] = field(
-        default=None, metadata={"help": "'random_projection': BEST-RQ codes of the clean audio, computed on the "
-                                        "fly (no label files; `labels` only names the streams)"})
-    online_targets_codebooks: int = field(default=1, metadata={"help": "number of random codebooks"})
-    online_targets_codebook_size: int = field(default=1024, metadata={"help": "codes per codebook"})
-    online_targets_dim: int = field(default=16, metadata={"help": "dimension of the random projection / codes"})
-    online_targets_feature: str = field(default="mel", metadata={"help": "frames to quantise: mel or cqt"})
-    online_targets_bins: int = field(default=80, metadata={"help": "mel bands, or CQT bins (7 octaves)"})
-    online_targets_seed: int = field(default=0, metadata={"help": "seed of the projections and codebooks"})
-
-
-# field -> why it does nothing; the task warns once when one differs from its default
-# (common.config_values.warn_fields_without_effect; the model's table: models.mert_config.NO_EFFECT_FIELDS).
-NO_EFFECT_FIELDS = {
-    "enable_padding": "legacy HuBERT field; task.pad_audio pads to the longest clip",
-    "store_labels": "labels are read by byte offset (text) or memory-mapped (.npy), never held in memory",
-    "cqt_loss_bin_dataloader": "the model computes CQT targets in fp32",
-    "inbatch_noise_augment_len_range": "the model's field model.inbatch_noise_augment_len_range is used",
-    "inbatch_noise_augment_number_range": "the model's field model.inbatch_noise_augment_number_range is used",
-    "inbatch_noise_augment_volume": "the model's field model.inbatch_noise_augment_volume is used",
-}
 
 
 FSDP_NEEDS_CUDA = (
@@ -216,23 +72,15 @@ def wrap_encoder_layers_for_fsdp(model) -> None:
         model.encoder.layers[i] = fsdp_wrap(layer)
 
 
-def compile_encoder_layers(model) -> None:
-    """torch.compile every encoder layer in place (nn.Module.compile keeps parameter names)."""
-    for layer in model.encoder.layers:
-        layer.compile()
-    logger.info("compiled %d encoder layers with torch.compile", len(model.encoder.layers))
-
-
 class CompiledStep:
     """The mert criterion's step compiled as one graph of fixed shapes (`fullgraph=True, dynamic=False`).
     The first step of each input shape runs eager: it builds what the model caches per clip length (the CQT
     kernel spectra, host-side numpy work that is no part of the graph); later steps of that shape run the
     compiled graph, which is traced once and reused whatever the masks and mixture draws."""
 
-    def __init__(self, step, cuda_graphs: bool = False) -> None:
+    def __init__(self, step) -> None:
         self.eager = step
-        self.compiled = torch.compile(step, fullgraph=True, dynamic=False,
-                                      mode="reduce-overhead" if cuda_graphs else None)
+        self.compiled = torch.compile(step, fullgraph=True, dynamic=False)
         self.seen: set = set()
 
     def __call__(self, model, target_list, net_input):
@@ -243,13 +91,12 @@ class CompiledStep:
         return self.compiled(model, target_list, net_input)
 
 
-def compile_step(criterion, cuda_graphs: bool = False) -> None:
-    """task.compile_step: the mert criterion's step through `CompiledStep`; `cuda_graphs` also captures it in
-    CUDA graphs (inductor's reduce-overhead mode)."""
+def compile_step(criterion) -> None:
+    """task.compile_step: the mert criterion's step through `CompiledStep`."""
     if not hasattr(criterion, "step_tensors"):
         raise ValueError(f"task.compile_step needs criterion mert, not {type(criterion).__name__}")
-    criterion.compiled_step = CompiledStep(criterion.step_tensors, cuda_graphs)
-    logger.info("compiled the training step (torch.compile fullgraph%s)", ", CUDA graphs" if cuda_graphs else "")
+    criterion.compiled_step = CompiledStep(criterion.step_tensors)
+    logger.info("compiled the training step (torch.compile fullgraph)")
 
 
 @register_task("mert_pretraining", dataclass=MERTPretrainingConfig)
@@ -270,34 +117,34 @@ class MERTPretrainingTask(FairseqTask):
             raise ValueError("task.dynamic_crops_epoches must start at epoch 1")
         self.nonfinite_guard = NonFiniteGuard(cfg.max_consecutive_bad_updates)
         self._online_probe, self._probed_at, self._probe_scores = None, -1, None  # task.probe_csv
-        warn_fields_without_effect(cfg, MERTPretrainingConfig(), NO_EFFECT_FIELDS, "task")
+        warn_fields_without_effect(cfg, NO_EFFECT_FIELDS, "task")
 
     def build_model(self, cfg, from_checkpoint: bool = False):
         fsdp = in_fsdp_wrap_context()
         if fsdp:
             check_fsdp(self.cfg)
         model = super().build_model(cfg, from_checkpoint)
-        if self.cfg.compile_encoder_layers:
-            compile_encoder_layers(model)
-        # what the collater draws for this model (datasets are loaded after the model is built); not with a
-        # mask schedule (the workers do not know the update) or online targets (labels made by the model)
-        self.draw_spec = (model.draw_spec() if self.cfg.draws_in_collater and not model.has_mask_schedule
-                          and not self.cfg.online_targets and hasattr(model, "draw_spec") else None)
+        self.draw_spec = model.draw_spec()  # what the collater draws (datasets are loaded after the model)
         if fsdp:
             wrap_encoder_layers_for_fsdp(model)
         return model
 
     def build_criterion(self, cfg, from_checkpoint: bool = False):
-        criterion = super().build_criterion(cfg, from_checkpoint)
+        """The `mert` criterion; `hubert` (original YAMLs and checkpoints) is an alias of it: the same fields,
+        loss and logs through the same code."""
+        if cfg._name == "hubert":
+            criterion = MertCriterion.build_criterion(cfg, self)
+        else:
+            criterion = super().build_criterion(cfg, from_checkpoint)
         if self.cfg.compile_step:
-            compile_step(criterion, self.cfg.cuda_graphs)
+            compile_step(criterion)
         return criterion
 
     @classmethod
     def setup_task(cls, cfg: MERTPretrainingConfig, **kwargs) -> "MERTPretrainingTask":
         """The task, with mert-fairseq's patches of fairseq's checkpoint handling installed
         (`fairseq_patches`: atomic checkpoint files, resume past a damaged checkpoint_last.pt)."""
-        fairseq_patches.install(cls, MERTDataset)
+        fairseq_patches.install()
         return cls(cfg)
 
     @property
@@ -352,8 +199,7 @@ class MERTPretrainingTask(FairseqTask):
                 name = f"{split}_{self.shard_for_epoch(epoch)}_{self.cfg.sharding_data}"
                 logger.info("epoch %d: training on shard %s", epoch, name)
         dicts = [self.target_dictionary] if self.cfg.fine_tuning else self.dictionaries
-        if self.cfg.keep_freed_memory:  # before the loader workers fork: they inherit the setting
-            allocator.keep_freed_memory()
+        allocator.keep_freed_memory()  # before the loader workers fork: they inherit the setting
         self.datasets[split] = MERTDataset(
             os.path.join(self.cfg.data, f"{name}.tsv"),
             sample_rate=self.cfg.sample_rate,
@@ -375,14 +221,10 @@ class MERTPretrainingTask(FairseqTask):
             skip_bad_audio=self.cfg.skip_bad_audio,
             max_bad_audio_fraction=self.cfg.max_bad_audio_fraction,
             seed=self.cfg.seed,
-            windowed_reads=self.cfg.windowed_reads,
             draw_spec=getattr(self, "draw_spec", None),
         )
 
     # ------------------------------------------------------------------ steps
-    def _bf16_autocast(self, model):
-        return torch.autocast(device_type=next(model.parameters()).device.type, dtype=torch.bfloat16)
-
     def maybe_probe(self, model, update_num: int) -> None:
         """task.probe_csv: every probe_interval_updates (and at 0) probe on the main process; every step logs
         the latest scores as probe_<task> (so each log line carries them)."""
@@ -403,20 +245,11 @@ class MERTPretrainingTask(FairseqTask):
             metrics.log_scalar(f"probe_{name}", score, priority=900, round=3)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        """fairseq's step (with `bf16_autocast`: forward and loss under bf16 autocast); a non-finite loss or
+        """fairseq's step, its forward and loss in the task's precision (`_in_precision`); a non-finite loss or
         gradient marks the update to be skipped (mert_fairseq.optim.non_finite)."""
         self.maybe_probe(model, update_num)
-        if not self.cfg.bf16_autocast:
-            loss, sample_size, logging_output = super().train_step(
-                sample, model, criterion, optimizer, update_num, ignore_grad)
-        else:
-            model.train()
-            model.set_num_updates(update_num)
-            with self._bf16_autocast(model):
-                loss, sample_size, logging_output = criterion(model, sample)
-            if ignore_grad:
-                loss *= 0
-            optimizer.backward(loss)
+        loss, sample_size, logging_output = super().train_step(
+            sample, model, self._in_precision(criterion), optimizer, update_num, ignore_grad)
         self.nonfinite_guard.after_backward(loss, optimizer, update_num)
         return loss, sample_size, logging_output
 
@@ -436,11 +269,21 @@ class MERTPretrainingTask(FairseqTask):
             metrics.log_scalar("loss", 0.0, weight=0)  # keeps fairseq from logging a placeholder loss
 
     def valid_step(self, sample, model, criterion):
+        return super().valid_step(sample, model, self._in_precision(criterion))
+
+    def _in_precision(self, criterion) -> Callable:
+        """The criterion as fairseq's train_step / valid_step call it: itself, or with `bf16_autocast` the same
+        call under torch.autocast(bfloat16), forward and loss only (the backward runs outside, as autocast
+        asks). Not an outer context around fairseq's step: its forward runs inside
+        `torch.cuda.amp.autocast(enabled=<fairseq's AMP>)`, which turns an outer CUDA autocast off."""
         if not self.cfg.bf16_autocast:
-            return super().valid_step(sample, model, criterion)
-        model.eval()
-        with torch.no_grad(), self._bf16_autocast(model):
-            return criterion(model, sample)
+            return criterion
+
+        def in_bf16(model, sample):
+            with torch.autocast(device_type=next(model.parameters()).device.type, dtype=torch.bfloat16):
+                return criterion(model, sample)
+
+        return in_bf16
 
     @staticmethod
     def logging_outputs_can_be_summed(criterion) -> bool:

@@ -1,3 +1,4 @@
-"""Fault injection: named kill points inside a training process (`fault_points`, inert unless
-MERT_FAULT_POINT / MERT_FAULT_NAN_UPDATES are set) and the harness that kills and resumes training and
-compares the result with an uninterrupted run (`fault_injection`). See docs/reliability.md."""
+"""Fault injection: the training entry point that arms fault hooks (`fault_train`, `python -m
+mert_fairseq.testing.fault_train`), the hooks and named kill points it installs from MERT_FAULT_* variables
+(`fault_points`), and the harness that kills and resumes training and compares the result with an
+uninterrupted run (`fault_injection`). See docs/reliability.md."""

@@ -5,7 +5,8 @@
    checkpoints and validation, batches of two 1 s crops).
 3. Trains the same command again, killing its whole process group with SIGKILL N times: at random
    times and at forced moments (half-way through a checkpoint write or copy, while reading a clip,
-   inside a validation step; see `fault_points`), or sending it SIGUSR1 / SIGTERM at a random time
+   inside a validation step; see `fault_points`, armed in the training process by the entry point
+   `fault_train`), or sending it SIGUSR1 / SIGTERM at a random time
    (a Slurm time limit or preemption: the run must save and exit with code 75,
    `checkpoint.preemption`, losing no update). After each fault the same command is started again
    until the run reaches `--max-update`.
@@ -32,6 +33,7 @@ import torch
 from mert_fairseq.checkpoint.preemption import EXIT_PREEMPTED
 from mert_fairseq.checkpoint.safe_load import checkpoint_num_updates, load_checkpoint_state
 from mert_fairseq.common.recipes import PACKAGE_DIR, child_pythonpath, recipe_dir
+from mert_fairseq.testing import fault_train
 
 POINT_KINDS = ("checkpoint_write", "checkpoint_copy", "data_loading", "validation")
 SIGNAL_KINDS = {"sigusr1": signal.SIGUSR1, "sigterm": signal.SIGTERM}  # graceful stop at a random time
@@ -96,9 +98,10 @@ def prepare_demo_data(work: Path, num_clips: int = 32, seconds: float = 4.0) -> 
 
 def train_command(data: dict, run_dir: Path, max_update: int, save_every: int, validate_every: int,
                   extra: Sequence[str] = ()) -> List[str]:
-    """The demo training command, shortened; identical for the reference and the faulted run."""
+    """The demo training command, shortened, through the fault-injection entry point (`fault_train`); identical
+    for the reference and the faulted run (a fault point is armed by the environment, `_child_env`)."""
     return [
-        str(Path(sys.executable).parent / "fairseq-hydra-train"),
+        *fault_train.command(),
         "--config-dir", str(recipe_dir()), "--config-name", "MERT_demo_cpu",
         f"common.user_dir={PACKAGE_DIR}", f"task.data={data['data']}", f"task.label_dir={data['label_dir']}",
         f"task.labels=[{','.join(data['labels'])}]",

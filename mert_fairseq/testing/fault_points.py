@@ -1,49 +1,60 @@
-"""Named fault points for the fault-injection harness (scripts/fault_injection.py); inert by default.
+"""Named fault points and test hooks for the fault-injection harness (scripts/fault_injection.py).
 
-Nothing here acts unless the environment variable `MERT_FAULT_POINT` is set (the harness and the
-tests set it for the training process they start). Its value is `NAME:K`: the K-th time this process
-reaches the point NAME, it kills its whole process group with SIGKILL (as a cluster pre-empting the
-job would). Points:
+Nothing here acts until `install(faults)` runs, and only the fault-injection entry point
+(`python -m mert_fairseq.testing.fault_train`, the training process the harness and the tests start) calls
+it, with `Faults.from_env()`: production code neither imports this module nor reads its variables.
+`install` replaces attributes through the registry of `mert_fairseq.tasks.fairseq_patches` (after
+installing fairseq's patches there), so `fairseq_patches.uninstall()` undoes the hooks too.
 
-  checkpoint_write  half-way through writing a checkpoint's temporary file (mert_fairseq.checkpoint.resume)
+`MERT_FAULT_POINT=NAME:K`: the K-th time this process reaches the point NAME, it kills its whole process
+group with SIGKILL (as a cluster pre-empting the job would). Points:
+
+  checkpoint_write  half-way through writing a checkpoint's temporary file (fairseq_patches.checkpoint_file_hook)
   checkpoint_copy   half-way through copying a checkpoint to another name (checkpoint_last.pt, ...)
   data_loading      while reading a training or validation clip (MERTDataset.__getitem__)
   validation        inside a validation step (MERTPretrainingTask.valid_step)
 
-`MERT_FAULT_NAN_UPDATES=3,4,4` (testing only) fills the audio of a batch trained as update 3, and of
-two batches trained as update 4 (a skipped update is retried with the next batch), with NaN,
-to show that a corrupted batch is skipped and cannot poison the weights.
-`MERT_FAULT_RANK_WEIGHTS=DIR` (testing only) makes every data-parallel rank write its model weights to
-`DIR/rank{R}.pt` whenever fairseq saves a checkpoint (fairseq saves on rank 0 only), to show that all
-ranks hold the same weights.
-The data-loading, validation, NaN and rank-weights hooks are installed by `install()` (called by
-`mert_fairseq.tasks.fairseq_patches.install` when the task is set up, and only when one of the variables
-is set) by wrapping those methods.
+`MERT_FAULT_NAN_UPDATES=3,4,4` fills the audio of a batch trained as update 3, and of two batches trained
+as update 4 (a skipped update is retried with the next batch), with NaN, to show that a corrupted batch
+is skipped and cannot poison the weights (MERTPretrainingTask.train_step).
+`MERT_FAULT_RANK_WEIGHTS=DIR` makes every data-parallel rank write its model weights to `DIR/rank{R}.pt`
+whenever fairseq saves a checkpoint (fairseq saves on rank 0 only), to show that all ranks hold the same
+weights (checkpoint_utils.save_checkpoint).
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import signal
-from typing import IO, Optional, Tuple
+from typing import IO, Callable, Mapping, Optional, Tuple
+
+from mert_fairseq.tasks import fairseq_patches
 
 ENV_POINT = "MERT_FAULT_POINT"
 ENV_NAN_UPDATES = "MERT_FAULT_NAN_UPDATES"
 ENV_RANK_WEIGHTS = "MERT_FAULT_RANK_WEIGHTS"
 POINTS = ("checkpoint_write", "checkpoint_copy", "data_loading", "validation")
 
-_hits: collections.Counter = collections.Counter()
 
+@dataclasses.dataclass(frozen=True)
+class Faults:
+    """What to inject into a training process."""
 
-def armed_point() -> Optional[Tuple[str, int]]:
-    """(name, k) from MERT_FAULT_POINT=name:k, or None when unset."""
-    value = os.environ.get(ENV_POINT)
-    if not value:
-        return None
-    name, _, k = value.partition(":")
-    if name not in POINTS:
-        raise ValueError(f"{ENV_POINT}={value!r}: unknown point {name!r}; known: {', '.join(POINTS)}")
-    return name, int(k or 1)
+    point: Optional[Tuple[str, int]] = None  # (name, k): kill at the k-th hit of point `name`
+    nan_updates: Tuple[int, ...] = ()  # update numbers (fairseq's update_num) whose batch is made NaN, once each
+    rank_weights: Optional[str] = None  # folder for every rank's weights at each checkpoint save
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Faults":
+        point = None
+        if env.get(ENV_POINT):
+            name, _, k = env[ENV_POINT].partition(":")
+            if name not in POINTS:
+                raise ValueError(f"{ENV_POINT}={env[ENV_POINT]!r}: unknown point {name!r}; known: {', '.join(POINTS)}")
+            point = (name, int(k or 1))
+        nan = tuple(int(u) for u in env[ENV_NAN_UPDATES].split(",")) if env.get(ENV_NAN_UPDATES) else ()
+        return cls(point, nan, env.get(ENV_RANK_WEIGHTS) or None)
 
 
 def kill_process_group() -> None:
@@ -54,22 +65,12 @@ def kill_process_group() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def fault_point(name: str) -> None:
-    """Called at point `name`; kills the process group on the armed hit, otherwise returns."""
-    armed = armed_point()
-    if armed is None or armed[0] != name:
-        return
-    _hits[name] += 1
-    if _hits[name] == armed[1]:
-        kill_process_group()
-
-
 class _HalfWayWriter:
-    """A binary file wrapper that reaches a fault point after writing half of its first large chunk,
-    leaving a partial file behind when the point kills."""
+    """A binary file wrapper that calls `reached` after writing half of its first large chunk, leaving a
+    partial file behind when that kills."""
 
-    def __init__(self, f: IO[bytes], name: str) -> None:
-        self._f, self._name, self._done = f, name, False
+    def __init__(self, f: IO[bytes], reached: Callable[[], None]) -> None:
+        self._f, self._reached, self._done = f, reached, False
 
     def write(self, data) -> int:
         if self._done or len(data) < 2:
@@ -79,7 +80,7 @@ class _HalfWayWriter:
         self._f.write(view[:half])
         self._f.flush()
         self._done = True
-        fault_point(self._name)
+        self._reached()
         self._f.write(view[half:])
         return len(view)
 
@@ -87,53 +88,64 @@ class _HalfWayWriter:
         return getattr(self._f, attr)
 
 
-def halfway_writer(f: IO[bytes], name: str) -> IO[bytes]:
-    """`f` itself unless fault point `name` is armed."""
-    armed = armed_point()
-    return _HalfWayWriter(f, name) if armed and armed[0] == name else f
-
-
-def install(MERTPretrainingTask: type, MERTDataset: type) -> None:
-    """Wrap the task's validation and training steps and the dataset's reads (the classes are passed in by
-    the task's setup) when the variables are set."""
-    armed = armed_point()
-    nan_updates = os.environ.get(ENV_NAN_UPDATES)
-    if os.environ.get(ENV_RANK_WEIGHTS):
-        _install_rank_weights(os.environ[ENV_RANK_WEIGHTS])
-    if armed is None and not nan_updates:
-        return
-
-    if armed and armed[0] == "data_loading":
-        read = MERTDataset.__getitem__
-
-        def getitem(self, index):
-            fault_point("data_loading")
-            return read(self, index)
-
-        MERTDataset.__getitem__ = getitem
-    if armed and armed[0] == "validation":
-        valid_step = MERTPretrainingTask.valid_step
-
-        def faulty_valid_step(self, sample, model, criterion):
-            fault_point("validation")
-            return valid_step(self, sample, model, criterion)
-
-        MERTPretrainingTask.valid_step = faulty_valid_step
-    if nan_updates:
-        todo = collections.Counter(int(u) for u in nan_updates.split(","))
-        train_step = MERTPretrainingTask.train_step
-
-        def poisoned_train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-            if todo[update_num] > 0 and sample:
-                todo[update_num] -= 1
-                sample["net_input"]["source"].fill_(float("nan"))
-            return train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad)
-
-        MERTPretrainingTask.train_step = poisoned_train_step
-
-
-def _install_rank_weights(out_dir: str) -> None:
+def install(faults: Faults) -> None:
+    """fairseq's patches (`fairseq_patches.install`), then the hooks `faults` asks for, on top of them."""
     from fairseq import checkpoint_utils
+
+    from mert_fairseq.data.mert_dataset import MERTDataset
+    from mert_fairseq.tasks.mert_pretraining import MERTPretrainingTask
+
+    fairseq_patches.install()
+    if faults.point is not None:
+        name, k = faults.point
+        hits = [0]
+
+        def reached() -> None:
+            hits[0] += 1
+            if hits[0] == k:
+                kill_process_group()
+
+        if name in ("checkpoint_write", "checkpoint_copy"):
+            file_hook = fairseq_patches.checkpoint_file_hook
+
+            def halfway(f: IO[bytes], point: str) -> IO[bytes]:
+                return _HalfWayWriter(f, reached) if point == name else file_hook(f, point)
+
+            fairseq_patches.replace(fairseq_patches, "checkpoint_file_hook", halfway)
+        if name == "data_loading":
+            _before(MERTDataset, "__getitem__", reached)
+        if name == "validation":
+            _before(MERTPretrainingTask, "valid_step", reached)
+    if faults.nan_updates:
+        _poison_updates(MERTPretrainingTask, collections.Counter(faults.nan_updates))
+    if faults.rank_weights:
+        _save_rank_weights(checkpoint_utils, faults.rank_weights)
+
+
+def _before(owner: type, method: str, reached: Callable[[], None]) -> None:
+    """`owner.method` calls `reached()` first."""
+    call = getattr(owner, method)
+
+    def with_fault_point(self, *args, **kwargs):
+        reached()
+        return call(self, *args, **kwargs)
+
+    fairseq_patches.replace(owner, method, with_fault_point)
+
+
+def _poison_updates(task_class: type, todo: collections.Counter) -> None:
+    train_step = task_class.train_step
+
+    def poisoned_train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        if todo[update_num] > 0 and sample:
+            todo[update_num] -= 1
+            sample["net_input"]["source"].fill_(float("nan"))
+        return train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    fairseq_patches.replace(task_class, "train_step", poisoned_train_step)
+
+
+def _save_rank_weights(checkpoint_utils, out_dir: str) -> None:
     import torch
 
     save = checkpoint_utils.save_checkpoint
@@ -145,4 +157,4 @@ def _install_rank_weights(out_dir: str) -> None:
                    os.path.join(out_dir, f"rank{trainer.data_parallel_rank}.pt"))
         return save(cfg, trainer, epoch_itr, val_loss)
 
-    checkpoint_utils.save_checkpoint = save_with_rank_weights
+    fairseq_patches.replace(checkpoint_utils, "save_checkpoint", save_with_rank_weights)

@@ -34,7 +34,7 @@ class RandomProjectionTargets(nn.Module):
         if n_codebooks < 1 or codebook_size < 2 or code_dim < 1:
             raise ValueError("online targets need >= 1 codebook, >= 2 codes and code_dim >= 1")
         hop = int(round(sample_rate / label_rate))
-        self.feature, self.offset = feature, int(offset)
+        self.feature, self.offset, self.hop = feature, int(offset), hop
         if feature == "mel":
             self.spec = torchaudio.transforms.MelSpectrogram(
                 sample_rate=sample_rate, n_fft=2048 if hop > 256 else 1024, hop_length=hop, n_mels=n_bins,
