@@ -77,6 +77,31 @@ def test_demo_with_mfcc_cqt_chord_and_onset_streams(demo):
     assert "| key | accuracy |" in out
 
 
+def test_demo_with_mfcc_chroma_and_onset_streams(tmp_path):
+    from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
+    from mert_fairseq.prep.kmeans_model import load_model
+
+    demo, save = tmp_path / "demo", tmp_path / "run"
+    rc, out = run("optimization.max_update=2", "dataset.validate_interval_updates=2", "task.probe_interval_updates=100",
+                  DEMO_DIR=demo, SAVE_DIR=save, DEMO_CLIPS=12, DEMO_PROBE_CLIPS=10, DEMO_KMEANS_FEATURE="mfcc+chroma+onset")
+    assert rc == 0, out[-4000:]
+    labels = demo / "labels_mfcc+chroma+onset"
+    for name in ("train.kmeans", "train.chroma", "train.onset", "dict.kmeans.txt", "dict.chroma.txt", "dict.onset.txt"):
+        assert (labels / name).stat().st_size > 0, name
+    assert (labels / "train.kmeans").read_text() != (labels / "train.chroma").read_text()
+    onset = load_model(labels / "onset.npz")[1]  # the demo's onset codes: density over 1 s of the bands >= 2 kHz
+    assert (onset.kind, onset.onset_smooth_frames, onset.onset_min_hz) == ("onset", 75, 2000.0)
+    state = load_checkpoint_state(save / "checkpoints" / "checkpoint_last.pt")
+    assert list(state["cfg"]["task"]["labels"]) == ["kmeans", "chroma", "onset"]
+    model = state["cfg"]["model"]
+    assert model["untie_final_proj"] is True and model["mixture_prob"] == 0
+    # the several-stream demo recipe (docs/probing.md): unmasked frames in the loss, half masked, CNN frozen
+    assert (model["skip_nomask"], model["mask_prob"], model["feature_grad_mult"]) == (False, 0.5, 0.0)
+    assert state["cfg"]["criterion"]["pred_nomask_weight"] == 1.0
+    assert state["cfg"]["optimization"]["max_update"] == 2  # the caller's override wins over the recipe's 800
+    assert "| key | accuracy |" in out
+
+
 def test_original_call_form_single_node_cpu(tmp_path):
     data = make_tone_dataset(tmp_path / "data", n_clips=8)
     rc, out = run("0", "local", "MERT_demo_cpu", "mysetting", "127.0.0.1", "39999", *TONE_DEMO_OVERRIDES,
