@@ -104,7 +104,7 @@ TRAINED_RUN_OVERRIDES: Tuple[str, ...] = (
     "lr_scheduler.warmup_updates=2", "+lr_scheduler.total_num_update=14", "common.log_interval=1",
 )
 # ... with the online probe on 12 training clips (two CSV columns) at updates 0, 2 and 4
-PROBE_OVERRIDES: Tuple[str, ...] = ("task.probe_interval_updates=2", "task.probe_folds=2", "task.probe_tasks=null")
+PROBE_OVERRIDES: Tuple[str, ...] = ("task.probe_interval_updates=2", "++task.probe_folds=2", "task.probe_tasks=null")
 
 
 def write_probe_csv(data: dict, path: Path) -> Path:
