@@ -54,52 +54,39 @@ def test_demo_runs_end_to_end_then_resumes(demo, tmp_path):
     assert "Loaded checkpoint" in out and "@ 4 updates" in out  # resumed, not restarted
 
 
-def test_demo_with_mfcc_cqt_chord_and_onset_streams(demo):
+def check_stream_recipe(labels: Path, save: Path, out: str, streams: list, max_update: int) -> None:
+    """The demo's several-stream run: label files and codes of every stream (the second differs from the
+    first), the onset codes' settings, and the recipe in the checkpoint (docs/probing.md)."""
     from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
     from mert_fairseq.prep.kmeans_model import load_model
 
-    env, out = demo
-    labels, save = env["DEMO_DIR"] / "labels", env["SAVE_DIR"]
-    for name in ("train.kmeans", "train.cqt", "train.chord", "train.onset", "dict.kmeans.txt", "dict.cqt.txt",
-                 "dict.chord.txt", "dict.onset.txt"):
+    for name in [f"train.{s}" for s in streams] + [f"dict.{s}.txt" for s in streams]:
         assert (labels / name).stat().st_size > 0, name
-    assert (labels / "train.kmeans").read_text() != (labels / "train.chord").read_text()
+    assert (labels / "train.kmeans").read_text() != (labels / f"train.{streams[1]}").read_text()
     onset = load_model(labels / "onset.npz")[1]  # the demo's onset codes: density over 1 s of the bands >= 2 kHz
     assert (onset.kind, onset.onset_smooth_frames, onset.onset_min_hz) == ("onset", 75, 2000.0)
     state = load_checkpoint_state(save / "checkpoints" / "checkpoint_last.pt")
-    assert list(state["cfg"]["task"]["labels"]) == ["kmeans", "cqt", "chord", "onset"]
+    assert list(state["cfg"]["task"]["labels"]) == streams
     model = state["cfg"]["model"]
     assert model["untie_final_proj"] is True and model["mixture_prob"] == 0
     # the several-stream demo recipe (docs/probing.md): unmasked frames in the loss, half masked, CNN frozen
     assert (model["skip_nomask"], model["mask_prob"], model["feature_grad_mult"]) == (False, 0.5, 0.0)
     assert state["cfg"]["criterion"]["pred_nomask_weight"] == 1.0
-    assert state["cfg"]["optimization"]["max_update"] == 4  # the caller's override wins over the recipe's 800
+    assert state["cfg"]["optimization"]["max_update"] == max_update  # the caller's override wins over the recipe's
     assert "| key | accuracy |" in out
 
 
-def test_demo_with_mfcc_chroma_and_onset_streams(tmp_path):
-    from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
-    from mert_fairseq.prep.kmeans_model import load_model
+def test_demo_with_mfcc_cqt_chord_and_onset_streams(demo):
+    env, out = demo
+    check_stream_recipe(env["DEMO_DIR"] / "labels", env["SAVE_DIR"], out, ["kmeans", "cqt", "chord", "onset"], 4)
 
+
+def test_demo_with_mfcc_chroma_and_onset_streams(tmp_path):
     demo, save = tmp_path / "demo", tmp_path / "run"
     rc, out = run("optimization.max_update=2", "dataset.validate_interval_updates=2", "task.probe_interval_updates=100",
                   DEMO_DIR=demo, SAVE_DIR=save, DEMO_CLIPS=12, DEMO_PROBE_CLIPS=10, DEMO_KMEANS_FEATURE="mfcc+chroma+onset")
     assert rc == 0, out[-4000:]
-    labels = demo / "labels_mfcc+chroma+onset"
-    for name in ("train.kmeans", "train.chroma", "train.onset", "dict.kmeans.txt", "dict.chroma.txt", "dict.onset.txt"):
-        assert (labels / name).stat().st_size > 0, name
-    assert (labels / "train.kmeans").read_text() != (labels / "train.chroma").read_text()
-    onset = load_model(labels / "onset.npz")[1]  # the demo's onset codes: density over 1 s of the bands >= 2 kHz
-    assert (onset.kind, onset.onset_smooth_frames, onset.onset_min_hz) == ("onset", 75, 2000.0)
-    state = load_checkpoint_state(save / "checkpoints" / "checkpoint_last.pt")
-    assert list(state["cfg"]["task"]["labels"]) == ["kmeans", "chroma", "onset"]
-    model = state["cfg"]["model"]
-    assert model["untie_final_proj"] is True and model["mixture_prob"] == 0
-    # the several-stream demo recipe (docs/probing.md): unmasked frames in the loss, half masked, CNN frozen
-    assert (model["skip_nomask"], model["mask_prob"], model["feature_grad_mult"]) == (False, 0.5, 0.0)
-    assert state["cfg"]["criterion"]["pred_nomask_weight"] == 1.0
-    assert state["cfg"]["optimization"]["max_update"] == 2  # the caller's override wins over the recipe's 800
-    assert "| key | accuracy |" in out
+    check_stream_recipe(demo / "labels_mfcc+chroma+onset", save, out, ["kmeans", "chroma", "onset"], 2)
 
 
 def test_original_call_form_single_node_cpu(tmp_path):
