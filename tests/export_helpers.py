@@ -5,40 +5,22 @@ from pathlib import Path
 from typing import List
 
 import torch
-from fairseq.data.dictionary import Dictionary
 from omegaconf import OmegaConf
 
-from mert_fairseq.models.mert_config import MERTConfig
 from mert_fairseq.models.mert_model import MERTModel
+from tiny_models import tiny_model
 
-TINY = dict(
-    label_rate=75, encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
-    conv_feature_layers="[(48,10,5)] + [(48,3,2)] * 4 + [(48,2,2)] * 2", conv_pos=8, conv_pos_groups=4,
-    final_dim=16, mask_prob=0.8, mask_length=5, skip_nomask=True, audio_cqt_loss_m=True, audio_cqt_bins=84,
-    untie_final_proj=True, dropout=0.1, attention_dropout=0.1, dropout_input=0.1, encoder_layerdrop=0.05,
-)
-LAYOUTS = {
-    # 95M-style: post-LN, group-norm CNN
-    "95m": dict(extractor_mode="default", layer_norm_first=False, feature_grad_mult=0.1, mixture_prob=0.5),
-    # 330M-style: pre-LN, layer-norm CNN
-    "330m": dict(extractor_mode="layer_norm", layer_norm_first=True, attention_relax=32.0, mixture_prob=0.5),
-}
-
-
-def code_dictionary(n_codes: int) -> Dictionary:
-    d = Dictionary()
-    for c in range(n_codes):
-        d.add_symbol(str(c))
-    return d
+# tiny_models' widths with 48 CNN channels, dropout and layerdrop on (so that eval mode is what turns them off)
+EXPORT_TINY = dict(conv_feature_layers="[(48,10,5)] + [(48,3,2)] * 4 + [(48,2,2)] * 2", dropout=0.1,
+                   attention_dropout=0.1, dropout_input=0.1, encoder_layerdrop=0.05)
+LAYOUTS = {"95m": "rvq_95m", "330m": "rvq_330m"}  # post-LN + group-norm CNN; pre-LN + layer-norm CNN
 
 
 def build_model(layout: str = "95m", n_streams: int = 2, n_codes: int = 8, seed: int = 0, **overrides) -> MERTModel:
-    """A randomly initialised tiny `mert` model; LayerNorm/bias parameters are randomised too so that a
-    wrong name mapping cannot go unnoticed."""
+    """A randomly initialised tiny `mert` model (tiny_models' family of `layout`); LayerNorm/bias parameters
+    are randomised too so that a wrong name mapping cannot go unnoticed."""
     torch.manual_seed(seed)
-    cfg = OmegaConf.merge(OmegaConf.structured(MERTConfig), TINY, LAYOUTS[layout], overrides)
-    task_cfg = OmegaConf.create({"sample_rate": 24000, "label_rate": 75})
-    model = MERTModel(cfg, task_cfg, [code_dictionary(n_codes) for _ in range(n_streams)])
+    model = tiny_model(LAYOUTS[layout], n_codes, n_streams, **{**EXPORT_TINY, **overrides})
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name:

@@ -39,3 +39,15 @@ def make_tone_dataset(root: Path, n_clips: int = 16, seconds: float = 2.0, n_cla
         (root / f"{split}.{label}").write_text("\n".join(label_lines) + "\n")
     (root / f"dict.{label}.txt").write_text("".join(f"{c} 1\n" for c in range(n_classes)))
     return {"data": str(root), "label_dir": str(root), "labels": [label]}
+
+
+def task_for(data: dict, **overrides):
+    """The mert_pretraining task on `data` (1 s crops, seed 1), with task config `overrides`."""
+    from omegaconf import OmegaConf
+
+    from mert_fairseq.tasks.mert_pretraining import MERTPretrainingConfig, MERTPretrainingTask
+
+    fields = dict(data=data["data"], label_dir=data["label_dir"], labels=data["labels"], label_rate=75,
+                  sample_rate=24000, max_sample_size=24000, seed=1)
+    cfg = OmegaConf.structured(MERTPretrainingConfig(**{**fields, **overrides}))
+    return MERTPretrainingTask(cfg)

@@ -14,7 +14,7 @@ import torch
 from mert_fairseq.data.audio import AudioError
 from mert_fairseq.data.mert_dataset import DataError
 from synthetic import make_tone_dataset
-from test_dataset import task_for
+from synthetic import task_for
 
 
 @pytest.fixture()

@@ -12,7 +12,7 @@ import torch
 
 from mert_fairseq.checkpoint.safe_load import CheckpointError, checkpoint_damage, checkpoint_num_updates
 from mert_fairseq.checkpoint.resume import remove_stale_temp_files, resume_checkpoint
-from training_runs import ROOT, TONE_DEMO_OVERRIDES, TRAINED_RUN_OVERRIDES, train
+from training_runs import ROOT, TRAINED_RUN_OVERRIDES, run_training, train
 
 # 4 clips per batch, 4 updates per epoch, checkpoints every 2 updates (the session's trained_run: conftest.py)
 COMMON = [*TRAINED_RUN_OVERRIDES, "task.probe_csv=null"]
@@ -100,11 +100,10 @@ def test_training_resumes_past_a_torn_checkpoint_last(tone_data, trained_run, tm
     assert checkpoint_num_updates(last) == 8 and checkpoint_damage(last) is None
     # option off: the same damage stops the run and names the file
     _truncate(last)
-    proc = subprocess.run(_cmd(tone_data, run, "optimization.max_update=10", *COMMON,
-                               "task.resume_from_intact_checkpoint=false"),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode != 0
-    assert f"{last}: damaged checkpoint" in proc.stdout + proc.stderr
+    code, log = run_training(tone_data, run, "optimization.max_update=10", *COMMON,
+                             "task.resume_from_intact_checkpoint=false")
+    assert code != 0
+    assert f"{last}: damaged checkpoint" in log
 
 
 def test_restart_after_the_final_checkpoint_trains_nothing(tone_data, trained_run, tmp_path):
@@ -117,13 +116,6 @@ def test_restart_after_the_final_checkpoint_trains_nothing(tone_data, trained_ru
     assert re.search(r"checkpoint_last\.pt is at update 6 >= optimization\.max_update=6: training is already "
                      r"complete", log), log[-3000:]
     assert last.read_bytes() == before and checkpoint_num_updates(last) == 6
-
-
-def _cmd(data, run, *overrides):
-    return [str(Path(sys.executable).parent / "fairseq-hydra-train"), "--config-dir", str(ROOT / "configs/pretrain"),
-            "--config-name", "MERT_demo_cpu", f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",
-            f"task.label_dir={data['label_dir']}", f"task.labels=[{','.join(data['labels'])}]",
-            f"hydra.run.dir={run}", f"checkpoint.save_dir={run / 'checkpoints'}", *TONE_DEMO_OVERRIDES, *overrides]
 
 
 # ---------------------------------------------------------------- atomic writes under SIGKILL

@@ -5,35 +5,17 @@ from pathlib import Path
 import pytest
 import yaml
 from fairseq import tasks, utils
-from fairseq.dataclass.initialize import hydra_init
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mert_fairseq.models.mert_config import NO_EFFECT_FIELDS as MODEL_NO_EFFECT
 from mert_fairseq.tasks.mert_pretraining_config import NO_EFFECT_FIELDS as TASK_NO_EFFECT
+from step_helpers import CONFIG_DIR, compose_config, tiny_overrides, write_dicts
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs" / "pretrain"
 RVQ_LABELS = [f"encodec_{i}" for i in range(8)]
 RECIPES = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 # tiny widths: what is checked here does not depend on the size
-TINY = [f"++model.{k}={v}" for k, v in dict(
-    encoder_layers=1, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2, final_dim=16,
-    conv_pos=8, conv_pos_groups=2, conv_feature_layers="'[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2'",
-    audio_cqt_bins=84, feature_extractor_cqt_bins=84).items()]
-
-
-def compose_config(name: str, overrides=(), return_hydra_config=False, config_dir: Path = CONFIG_DIR):
-    hydra_init(name)  # registers fairseq's structured schema under this config name, like fairseq-hydra-train
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.1"):  # as fairseq-hydra-train
-        cfg = compose(name, overrides=list(overrides), return_hydra_config=return_hydra_config)
-    return cfg
-
-
-def write_dicts(label_dir: Path, labels, n_codes: int) -> None:
-    label_dir.mkdir(parents=True, exist_ok=True)
-    for label in labels:
-        (label_dir / f"dict.{label}.txt").write_text("".join(f"{c} 1\n" for c in range(n_codes)))
+TINY = tiny_overrides(encoder_layers=1, encoder_attention_heads=2, conv_pos_groups=2, feature_extractor_cqt_bins=84)
 
 
 def build_recipe(tmp_path: Path, name: str, config_dir: Path = CONFIG_DIR):

@@ -15,7 +15,9 @@ from data_prep_helpers import (
 )
 from mert_fairseq.prep.common import OutputError
 from mert_fairseq.prep.encodec_labels import EncodecSettings, encode_manifest
-from mert_fairseq.prep.kmeans_labels import FeatureSpec, MfccFeatures, apply_kmeans, fit_kmeans, sample_fit_frames
+from mert_fairseq.prep.kmeans_features import FeatureSpec, MfccFeatures
+from mert_fairseq.prep.kmeans_model import fit_kmeans
+from mert_fairseq.prep.kmeans_labels import apply_kmeans, sample_fit_frames
 from mert_fairseq.data.manifest import read_manifest
 from mert_fairseq.prep.manifest import JOURNAL_NAME, prepare_manifest
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from data_prep_helpers import TINY_LENGTHS, make_prepared_dataset, read_label_lines, run_script, tone
-from mert_fairseq.prep.kmeans_labels import (
-    FeatureSpec, MertFeatures, MfccFeatures, apply_kmeans, fit_kmeans, load_model, sample_fit_frames,
-)
+from mert_fairseq.prep.kmeans_features import FeatureSpec, MertFeatures, MfccFeatures
+from mert_fairseq.prep.kmeans_model import fit_kmeans, load_model
+from mert_fairseq.prep.kmeans_labels import apply_kmeans, sample_fit_frames
 from mert_fairseq.data.manifest import read_manifest
 
 SR = 24000
@@ -131,7 +131,7 @@ def test_mert_checkpoint_path_end_to_end(tmp_path, manifest_dir):
 
 
 def test_chroma_frames_follow_the_label_rule_and_peak_at_the_pitch_class():
-    from mert_fairseq.prep.kmeans_labels import ChromaFeatures
+    from mert_fairseq.prep.kmeans_features import ChromaFeatures
 
     chroma, mfcc = ChromaFeatures(FeatureSpec("chroma")), MfccFeatures(FeatureSpec())
     t = np.arange(SR) / SR
@@ -148,7 +148,7 @@ def test_chroma_frames_follow_the_label_rule_and_peak_at_the_pitch_class():
 
 
 def test_cqt_frames_keep_the_octave_that_chroma_folds_away():
-    from mert_fairseq.prep.kmeans_labels import ChromaFeatures, make_extractor
+    from mert_fairseq.prep.kmeans_features import ChromaFeatures, make_extractor
 
     cqt, chroma = make_extractor(FeatureSpec("cqt")), ChromaFeatures(FeatureSpec("chroma"))
     assert isinstance(cqt, ChromaFeatures) and cqt.kind == "cqt"
@@ -174,7 +174,7 @@ def _triad(bass_midi: int, intervals: tuple[int, ...], seconds: float = 1.0) -> 
 
 
 def test_chord_frames_are_the_chroma_relative_to_the_bass():
-    from mert_fairseq.prep.kmeans_labels import ChromaFeatures, make_extractor
+    from mert_fairseq.prep.kmeans_features import ChromaFeatures, make_extractor
 
     chord, chroma = make_extractor(FeatureSpec("chord", chord_smooth_frames=1)), ChromaFeatures(FeatureSpec("chroma"))
     assert isinstance(chord, ChromaFeatures) and chord.kind == "chord"
@@ -196,7 +196,7 @@ def test_chord_frames_are_the_chroma_relative_to_the_bass():
 
 
 def test_chord_smoothing_averages_over_centred_frames():
-    from mert_fairseq.prep.kmeans_labels import ChromaFeatures, moving_average
+    from mert_fairseq.prep.kmeans_features import ChromaFeatures, moving_average
 
     x = torch.arange(10.0)[:, None].repeat(1, 2)  # [T=10, D=2]
     torch.testing.assert_close(moving_average(x, 3)[:, 0], torch.tensor([0.5, 1, 2, 3, 4, 5, 6, 7, 8, 8.5]))
@@ -219,7 +219,7 @@ def test_chord_smoothing_averages_over_centred_frames():
 
 
 def test_onset_frames_rise_where_a_click_starts_and_stay_zero_on_steady_sound():
-    from mert_fairseq.prep.kmeans_labels import OnsetFeatures, make_extractor
+    from mert_fairseq.prep.kmeans_features import OnsetFeatures, make_extractor
 
     onset = make_extractor(FeatureSpec("onset"))
     assert isinstance(onset, OnsetFeatures)
@@ -239,7 +239,7 @@ def test_onset_frames_rise_where_a_click_starts_and_stay_zero_on_steady_sound():
 
 
 def test_onset_smoothing_spreads_a_click_over_its_window_and_keeps_the_total():
-    from mert_fairseq.prep.kmeans_labels import OnsetFeatures
+    from mert_fairseq.prep.kmeans_features import OnsetFeatures
 
     t = np.arange(SR) / SR
     wav = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
@@ -256,7 +256,7 @@ def test_onset_smoothing_spreads_a_click_over_its_window_and_keeps_the_total():
 
 
 def test_onset_min_hz_keeps_only_high_bands_so_a_bass_attack_gives_no_flux():
-    from mert_fairseq.prep.kmeans_labels import OnsetFeatures
+    from mert_fairseq.prep.kmeans_features import OnsetFeatures
 
     t = np.arange(SR) / SR
     bass = (0.5 * np.sin(2 * np.pi * 110 * t) * (t >= 0.5)).astype(np.float32)  # a 110 Hz note starting at frame 37
@@ -284,32 +284,43 @@ def test_cli_fit_with_chroma_saves_its_feature_settings(manifest_dir, tmp_path):
     assert [len(line) for line in lines] == [math.ceil(r.num_samples / 320) for r in read_manifest(manifest_dir / "train.tsv").rows]
 
 
-def test_cli_two_streams_in_one_call_equal_two_single_calls(manifest_dir, tmp_path):
+def test_cli_two_streams_in_one_call_equal_two_single_calls(manifest_dir, tmp_path, capsys):
+    """The script with two streams once (a fresh interpreter), then its main() in this process."""
+    from mert_fairseq.prep.kmeans_labels import main
+
     common = ("--manifest-dir", manifest_dir, "--n-clusters", 4, "--max-fit-frames", 1000)
     both = tmp_path / "both"
     result = run_script("prepare_kmeans_labels", "all", *common, "--label-dir", both, "--feature", "mfcc+chroma",
                         "--kmeans-model", both / "{name}.npz")
     assert result.returncode == 0, result.stderr
+
+    def run(*args) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse errors
+            code = exc.code
+        return code, capsys.readouterr().err
+
     for name, feature in (("kmeans", "mfcc"), ("chroma", "chroma")):
         single = tmp_path / name
-        result = run_script("prepare_kmeans_labels", "all", *common, "--label-dir", single, "--feature", feature,
-                            "--kmeans-model", single / "km.npz", "--name", name)
-        assert result.returncode == 0, result.stderr
+        code, err = run("all", *common, "--label-dir", single, "--feature", feature, "--kmeans-model",
+                        single / "km.npz", "--name", name)
+        assert code == 0, err
         assert load_model(both / f"{name}.npz")[1] == FeatureSpec(feature)
         for f in (f"train.{name}", f"valid.{name}", f"dict.{name}.txt"):
             assert (both / f).read_bytes() == (single / f).read_bytes(), f
-    named = run_script("prepare_kmeans_labels", "apply", "--manifest-dir", manifest_dir, "--label-dir", tmp_path / "re",
-                       "--kmeans-model", both / "{name}.npz", "--name", "kmeans,chroma", "--splits", "valid")
-    assert named.returncode == 0, named.stderr
+    code, err = run("apply", "--manifest-dir", manifest_dir, "--label-dir", tmp_path / "re",
+                    "--kmeans-model", both / "{name}.npz", "--name", "kmeans,chroma", "--splits", "valid")
+    assert code == 0, err
     assert (tmp_path / "re" / "valid.chroma").read_bytes() == (both / "valid.chroma").read_bytes()
     for extra, message in ((("--kmeans-model", tmp_path / "one.npz"), "needs a {name} placeholder"),
                            (("--kmeans-model", both / "{name}.npz", "--name", "a"), "2 streams but --name a has 1"),
                            (("--kmeans-model", both / "{name}.npz", "--name", "a,a"), "stream names must differ")):
-        bad = run_script("prepare_kmeans_labels", "all", *common, "--label-dir", tmp_path / "bad", "--feature",
-                         "mfcc+chroma", *extra)
-        assert bad.returncode == 1 and message in bad.stderr, bad.stderr
-    bad = run_script("prepare_kmeans_labels", "fit", *common, "--kmeans-model", both / "x", "--feature", "mfcc+pitch")
-    assert bad.returncode == 2 and "unknown feature 'pitch'" in bad.stderr
+        code, err = run("all", *common, "--label-dir", tmp_path / "bad", "--feature", "mfcc+chroma", *extra)
+        assert code == 1 and message in err, err
+    code, err = run("fit", *common, "--kmeans-model", both / "x", "--feature", "mfcc+pitch")
+    assert code == 2 and "unknown feature 'pitch'" in err
 
 
 # ----------------------------------------------------------------------------- model files without pickle
@@ -343,7 +354,7 @@ def _old_format_file(path, km, payload=None):
 def test_saved_model_is_data_only_npz(manifest_dir, tmp_path):
     import zipfile
 
-    from mert_fairseq.prep.kmeans_labels import KMeansModel, nearest_center, save_model
+    from mert_fairseq.prep.kmeans_model import KMeansModel, nearest_center, save_model
 
     frames = sample_fit_frames(read_manifest(manifest_dir / "train.tsv"), MfccFeatures(FeatureSpec()), 1000, 0)
     km = fit_kmeans(frames, 8, seed=0)
@@ -362,7 +373,8 @@ def test_saved_model_is_data_only_npz(manifest_dir, tmp_path):
 
 
 def test_pickled_model_is_refused_unloaded_then_converted_when_trusted(manifest_dir, tmp_path, capsys):
-    from mert_fairseq.prep.kmeans_labels import main, saved_identity
+    from mert_fairseq.prep.kmeans_model import saved_identity
+    from mert_fairseq.prep.kmeans_labels import main
 
     frames = sample_fit_frames(read_manifest(manifest_dir / "train.tsv"), MfccFeatures(FeatureSpec()), 1000, 0)
     km = fit_kmeans(frames, 8, seed=0)

@@ -8,7 +8,9 @@ import pytest
 from data_prep_helpers import make_prepared_dataset, random_encodec, tree_bytes
 from mert_fairseq.prep.common import Part, resolve_part
 from mert_fairseq.prep.encodec_labels import EncodecSettings, encode_manifest
-from mert_fairseq.prep.kmeans_labels import FeatureSpec, MfccFeatures, apply_kmeans, fit_kmeans, sample_fit_frames
+from mert_fairseq.prep.kmeans_features import FeatureSpec, MfccFeatures
+from mert_fairseq.prep.kmeans_model import fit_kmeans
+from mert_fairseq.prep.kmeans_labels import apply_kmeans, sample_fit_frames
 from mert_fairseq.data.manifest import ManifestRow, read_manifest
 from mert_fairseq.prep.manifest import write_manifest
 from mert_fairseq.prep.merge_parts import MergeError, main as merge_main, merge_parts

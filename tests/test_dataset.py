@@ -5,20 +5,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from omegaconf import OmegaConf
 
 from mert_fairseq.data.audio import AudioError
-from mert_fairseq.data.mert_dataset import DataError, MERTDataset
+from mert_fairseq.data.mert_dataset import DataError
 from mert_fairseq.data.manifest import ManifestError
-from mert_fairseq.tasks.mert_pretraining import MERTPretrainingConfig, MERTPretrainingTask
-from synthetic import make_tone_dataset
-
-
-def task_for(data: dict, **overrides) -> MERTPretrainingTask:
-    fields = dict(data=data["data"], label_dir=data["label_dir"], labels=data["labels"], label_rate=75,
-                  sample_rate=24000, max_sample_size=24000, seed=1)
-    cfg = OmegaConf.structured(MERTPretrainingConfig(**{**fields, **overrides}))
-    return MERTPretrainingTask(cfg)
+from synthetic import make_tone_dataset, task_for
 
 
 @pytest.fixture()

@@ -41,9 +41,8 @@ def test_text_label_windows_equal_the_split_line(tmp_path):
     errors for a code not in the dictionary and an over-long code."""
     import re
 
-    from fairseq.data.dictionary import Dictionary
-
     from mert_fairseq.data.labels import DataError, LabelStream
+    from mert_fairseq.models.teachers.random_projection import code_dictionary
 
     rng = np.random.default_rng(3)
     seps = [b" ", b"  ", b"\t", b" \x01 ", b"\x0b"]
@@ -54,9 +53,7 @@ def test_text_label_windows_equal_the_split_line(tmp_path):
         lines.append(seps[r % len(seps)] + line)
     path = tmp_path / "train.km"
     path.write_bytes(b"\n".join(lines) + b"\n")
-    d = Dictionary()
-    for c in range(30):
-        d.add_symbol(str(c))
+    d = code_dictionary(30)
     stream = LabelStream(str(path), d, np.arange(len(lines)), len(lines), numpy_memmap=False)
     for r, line in enumerate(lines):
         tokens = [t for t in re.split(rb"[\x00-\x20]+", line) if t]

@@ -1,8 +1,6 @@
 """Windowed reads in MERTDataset: the same batches as whole-file reads, short clips, normalisation, labels;
 and opening a split builds no per-row Python objects."""
-import math
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,38 +12,8 @@ from fairseq.data.dictionary import Dictionary
 from mert_fairseq.data.labels import LabelStream, scan_text_labels
 from mert_fairseq.data.manifest_index import read_manifest_index
 from mert_fairseq.data.mert_dataset import MERTDataset
-from mert_fairseq.prep.labels_npy import labels_to_npy
-
-SR, RATE, CROP = 24000, 75, 24000
-
-
-def write_corpus(root: Path, lengths, streams=("a", "b"), subtype="PCM_16", seed=0) -> dict:
-    """Clips of the given lengths (noise + tones), text and .npy labels with ceil(n / 320) frames."""
-    rng = np.random.default_rng(seed)
-    (root / "audio").mkdir(parents=True, exist_ok=True)
-    rows, labels = [], {s: [] for s in streams}
-    for i, n in enumerate(lengths):
-        t = np.arange(n) / SR
-        wav = 0.3 * np.sin(2 * np.pi * (110 + 40 * i) * t) + 0.05 * rng.standard_normal(n)
-        sf.write(root / "audio" / f"c{i}.wav", wav.astype(np.float32), SR, subtype=subtype)
-        rows.append(f"c{i}.wav\t{n}")
-        for s in streams:
-            labels[s].append(" ".join(map(str, rng.integers(0, 30, math.ceil(n / 320)))))
-    (root / "train.tsv").write_text(f"{root / 'audio'}\n" + "\n".join(rows) + "\n")
-    for s in streams:
-        (root / f"train.{s}").write_text("\n".join(labels[s]) + "\n")
-        (root / f"dict.{s}.txt").write_text("".join(f"{c} 1\n" for c in range(30)))
-        labels_to_npy(root / f"train.{s}")
-    return {"root": root, "streams": list(streams), "labels": labels}
-
-
-def dataset(data, manifest=None, **kw):
-    root = data["root"]
-    dicts = [Dictionary.load(str(root / f"dict.{s}.txt")) for s in data["streams"]]
-    kw = {"max_sample_size": CROP, "seed": 3, **kw}
-    return MERTDataset(str(manifest or root / "train.tsv"), SR, [str(root / f"train.{s}") for s in data["streams"]],
-                       RATE, dicts, **kw)
-
+from mert_fairseq.models.teachers.random_projection import code_dictionary
+from windowed_corpus import CROP, LENGTHS, RATE, SR, dataset, write_corpus
 
 def reference_batch(data, ids, seed, epoch, max_size, normalize=False):
     """The original MERT/HuBERT batch, written out independently: read every clip whole with soundfile,
@@ -66,9 +34,6 @@ def reference_batch(data, ids, seed, epoch, max_size, normalize=False):
         n = min([round(size * RATE / SR)] + [len(t) - f for t, f in zip(stream, frames)])
         targets.append(torch.stack([t[f: f + n] for t, f in zip(stream, frames)]))
     return torch.stack(crops), targets
-
-
-LENGTHS = [60000, 24000, 50000, 31000, 77000, 45000]  # 2.5 s, 1 s, ... > CROP except clip 1
 
 
 @pytest.fixture()
@@ -164,9 +129,7 @@ def test_text_label_index_handles_odd_lines_and_is_cached(tmp_path):
     data = path.read_bytes()
     lines = [data[a: b - 1] for a, b in zip(index["offsets"][:-1], index["offsets"][1:])]
     assert lines == [b"1 2 3", b"", b"  40   5 ", b"7"]
-    d = Dictionary()
-    for c in range(50):
-        d.add_symbol(str(c))
+    d = code_dictionary(50)
     stream = LabelStream(str(path), d, np.arange(4), 4, numpy_memmap=False)
     assert (tmp_path / "x.lab.index.npz").is_file()
     assert stream.read(2).tolist() == [d.index("40"), d.index("5")]

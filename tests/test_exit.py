@@ -3,45 +3,18 @@
 fairseq keeps persistent DataLoader workers; on a GPU torch joins each of them with a 5 s timeout at
 exit unless they were shut down (see mert_fairseq/data/loader_shutdown.py). tests/cuda_loader_exit.py
 switches that CUDA-only exit path on, so CPU runs test it; tests/test_gpu.py repeats it on a GPU."""
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from training_runs import TONE_DEMO_OVERRIDES
 
-ROOT = Path(__file__).resolve().parents[1]
+from training_runs import WORKER_RUN_OVERRIDES, run_and_time_exit, train_command
+
 WRAPPER = str(Path(__file__).parent / "cuda_loader_exit.py")
 
 
-def run_and_time_exit(cmd, timeout: float = 600) -> tuple:
-    """(return code, output, seconds between the last output line and the process exit)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    lines, last = [], [time.monotonic()]
-
-    def read():
-        for line in proc.stdout:
-            lines.append(line)
-            last[0] = time.monotonic()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    rc = proc.wait(timeout=timeout)
-    exited = time.monotonic()
-    reader.join(5)
-    return rc, "".join(lines), exited - last[0]
-
-
 def train_cmd(data: dict, run_dir: Path, *extra: str, python_args=(WRAPPER,)) -> list:
-    return [sys.executable, *python_args, "--config-dir", str(ROOT / "configs/pretrain"),
-            "--config-name", "MERT_demo_cpu", f"common.user_dir={ROOT / 'mert_fairseq'}",
-            f"task.data={data['data']}", f"task.label_dir={data['label_dir']}",
-            f"task.labels=[{','.join(data['labels'])}]", f"hydra.run.dir={run_dir}",
-            f"checkpoint.save_dir={run_dir / 'checkpoints'}", *TONE_DEMO_OVERRIDES, "optimization.max_update=2",
-            "dataset.max_tokens=96000", "dataset.num_workers=2", "dataset.validate_interval_updates=1",
-            "common.log_interval=1", *extra]
+    return train_command(data, run_dir, *WORKER_RUN_OVERRIDES, *extra, program=(sys.executable, *python_args))
 
 
 def test_exits_within_10s_of_last_log_line_with_workers(tone_data, tmp_path):

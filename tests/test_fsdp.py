@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from export_helpers import build_model, checkpoint_dict
-from test_configs import compose_config
-from test_training import train
+from step_helpers import compose_config
+from training_runs import train
 
 
 def test_fully_sharded_on_cpu_stops_at_once_with_a_clear_error(tone_data, tmp_path):
@@ -24,7 +24,7 @@ def test_fsdp_config_reaches_fairseq_and_the_task_checks_it(tmp_path):
     from fairseq.distributed import fsdp_enable_wrap
     from omegaconf import OmegaConf
 
-    from test_configs import write_dicts
+    from step_helpers import write_dicts
 
     write_dicts(tmp_path, ["kmeans"], 100)
     cfg = compose_config("MERT_RVQ-VAE_CQT_330M", [

@@ -38,8 +38,7 @@ def expected_loss_scale(scaler: "torch.amp.GradScaler", init_scale: float, overf
 
 def _step(dtype, steps: int = 3):
     """`steps` updates of a tiny model under autocast; fp16 with a GradScaler that grows every 2 clean steps."""
-    from test_speedups import _criterion, _sample
-    from tiny_models import tiny_model
+    from tiny_models import tiny_criterion as _criterion, tiny_model, music_sample as _sample
 
     torch.manual_seed(0)
     model = tiny_model("rvq_95m").cuda().train()
@@ -94,12 +93,14 @@ def test_fused_adamw_torch_matches_fairseq_adam_on_gpu():
 
 
 def test_training_run_with_workers_exits_within_10s_on_gpu(tone_data, tmp_path):
-    from test_exit import run_and_time_exit, train_cmd
+    import sys
+
+    from training_runs import WORKER_RUN_OVERRIDES, run_and_time_exit, train_command
 
     # fairseq-hydra-train's own entry point (no test wrapper); `-m` also works where its console script
     # is not beside sys.executable (an image's python with packages under PYTHONPATH)
-    cmd = train_cmd(tone_data, tmp_path / "run", "common.cpu=false", "common.fp16=true",
-                    python_args=("-m", "fairseq_cli.hydra_train"))
+    cmd = train_command(tone_data, tmp_path / "run", *WORKER_RUN_OVERRIDES, "common.cpu=false", "common.fp16=true",
+                        program=(sys.executable, "-m", "fairseq_cli.hydra_train"))
     rc, out, delay = run_and_time_exit(cmd)
     assert rc == 0, out[-3000:]
     assert "done training" in out and "shut down 2 data loader(s)" in out
@@ -108,29 +109,19 @@ def test_training_run_with_workers_exits_within_10s_on_gpu(tone_data, tmp_path):
 
 # ---------------------------------------------------------------- fairseq's own fp16 path (FP16Optimizer)
 def _train_gpu(data, run_dir, *overrides, env=None):
-    import os
-    import subprocess
-
     from mert_fairseq.common.recipes import child_pythonpath
     from mert_fairseq.testing import fault_train
-    from test_training import TRAIN, ROOT
-    from training_runs import TONE_DEMO_OVERRIDES
+    from training_runs import TRAIN, run_training
 
     # the fault-injection entry point when a test arms a hook (MERT_FAULT_NAN_UPDATES), else fairseq's
-    entry = fault_train.command() if env else [TRAIN]
-    cmd = [*entry, "--config-dir", str(ROOT / "configs/pretrain"), "--config-name", "MERT_demo_cpu",
-           f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",
-           f"task.label_dir={data['label_dir']}", f"task.labels=[{','.join(data['labels'])}]",
-           f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'checkpoints'}", "common.cpu=false",
-           "common.fp16=true", "common.log_interval=1", *TONE_DEMO_OVERRIDES, *overrides]
-    env = {**os.environ, "PYTHONPATH": child_pythonpath(), **(env or {})}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    return proc.returncode, proc.stdout + proc.stderr
+    program = fault_train.command() if env else [TRAIN]
+    return run_training(data, run_dir, "common.cpu=false", "common.fp16=true", "common.log_interval=1", *overrides,
+                        program=program, env={"PYTHONPATH": child_pythonpath(), **(env or {})}, timeout=600)
 
 
 def test_fp16_run_probes_and_validates_on_gpu(tone_data, tmp_path):
     from mert_fairseq.prep.demo_corpus import make_demo_corpus
-    from test_training import metric
+    from training_runs import metric
 
     make_demo_corpus(tmp_path / "probe", num_clips=8, seconds=2.0, seed=1)
     rc, log = _train_gpu(tone_data, tmp_path / "run", f"task.probe_csv={tmp_path / 'probe' / 'metadata.csv'}",
@@ -143,7 +134,7 @@ def test_fp16_run_probes_and_validates_on_gpu(tone_data, tmp_path):
 
 def test_fp16_loss_scale_falls_on_a_forced_overflow_on_gpu(tone_data, tmp_path):
     """A NaN batch at update 3 (fault harness): the scaler halves the scale, skips it, and training goes on."""
-    from test_training import metric
+    from training_runs import metric
 
     rc, log = _train_gpu(tone_data, tmp_path / "run", "optimization.max_update=5", "common.fp16_init_scale=128",
                          "dataset.disable_validation=true", env={"MERT_FAULT_NAN_UPDATES": "2"})
@@ -185,7 +176,7 @@ def _max_diff(a, b):
 
 @pytest.fixture(scope="module")
 def ddp_reference(tone_data, tmp_path_factory):
-    from test_training import metric
+    from training_runs import metric
 
     run = tmp_path_factory.mktemp("ddp") / "run"
     rc, log = _train_gpu(tone_data, run, *FSDP_COMMON, "distributed_training.ddp_backend=legacy_ddp",
@@ -197,7 +188,7 @@ def ddp_reference(tone_data, tmp_path_factory):
 @pytest.mark.parametrize("offload", [False, True], ids=["fsdp", "fsdp_cpu_offload"])
 def test_fsdp_trains_saves_resumes_exactly_and_matches_ddp_on_gpu(offload, tone_data, ddp_reference, tmp_path):
     from mert_fairseq.export.convert import convert_checkpoint
-    from test_training import metric
+    from training_runs import metric
 
     fsdp = [*FSDP_COMMON, "distributed_training.ddp_backend=fully_sharded",
             f"distributed_training.cpu_offload={str(offload).lower()}"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from export_helpers import build_model, save_checkpoint
-from test_training import metric, train
+from training_runs import metric, train
 
 PRECISION = {"bf16": ["common.bf16=true"], "fp16": ["common.fp16=true", "common.fp16_no_flatten_grads=true"]}
 

@@ -98,7 +98,7 @@ def test_extract_features_refuses(hostile, tmp_path, capsys):
 
 
 def test_kmeans_with_mert_features_refuses(hostile, tmp_path):
-    from mert_fairseq.prep.kmeans_labels import FeatureSpec, make_extractor
+    from mert_fairseq.prep.kmeans_features import FeatureSpec, make_extractor
 
     with pytest.raises(UnsafeCheckpointError) as err:
         make_extractor(FeatureSpec(kind="mert", checkpoint=str(hostile["path"]), layer=1))

@@ -1,8 +1,11 @@
 """scripts/run_training.sh: the demo form (no arguments) and the original positional call form."""
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from synthetic import make_tone_dataset
 from training_runs import TONE_DEMO_OVERRIDES
@@ -18,12 +21,21 @@ def run(*args, **env):
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def test_demo_runs_end_to_end_then_resumes(tmp_path):
-    env = dict(DEMO_DIR=tmp_path / "demo", SAVE_DIR=tmp_path / "run", DEMO_CLIPS=12, DEMO_PROBE_CLIPS=10)
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo (no arguments: four K-means streams) of 12 clips to 4 updates, validated and probed every 2:
+    (its environment, its output); shared by the tests below (read-only: copy before running it again)."""
+    root = tmp_path_factory.mktemp("demo")
+    env = dict(DEMO_DIR=root / "demo", SAVE_DIR=root / "run", DEMO_CLIPS=12, DEMO_PROBE_CLIPS=10)
     rc, out = run("optimization.max_update=4", "dataset.validate_interval_updates=2", "task.probe_interval_updates=2",
                   **env)
     assert rc == 0, out[-4000:]
-    ckpt = tmp_path / "run" / "checkpoints" / "checkpoint_last.pt"
+    return env, out
+
+
+def test_demo_runs_end_to_end_then_resumes(demo, tmp_path):
+    env, out = demo
+    ckpt = env["SAVE_DIR"] / "checkpoints" / "checkpoint_last.pt"
     assert ckpt.is_file()
     assert "final validation masked accuracy" in out and "n/a" not in out.split("final validation")[-1]
     for step in ("demo corpus", "manifest", "K-means labels", "probes on the held-out clips"):
@@ -32,36 +44,49 @@ def test_demo_runs_end_to_end_then_resumes(tmp_path):
     assert "| task | metric | chance | demo | random-init | mfcc |" in out and "| key | accuracy |" in out
     assert re.search(r"probe_timbre[ =][0-9.]+", out), out[-4000:]  # online probes in the training log lines
     for png in ("probe/probe_layers.png", "training.png"):
-        assert (tmp_path / "run" / png).stat().st_size > 5000, png
+        assert (env["SAVE_DIR"] / png).stat().st_size > 5000, png
+    env = {**env, "DEMO_DIR": tmp_path / "demo", "SAVE_DIR": tmp_path / "run"}  # a copy of the shared run
+    shutil.copytree(demo[0]["DEMO_DIR"], env["DEMO_DIR"])
+    shutil.copytree(demo[0]["SAVE_DIR"], env["SAVE_DIR"])
     rc, out = run("optimization.max_update=6", **env)
     assert rc == 0, out[-4000:]
     assert "manifest: already in" in out and "K-means labels: already in" in out
     assert "Loaded checkpoint" in out and "@ 4 updates" in out  # resumed, not restarted
 
 
-def test_demo_with_mfcc_chroma_and_onset_streams(tmp_path):
+def check_stream_recipe(labels: Path, save: Path, out: str, streams: list, max_update: int) -> None:
+    """The demo's several-stream run: label files and codes of every stream (the second differs from the
+    first), the onset codes' settings, and the recipe in the checkpoint (docs/probing.md)."""
     from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
-    from mert_fairseq.prep.kmeans_labels import load_model
+    from mert_fairseq.prep.kmeans_model import load_model
 
-    demo, save = tmp_path / "demo", tmp_path / "run"
-    rc, out = run("optimization.max_update=2", "dataset.validate_interval_updates=2", "task.probe_interval_updates=100",
-                  DEMO_DIR=demo, SAVE_DIR=save, DEMO_CLIPS=12, DEMO_PROBE_CLIPS=10, DEMO_KMEANS_FEATURE="mfcc+chroma+onset")
-    assert rc == 0, out[-4000:]
-    labels = demo / "labels_mfcc+chroma+onset"
-    for name in ("train.kmeans", "train.chroma", "train.onset", "dict.kmeans.txt", "dict.chroma.txt", "dict.onset.txt"):
+    for name in [f"train.{s}" for s in streams] + [f"dict.{s}.txt" for s in streams]:
         assert (labels / name).stat().st_size > 0, name
-    assert (labels / "train.kmeans").read_text() != (labels / "train.chroma").read_text()
+    assert (labels / "train.kmeans").read_text() != (labels / f"train.{streams[1]}").read_text()
     onset = load_model(labels / "onset.npz")[1]  # the demo's onset codes: density over 1 s of the bands >= 2 kHz
     assert (onset.kind, onset.onset_smooth_frames, onset.onset_min_hz) == ("onset", 75, 2000.0)
     state = load_checkpoint_state(save / "checkpoints" / "checkpoint_last.pt")
-    assert list(state["cfg"]["task"]["labels"]) == ["kmeans", "chroma", "onset"]
+    assert list(state["cfg"]["task"]["labels"]) == streams
     model = state["cfg"]["model"]
     assert model["untie_final_proj"] is True and model["mixture_prob"] == 0
     # the several-stream demo recipe (docs/probing.md): unmasked frames in the loss, half masked, CNN frozen
     assert (model["skip_nomask"], model["mask_prob"], model["feature_grad_mult"]) == (False, 0.5, 0.0)
     assert state["cfg"]["criterion"]["pred_nomask_weight"] == 1.0
-    assert state["cfg"]["optimization"]["max_update"] == 2  # the caller's override wins over the recipe's 800
+    assert state["cfg"]["optimization"]["max_update"] == max_update  # the caller's override wins over the recipe's
     assert "| key | accuracy |" in out
+
+
+def test_demo_with_mfcc_cqt_chord_and_onset_streams(demo):
+    env, out = demo
+    check_stream_recipe(env["DEMO_DIR"] / "labels", env["SAVE_DIR"], out, ["kmeans", "cqt", "chord", "onset"], 4)
+
+
+def test_demo_with_mfcc_chroma_and_onset_streams(tmp_path):
+    demo, save = tmp_path / "demo", tmp_path / "run"
+    rc, out = run("optimization.max_update=2", "dataset.validate_interval_updates=2", "task.probe_interval_updates=100",
+                  DEMO_DIR=demo, SAVE_DIR=save, DEMO_CLIPS=12, DEMO_PROBE_CLIPS=10, DEMO_KMEANS_FEATURE="mfcc+chroma+onset")
+    assert rc == 0, out[-4000:]
+    check_stream_recipe(demo / "labels_mfcc+chroma+onset", save, out, ["kmeans", "chroma", "onset"], 2)
 
 
 def test_original_call_form_single_node_cpu(tmp_path):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_runs import TONE_DEMO_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mert_fairseq"
@@ -224,6 +223,7 @@ def test_checkpoint_written_before_the_move_loads_and_resumes(tmp_path):
     """A checkpoint written by main at 1437d81 (before the layout change) builds the same model, and
     fairseq-hydra-train resumes from it."""
     from synthetic import make_tone_dataset
+    from training_runs import train
 
     from mert_fairseq.checkpoint.model_loading import load_mert_model
     from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
@@ -238,15 +238,9 @@ def test_checkpoint_written_before_the_move_loads_and_resumes(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "checkpoint_last.pt").write_bytes(OLD_CHECKPOINT.read_bytes())
-    cmd = [str(Path(sys.executable).parent / "fairseq-hydra-train"), "--config-dir", str(ROOT / "configs/pretrain"),
-           "--config-name", "MERT_demo_cpu", f"common.user_dir={PACKAGE}", f"task.data={data['data']}",
-           f"task.label_dir={data['label_dir']}", "task.labels=[tone]", f"hydra.run.dir={run}",
-           f"checkpoint.save_dir={run / 'checkpoints'}", *TONE_DEMO_OVERRIDES, "optimization.max_update=3",
-           "dataset.disable_validation=true",
-           "model.encoder_embed_dim=32", "model.encoder_ffn_embed_dim=64", "model.encoder_attention_heads=4"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-3000:]
+    assert data["labels"] == ["tone"]
+    log = train(data, run, "optimization.max_update=3", "dataset.disable_validation=true",
+                "model.encoder_embed_dim=32", "model.encoder_ffn_embed_dim=64", "model.encoder_attention_heads=4")
     assert "Loaded checkpoint" in log and "@ 2 updates" in log, log[-3000:]
     resumed = load_checkpoint_state(run / "checkpoints" / "checkpoint_last.pt")
     assert resumed["optimizer_history"][-1]["num_updates"] == 3

@@ -1,29 +1,21 @@
 """A batch that makes the loss or gradients non-finite is skipped (weights and optimizer state untouched),
 counted in the log, and too many in a row stop the run (fp32 and bf16 autocast)."""
-import os
 import re
-import subprocess
 
 import pytest
 import torch
 
 from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
 from mert_fairseq.testing import fault_train
-from test_training import ROOT, metric
-from training_runs import TONE_DEMO_OVERRIDES
+from training_runs import ROOT, metric, run_training
 
 COMMON = ["dataset.max_tokens=192000", "dataset.disable_validation=true", "lr_scheduler.warmup_updates=2",
           "checkpoint.save_interval_updates=1", "checkpoint.keep_interval_updates=-1", "optimization.max_update=5"]
 
 
 def run(data, run_dir, nan_updates: str, *overrides):
-    cmd = [*fault_train.command(), "--config-dir", str(ROOT / "configs/pretrain"), "--config-name", "MERT_demo_cpu",
-           f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",
-           f"task.label_dir={data['label_dir']}", f"task.labels=[{','.join(data['labels'])}]",
-           f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'checkpoints'}", *TONE_DEMO_OVERRIDES, *COMMON, *overrides]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MERT_FAULT_NAN_UPDATES": nan_updates}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-    return proc.returncode, proc.stdout + proc.stderr
+    return run_training(data, run_dir, *COMMON, *overrides, program=fault_train.command(),
+                        env={"PYTHONPATH": str(ROOT), "MERT_FAULT_NAN_UPDATES": nan_updates})
 
 
 def _state(run_dir, updates: int) -> dict:

@@ -5,8 +5,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mert_fairseq.models.teachers.random_projection import RandomProjectionTargets, code_dictionary
-from test_training import load_params, metric, train
+from mert_fairseq.models.teachers.random_projection import RandomProjectionTargets
+from training_runs import load_params, metric, train
 from tiny_models import tiny_model, tiny_sample
 
 
@@ -37,10 +37,8 @@ def test_model_state_dict_keys_unchanged_without_the_option():
                                  "online_targets_codebooks": 1, "online_targets_codebook_size": 16,
                                  "online_targets_dim": 8, "online_targets_feature": "mel", "online_targets_bins": 80,
                                  "online_targets_seed": 3})
-    from mert_fairseq.models.mert_model import MERTModel
-
     torch.manual_seed(0)
-    online = MERTModel(base.cfg, task_cfg, [code_dictionary(16)])
+    online = tiny_model("kmeans", task=task_cfg)
     assert set(online.state_dict()) - set(base.state_dict()) == {"online_targets.projection", "online_targets.codebooks"}
     assert set(base.state_dict()) <= set(online.state_dict())
     online.train()

@@ -12,7 +12,7 @@ import torch
 from mert_fairseq.data.audio import AudioError
 from mert_fairseq.data.audio_reader import read_window, wav_layout
 from mert_fairseq.prep.pack import PackError, main, member_ranges, pack_manifest
-from test_dataset_windowed import LENGTHS, dataset, write_corpus
+from windowed_corpus import LENGTHS, dataset, write_corpus
 
 CAP = 200_000  # bytes per shard: several shards for the 6 clips (the largest is 154 kB)
 

@@ -2,7 +2,6 @@
 clear errors for damaged shards, the validator and feature extraction on packed manifests."""
 import os
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import torch
 from mert_fairseq.data.audio import AudioError
 from mert_fairseq.data.audio_reader import read_window
 from mert_fairseq.prep.pack import member_ranges, pack_manifest
-from test_dataset_windowed import CROP, LENGTHS, dataset, write_corpus
+from windowed_corpus import LENGTHS, dataset, write_corpus
 
 
 @pytest.fixture()

@@ -1,11 +1,7 @@
 """The documented pipeline on demo audio: corpus -> manifest -> EnCodec labels -> validation ->
 one update of the full-size 95M RVQ config through fairseq-hydra-train on CPU."""
-import subprocess
-import sys
-from pathlib import Path
-
 from data_prep_helpers import run_script
-from test_training import metric, train
+from training_runs import metric, train
 
 ENCODEC = [f"encodec_{i}" for i in range(8)]
 

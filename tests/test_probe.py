@@ -1,14 +1,15 @@
 """Probing: known answers on synthetic features (class, multi-label, regression; split and k-fold), CSV
 errors, and the feature sources (checkpoint == HF folder, random init, MFCC, cache, CLI outputs)."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from mert_fairseq.evaluation.probe import (ProbeError, ProbeSet, extract_pooled, feature_source, format_table, main,
-                                           make_task, parse_rows, probe_all, probe_task, read_probe_csv)
+from mert_fairseq.evaluation.probe import (ProbeError, make_task, parse_rows, probe_all, probe_task,
+                                           read_probe_csv)
+from mert_fairseq.evaluation.probe_features import extract_pooled, feature_source
+from mert_fairseq.evaluation.probe_report import format_table, main
 
 SR = 24000
 

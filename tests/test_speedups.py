@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 from fairseq.data.dictionary import Dictionary
-from tiny_models import tiny_model, tiny_sample
+from tiny_models import WEIGHTS, music_sample as _sample, tiny_criterion as _criterion, tiny_model
 
-from mert_fairseq.criterions.mert_criterion import MertCriterion
 from mert_fairseq.perf.reference import ReferenceCriterion, build_nnaudio_cqt, direct_cosine_logits, reference_formulation
 from mert_fairseq.perf.synthetic_corpus import music_like
 from mert_fairseq.prep.labels_npy import labels_to_npy
@@ -194,21 +193,6 @@ def test_labels_to_npy_int32_and_cli(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ bf16 / reference
-def _sample(model, B=2, L=SR, seed=0):
-    rng = np.random.default_rng(seed)
-    source = torch.from_numpy(np.stack([music_like(L, SR, rng) for _ in range(B)]))
-    targets = [torch.randint(4, n, (B, math.ceil(L / 320)), generator=torch.Generator().manual_seed(k))
-               for k, n in enumerate(model.num_classes)]
-    return tiny_sample(model, source, targets, seed=seed)  # with the step's draws, as the collater makes them
-
-
-WEIGHTS = dict(pred_masked_weight=1.0, pred_nomask_weight=0.0, loss_weights=[10.0, 1.0])
-
-
-def _criterion():
-    return MertCriterion(None, **WEIGHTS)
-
-
 def test_training_step_under_bf16_autocast_on_cpu():
     torch.manual_seed(0)
     model = tiny_model("rvq_95m").train()
@@ -460,7 +444,7 @@ def test_fairseq_bf16_weights_with_fp32_master_and_adamw_torch_train_end_to_end(
     """common.bf16=true (bf16 weights and activations, fp32 master weights in fairseq's FP16Optimizer)
     with optimizer adamw_torch through fairseq-hydra-train on CPU: the first update's loss is within
     1% of the fp32 run's, and the optimizer state advanced."""
-    from test_training import metric, train
+    from training_runs import metric, train
 
     from mert_fairseq.checkpoint.safe_load import load_checkpoint_state
 

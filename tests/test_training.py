@@ -1,8 +1,7 @@
 """End-to-end training with `fairseq-hydra-train` on CPU: learning, stop/resume, data parallel."""
 import re
+import shutil
 import socket
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -10,9 +9,7 @@ import pytest
 import torch
 
 from synthetic import make_tone_dataset
-from training_runs import ROOT, TRAIN, TRAINED_RUN_OVERRIDES, TRAINED_RUN_UPDATES, load_params, metric, train  # noqa: F401
-
-# train, metric, load_params, ROOT and TRAIN live in training_runs.py; imported here by other modules too
+from training_runs import TRAINED_RUN_OVERRIDES, TRAINED_RUN_UPDATES, load_params, metric, train
 
 
 def test_loss_falls_and_masked_accuracy_rises_above_chance(tone_data, tmp_path):
@@ -46,21 +43,28 @@ def test_stop_and_resume_continues_exactly(tone_data, trained_run, tmp_path):
         assert torch.allclose(v, b["model"][k], atol=1e-6), k
 
 
+# Deterministic objective (no masking randomness, no mixture): every frame is predicted.
+DET = ["model.mask_prob=0.0", "++model.skip_masked=true", "model.skip_nomask=false",
+       "criterion.pred_nomask_weight=1.0", "++criterion.pred_masked_weight=0.0", "model.mixture_prob=-1",
+       "optimization.max_update=1", "dataset.disable_validation=true", "common.log_interval=1"]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """(data, run folder, log) of the one-process reference run (8 clips in one batch), shared by both backends."""
+    root = tmp_path_factory.mktemp("one_process")
+    data = make_tone_dataset(root / "data", n_clips=8, seed=3)
+    return data, root / "one", train(data, root / "one", *DET, "dataset.max_tokens=384000")
+
+
 @pytest.mark.parametrize("ddp_backend", ["no_c10d", "c10d"])
-def test_two_process_data_parallel_matches_one_process(tmp_path, ddp_backend):
+def test_two_process_data_parallel_matches_one_process(tmp_path, ddp_backend, one_process):
     """no_c10d (all-reduce after the backward, the original's) and c10d (bucketed all-reduce overlapping the
     backward, without find_unused_parameters: the recipes')."""
-    data = make_tone_dataset(tmp_path / "data", n_clips=8, seed=3)
-    # Deterministic objective (no masking randomness, no mixture): every frame is predicted.
-    det = ["model.mask_prob=0.0", "++model.skip_masked=true", "model.skip_nomask=false",
-           "criterion.pred_nomask_weight=1.0", "++criterion.pred_masked_weight=0.0", "model.mixture_prob=-1", "optimization.max_update=1",
-           "dataset.disable_validation=true", "common.log_interval=1"]
-    one = train(data, tmp_path / "one", *det, "dataset.max_tokens=384000")
+    data, one_dir, one = one_process
     # Two CPU processes, one per rank (fairseq's own spawn and torchrun paths assume CUDA devices).
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ddp = [*det, "dataset.max_tokens=192000", "distributed_training.distributed_world_size=2",
+    port = _free_port()
+    ddp = [*DET, "dataset.max_tokens=192000", "distributed_training.distributed_world_size=2",
            "distributed_training.distributed_backend=gloo", f"distributed_training.ddp_backend={ddp_backend}",
            "distributed_training.find_unused_parameters=false",
            f"distributed_training.distributed_init_method=tcp://127.0.0.1:{port}",
@@ -71,7 +75,7 @@ def test_two_process_data_parallel_matches_one_process(tmp_path, ddp_backend):
     two = logs[0]
     loss_one, loss_two = metric(one, "train", "loss"), metric(two, "train", "loss")
     assert loss_one and loss_two and loss_one[0] == pytest.approx(loss_two[0], abs=2e-3), (loss_one, loss_two)
-    a, b = load_params(tmp_path / "one")["model"], load_params(tmp_path / "two")["model"]
+    a, b = load_params(one_dir)["model"], load_params(tmp_path / "two")["model"]
     for k, v in a.items():
         assert torch.allclose(v, b[k], atol=1e-5), k
 
@@ -103,8 +107,8 @@ def _free_port() -> int:
 def test_two_ranks_draw_their_own_masks_and_resume_exactly(tmp_path):
     """Masking, the noise mixture and layerdrop on, 2 processes (gloo, c10d without find_unused_parameters:
     a layer one rank skips still gets its zero gradient): each rank's batches carry their own draws (row i
-    of rank 0's batch is not masked like row i of rank 1's), and a run stopped after 4 updates and resumed
-    ends with the weights of an uninterrupted run of 8."""
+    of rank 0's batch is not masked like row i of rank 1's), and a run resumed from the checkpoint of update 4
+    (the end of epoch 1) ends with the weights of the uninterrupted run of 8."""
     from step_helpers import build_recipe
 
     data = make_tone_dataset(tmp_path / "data", n_clips=16, seed=4)
@@ -127,14 +131,17 @@ def test_two_ranks_draw_their_own_masks_and_resume_exactly(tmp_path):
               "lr_scheduler.warmup_updates=4", "model.mixture_prob=0.5", "model.encoder_layerdrop=0.5",
               "common.log_interval=1"]
 
-    def two(run: Path, *overrides: str) -> None:
+    def two(run: Path, *overrides: str) -> str:  # rank 0's log
         port = _free_port()
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda r: train(data, run, *common, *overrides, *_ddp(port, r, run)), (0, 1)))
+            return list(pool.map(lambda r: train(data, run, *common, *overrides, *_ddp(port, r, run)), (0, 1)))[0]
 
-    two(tmp_path / "straight", "optimization.max_update=8")
-    two(tmp_path / "resumed", "optimization.max_update=4", "+lr_scheduler.total_num_update=8")
-    two(tmp_path / "resumed", "optimization.max_update=8")
+    two(tmp_path / "straight", "optimization.max_update=8", "checkpoint.no_epoch_checkpoints=false")
+    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)  # as if stopped at update 4
+    shutil.copyfile(tmp_path / "straight" / "checkpoints" / "checkpoint1.pt",
+                    tmp_path / "resumed" / "checkpoints" / "checkpoint_last.pt")
+    log = two(tmp_path / "resumed", "optimization.max_update=8")
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 4 updates\)", log), log[-3000:]
     a, b = load_params(tmp_path / "straight"), load_params(tmp_path / "resumed")
     assert b["optimizer_history"][-1]["num_updates"] == 8
     for k, v in a["model"].items():

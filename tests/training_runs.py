@@ -1,15 +1,19 @@
-"""fairseq-hydra-train runs for the tests: `train` (one run of a recipe, its log), `metric` (numbers from the
-log), `load_params` (the run's checkpoint_last.pt) and `TrainedRun`, the session's shared tiny run
-(the `trained_run` fixture of conftest.py)."""
+"""fairseq-hydra-train runs for the tests: `train_command` (the one place the command line is built),
+`run_training` (exit code and log), `train` (a run that must succeed), `metric` (numbers from the log),
+`load_params` (the run's checkpoint_last.pt) and `TrainedRun`, the session's shared tiny run (the
+`trained_run` fixture of conftest.py)."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(Path(sys.executable).parent / "fairseq-hydra-train")
@@ -25,17 +29,58 @@ TONE_DEMO_OVERRIDES: Tuple[str, ...] = (
 )
 
 
-def train(data: dict, run_dir: Path, *overrides: str, config: str = "MERT_demo_cpu") -> str:
-    """Train recipe `config` on `data` (a make_tone_dataset dict) into run_dir; the log (asserts exit 0)."""
+def train_command(data: dict, run_dir: Path, *overrides: str, config: str = "MERT_demo_cpu",
+                  program: Sequence[str] = (TRAIN,)) -> List[str]:
+    """The command line that trains recipe `config` on `data` (a make_tone_dataset dict: `data`, `label_dir`,
+    `labels`) into run_dir (checkpoints in run_dir/checkpoints), then TONE_DEMO_OVERRIDES (MERT_demo_cpu) and
+    `overrides`; `program` runs it (fairseq-hydra-train; e.g. (python, "-m", "fairseq_cli.hydra_train") or
+    (python, a wrapper script))."""
     recipe = TONE_DEMO_OVERRIDES if config == "MERT_demo_cpu" else ()
-    cmd = [TRAIN, "--config-dir", str(ROOT / "configs/pretrain"), "--config-name", config,
-           f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",
-           f"task.label_dir={data['label_dir']}", f"task.labels=[{','.join(data['labels'])}]",
-           f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'checkpoints'}", *recipe, *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-5000:]
+    return [*program, "--config-dir", str(ROOT / "configs/pretrain"), "--config-name", config,
+            f"common.user_dir={ROOT / 'mert_fairseq'}", f"task.data={data['data']}",
+            f"task.label_dir={data['label_dir']}", f"task.labels=[{','.join(data['labels'])}]",
+            f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'checkpoints'}", *recipe, *overrides]
+
+
+def run_training(data: dict, run_dir: Path, *overrides: str, config: str = "MERT_demo_cpu",
+                 program: Sequence[str] = (TRAIN,), env: Optional[Dict[str, str]] = None,
+                 timeout: float = 900) -> Tuple[int, str]:
+    """Run `train_command` (with `env` added to the environment): (exit code, stdout + stderr)."""
+    proc = subprocess.run(train_command(data, run_dir, *overrides, config=config, program=program),
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **env} if env else None)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def train(data: dict, run_dir: Path, *overrides: str, config: str = "MERT_demo_cpu") -> str:
+    """Train recipe `config` on `data` into run_dir; the log (asserts exit 0)."""
+    code, log = run_training(data, run_dir, *overrides, config=config)
+    assert code == 0, log[-5000:]
     return log
+
+
+# a short run with 2 DataLoader workers, validated after every update (the exit tests: test_exit.py, test_gpu.py)
+WORKER_RUN_OVERRIDES: Tuple[str, ...] = (
+    "optimization.max_update=2", "dataset.max_tokens=96000", "dataset.num_workers=2",
+    "dataset.validate_interval_updates=1", "common.log_interval=1",
+)
+
+
+def run_and_time_exit(cmd, timeout: float = 600) -> tuple:
+    """(return code, output, seconds between the last output line and the process exit)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    lines, last = [], [time.monotonic()]
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            last[0] = time.monotonic()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    rc = proc.wait(timeout=timeout)
+    exited = time.monotonic()
+    reader.join(5)
+    return rc, "".join(lines), exited - last[0]
 
 
 def metric(log: str, kind: str, name: str) -> list:

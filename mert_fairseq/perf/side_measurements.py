@@ -108,21 +108,22 @@ def measure_data_prep(seconds: float, device: str) -> dict:
         except Exception as exc:  # report, don't fail the training benchmark
             out["encodec"] = {"skipped": f"{type(exc).__name__}: {exc}"}
     try:
-        from mert_fairseq.prep import kmeans_labels
+        from mert_fairseq.prep.kmeans_features import FeatureSpec, MfccFeatures
+        from mert_fairseq.prep.kmeans_model import fit_kmeans, nearest_center
     except ImportError as exc:
-        out["kmeans"] = {"skipped": f"mert_fairseq.prep.kmeans_labels not importable ({exc})"}
+        out["kmeans"] = {"skipped": f"mert_fairseq.prep.kmeans_features/kmeans_model not importable ({exc})"}
     else:
         try:
-            extractor = kmeans_labels.MfccFeatures(kmeans_labels.FeatureSpec())
+            extractor = MfccFeatures(FeatureSpec())
             t = time.perf_counter()
             feats = extractor(wav)
             t_feat = time.perf_counter() - t
             n_clusters = min(100, len(feats) // 4)
             t = time.perf_counter()
-            km = kmeans_labels.fit_kmeans(feats, n_clusters, seed=0, n_init=1)
+            km = fit_kmeans(feats, n_clusters, seed=0, n_init=1)
             t_fit = time.perf_counter() - t
             t = time.perf_counter()
-            kmeans_labels.nearest_center(km.cluster_centers_, feats)
+            nearest_center(km.cluster_centers_, feats)
             t_pred = time.perf_counter() - t
             out["kmeans"] = {
                 "mfcc_s": t_feat, "predict_s": t_pred, "fit_s": t_fit, "fit_clusters": n_clusters,
