@@ -70,8 +70,6 @@ def test_mert_criterion_equals_the_reference_with_the_same_masks(family, extra):
     results = []
     for crit in (ReferenceCriterion(None, **weights), MertCriterion(None, **weights)):
         model.zero_grad()
-        torch.manual_seed(3)
-        model.set_num_updates(7)
         loss, n, log = crit(model, sample)
         loss.backward()
         results.append((loss.detach(), n, log, {k: p.grad.clone() for k, p in model.named_parameters()
@@ -85,6 +83,28 @@ def test_mert_criterion_equals_the_reference_with_the_same_masks(family, extra):
     assert set(gh) == set(gm)
     for k in gh:
         assert (gh[k] - gm[k]).abs().max() <= 1e-5 * gh[k].abs().max() + 1e-7, k
+
+
+def test_the_hubert_criterion_name_builds_the_mert_criterion(tone_data):
+    """Original YAMLs name `criterion: hubert`: the task builds the mert criterion from hubert's fields (an alias:
+    one loss path), with the same loss and logs as `mert` on the same batch."""
+    from omegaconf import OmegaConf
+
+    task, model, _, ds = build_recipe("MERT_RVQ-VAE_CQT_95M", tone_data)
+    fields = {"pred_masked_weight": 1.0, "pred_nomask_weight": 0.5, "loss_weights": [10.0, 1.0], "log_keys": []}
+    hubert = task.build_criterion(OmegaConf.create({"_name": "hubert", **fields}))
+    mert = task.build_criterion(OmegaConf.create({"_name": "mert", **fields}))
+    assert type(hubert) is MertCriterion and type(mert) is MertCriterion
+    assert (hubert.pred_masked_weight, hubert.pred_nomask_weight, hubert.loss_weights) == (1.0, 0.5, [10.0, 1.0])
+    sample = batch(ds, [0, 1, 2, 3])
+    model.train()
+    results = []
+    for crit in (hubert, mert):
+        torch.manual_seed(0)  # same dropout
+        results.append(crit(model, sample))
+    (lh, nh, logh), (lm, nm, logm) = results
+    assert torch.equal(lh, lm) and nh == nm > 0 and set(logh) == set(logm)
+    assert all(float(logh[k]) == float(logm[k]) for k in logh), logh
 
 
 def test_mert_criterion_logging_values_stay_on_the_device_and_reduce_like_hubert():

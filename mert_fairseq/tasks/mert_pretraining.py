@@ -287,7 +287,7 @@ class MERTPretrainingTask(FairseqTask):
 
     @staticmethod
     def logging_outputs_can_be_summed(criterion) -> bool:
-        """The hubert criterion's logging values (losses, correct/count, sizes) are all sums, so workers
+        """The mert criterion's logging values (losses, correct/count, sizes) are all sums, so workers
         can all-reduce them (works on CPU/gloo; fairseq's default pickled all-gather needs CUDA).
         fairseq calls this on the class with the criterion as the only argument."""
         return not getattr(criterion, "log_keys", None)
