@@ -2,7 +2,7 @@
 name `criterion: hubert` build this class too (`MERTPretrainingTask.build_criterion`: same fields, same loss and
 logs), so there is one loss path; the original's formulation lives with the benchmark (`perf/reference.py`).
 
-Same numbers as `hubert` with the same masks (tests/test_speedups.py, 1e-5): per label stream k the summed
+Same numbers as `hubert` with the same masks (the reference, tests/test_gpu_step.py, 1e-5): per label stream k the summed
 cross-entropy of the masked frames' class logits (`pred_masked_weight`; unmasked: `pred_nomask_weight`), plus
 `loss_weights[i] * extra_i * sample_size` for the model's extra losses (features_pen, cqt_pred_m), and the
 accuracy counters `correct_m_k` / `count_m_k`. Computed differently:

@@ -130,10 +130,12 @@ class MERTConfig(accepted_fields("MERTConfigAccepted", NO_EFFECT_FIELDS)):
         default="in_sample", metadata={"help": "replacement frames come from the same sample or the whole batch"}
     )
     mask_origin: float = field(default=0.0, metadata={"help": "probability a masked frame keeps its own features"})
-    mask_dynamic_prob_step: str = field(default="[]", metadata={"help": "updates at which mask_prob changes"})
-    mask_dynamic_prob: str = field(default="[]", metadata={"help": "mask_prob per stage (len(steps) + 1 values)"})
-    mask_dynamic_len_step: str = field(default="[]", metadata={"help": "updates at which mask_length changes"})
-    mask_dynamic_len: str = field(default="[]", metadata={"help": "mask_length per stage (len(steps) + 1 values)"})
+    # the original's mask schedules: only their '[]' default is accepted (MERTModel refuses a schedule: the data
+    # loader draws the masks and does not know the update)
+    mask_dynamic_prob_step: str = field(default="[]", metadata={"help": "must stay []: mask schedules are refused"})
+    mask_dynamic_prob: str = field(default="[]", metadata={"help": "must stay []: mask schedules are refused"})
+    mask_dynamic_len_step: str = field(default="[]", metadata={"help": "must stay []: mask schedules are refused"})
+    mask_dynamic_len: str = field(default="[]", metadata={"help": "must stay []: mask schedules are refused"})
     mask_channel_length: int = field(default=10, metadata={"help": "channel mask span"})
     mask_channel_prob: float = field(default=0.0, metadata={"help": "channel masking probability"})
     mask_channel_selection: MASKING_DISTRIBUTION_CHOICES = field(default="static", metadata={"help": "channel span law"})
